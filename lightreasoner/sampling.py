@@ -1,0 +1,455 @@
+"""Stage 1: contrastive sampling, the core of LightReasoner.
+
+The Expert writes a greedy trajectory for each problem. At each step t we compare the Expert's and the
+Amateur's next-token distributions p_E and p_A over the full vocabulary:
+
+* the step is kept when KL(p_E || p_A) > beta;
+* its plausible set is V = {i : p_E(i) >= alpha * max p_E};
+* its soft label is softmax over V of (log p_E - log p_A).
+
+Fast mode: trajectories are generated in batches (left padding, KV cache) keeping the raw logits of every
+step, and the Amateur scores a whole batch with ONE teacher-forced forward pass. The contrast is computed
+on the device; only the sparse targets of candidate steps go to the host. Reference mode is the paper's
+script: batch-1 generation and one Amateur forward per prefix (quadratic in length); it is the test oracle
+and the benchmark baseline.
+
+Output (``keep these names``): ``trajectories.parquet``, ``samples.parquet``, ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import __version__
+from .config import Config
+from .data import Problem, load_problems
+from .errors import LightReasonerError
+from .models import (
+    ModelPair,
+    generate_greedy,
+    load_pair,
+    position_ids_from_mask,
+    prompt_token_ids,
+)
+
+log = logging.getLogger(__name__)
+
+TRAJECTORIES = "trajectories.parquet"
+SAMPLES = "samples.parquet"
+MANIFEST = "manifest.json"
+SHARDS = "shards"
+
+TRAJECTORY_SCHEMA = pa.schema(
+    [
+        ("problem_id", pa.string()),
+        ("prompt_token_ids", pa.list_(pa.int32())),
+        ("completion_token_ids", pa.list_(pa.int32())),
+        ("num_selected", pa.int32()),
+        ("step_kl", pa.list_(pa.float32())),  # extra: KL of every step, for histograms and auto beta
+    ]
+)
+SAMPLE_SCHEMA = pa.schema(
+    [
+        ("problem_id", pa.string()),
+        ("position", pa.int32()),
+        ("kl", pa.float32()),
+        ("target_token_ids", pa.list_(pa.int32())),
+        ("target_weights", pa.list_(pa.float32())),
+    ]
+)
+_SHARD_SCHEMA = pa.schema(
+    [
+        ("order", pa.int64()),
+        ("problem_id", pa.string()),
+        ("prompt_token_ids", pa.list_(pa.int32())),
+        ("completion_token_ids", pa.list_(pa.int32())),
+        ("step_kl", pa.list_(pa.float32())),
+        ("cand_position", pa.list_(pa.int32())),
+        ("cand_target_ids", pa.list_(pa.list_(pa.int32()))),
+        ("cand_target_weights", pa.list_(pa.list_(pa.float32()))),
+    ]
+)
+
+
+# --- the contrast, as pure functions ----------------------------------------------------------------
+
+
+@dataclass
+class StepContrast:
+    """Contrast of N steps. ``kl``: [N]; ``targets[i]``/``weights[i]``: the plausible ids of step i and
+    their soft-label weights (None for steps that were not candidates)."""
+
+    kl: np.ndarray
+    targets: list[np.ndarray | None]
+    weights: list[np.ndarray | None]
+
+
+def contrast(expert_logits: torch.Tensor, amateur_logits: torch.Tensor, alpha: float, floor: float | None,
+             chunk: int = 512) -> StepContrast:
+    """Vectorised contrast of N steps on the logits' device.
+
+    Args:
+        expert_logits: [N, V] raw Expert logits.
+        amateur_logits: [N, V] raw Amateur logits, same vocabulary.
+        alpha: plausibility threshold; V_t = {i : p_E(i) >= alpha * max p_E}.
+        floor: steps with KL <= floor get no targets (None: every step gets them).
+    Returns:
+        kl [N] (float64 on the host) and, for steps with KL > floor, the sparse soft label.
+    """
+    n = expert_logits.shape[0]
+    kls: list[np.ndarray] = []
+    targets: list[np.ndarray | None] = [None] * n
+    weights: list[np.ndarray | None] = [None] * n
+    log_alpha = math.log(alpha)
+    for start in range(0, n, chunk):
+        le = F.log_softmax(expert_logits[start : start + chunk].float(), dim=-1)
+        la = F.log_softmax(amateur_logits[start : start + chunk].float(), dim=-1)
+        diff = le - la
+        kl = (le.exp() * diff).sum(-1).clamp_min(0.0)
+        plausible = le >= le.max(dim=-1, keepdim=True).values + log_alpha
+        soft = torch.softmax(diff.masked_fill(~plausible, float("-inf")), dim=-1)
+        keep = torch.ones_like(kl, dtype=torch.bool) if floor is None else kl > floor
+        rows, cols = (plausible & keep[:, None]).nonzero(as_tuple=True)
+        vals = soft[rows, cols]
+        rows, cols, vals = rows.cpu().numpy(), cols.cpu().numpy(), vals.cpu().numpy()
+        kls.append(kl.double().cpu().numpy())
+        if len(rows):
+            bounds = np.flatnonzero(np.diff(rows)) + 1
+            for r_ids, c_ids, v in zip(np.split(rows, bounds), np.split(cols, bounds), np.split(vals, bounds),
+                                       strict=True):
+                i = start + int(r_ids[0])
+                targets[i] = c_ids.astype(np.int32)
+                weights[i] = (v / v.sum()).astype(np.float32)
+    return StepContrast(np.concatenate(kls) if kls else np.zeros(0), targets, weights)
+
+
+def contrast_step_reference(expert_logits: torch.Tensor, amateur_logits: torch.Tensor, alpha: float):
+    """One step the straightforward way, in float64: (kl, target ids, weights). The oracle of ``contrast``."""
+    pe = torch.softmax(expert_logits.double(), dim=-1)
+    pa_ = torch.softmax(amateur_logits.double(), dim=-1)
+    kl = float(torch.sum(pe * (torch.log(pe) - torch.log(pa_))))
+    ids = [i for i in range(pe.shape[0]) if pe[i] >= alpha * pe.max()]
+    scores = torch.tensor([math.log(pe[i]) - math.log(pa_[i]) for i in ids], dtype=torch.float64)
+    w = torch.softmax(scores, dim=0)
+    return max(kl, 0.0), np.array(ids, dtype=np.int32), w.numpy().astype(np.float32)
+
+
+def effective_beta(beta: float | str, all_kl: np.ndarray) -> float:
+    """A number stays itself; ``auto:F`` is the KL quantile that keeps the fraction F of the steps."""
+    if isinstance(beta, str):
+        fraction = float(beta.split(":", 1)[1])
+        if len(all_kl) == 0:
+            return 0.0
+        return float(np.quantile(all_kl, 1.0 - fraction, method="lower")) if fraction < 1.0 else -1.0
+    return float(beta)
+
+
+# --- scoring trajectories ----------------------------------------------------------------------------
+
+
+def _pad_batch(prompts: list[list[int]], completions: list[list[int]], pad_id: int, device):
+    """Left-padded [B, P+T] ids where every row's prompt ends at column P (completions right-padded)."""
+    p_len = max(len(p) for p in prompts)
+    t_len = max(len(c) for c in completions)
+    ids = torch.full((len(prompts), p_len + t_len), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+        ids[row, p_len - len(p) : p_len] = torch.tensor(p, dtype=torch.long)
+        ids[row, p_len : p_len + len(c)] = torch.tensor(c, dtype=torch.long)
+        mask[row, p_len - len(p) : p_len + len(c)] = 1
+    return ids.to(device), mask.to(device), p_len, t_len
+
+
+@torch.inference_mode()
+def teacher_forced_logits(model, prompts: list[list[int]], completions: list[list[int]], pad_id: int) -> torch.Tensor:
+    """[B, T, V] logits predicting each completion token, from ONE forward pass over prompt + completion."""
+    ids, mask, p_len, t_len = _pad_batch(prompts, completions, pad_id, model.device)
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=position_ids_from_mask(mask),
+        use_cache=False,
+        logits_to_keep=t_len + 1,
+    )
+    return out.logits[:, :-1, :]
+
+
+@torch.inference_mode()
+def per_prefix_logits(model, prompt: list[int], completion: list[int]) -> torch.Tensor:
+    """[T, V] logits predicting each completion token, one forward per prefix (the paper's way)."""
+    rows = []
+    for t in range(len(completion)):
+        ids = torch.tensor([prompt + completion[:t]], dtype=torch.long, device=model.device)
+        rows.append(model(input_ids=ids, use_cache=False).logits[0, -1, :])
+    return torch.stack(rows)
+
+
+@dataclass
+class Scored:
+    problem_id: str
+    prompt: list[int]
+    completion: list[int]
+    step_kl: np.ndarray
+    cand_position: list[int] = field(default_factory=list)
+    cand_targets: list[np.ndarray] = field(default_factory=list)
+    cand_weights: list[np.ndarray] = field(default_factory=list)
+
+
+def score_fast(pair: ModelPair, ids: list[str], prompts: list[list[int]], completions: list[list[int]],
+               expert_logits: torch.Tensor | None, alpha: float, floor: float | None) -> list[Scored]:
+    """Contrast of a batch of trajectories: Expert logits from generation (or one teacher-forced pass
+    when None), Amateur logits from one teacher-forced pass; all steps in one vectorised call."""
+    pad = pair.tokenizer.pad_token_id
+    v = pair.vocab_size
+    if expert_logits is None:
+        expert_logits = teacher_forced_logits(pair.expert, prompts, completions, pad)
+    amateur_logits = teacher_forced_logits(pair.amateur, prompts, completions, pad)
+    lengths = torch.tensor([len(c) for c in completions], device=expert_logits.device)
+    t_len = expert_logits.shape[1]
+    valid = torch.arange(t_len, device=lengths.device)[None, :] < lengths[:, None]
+    rows, cols = valid.nonzero(as_tuple=True)
+    result = contrast(expert_logits[rows, cols, :v], amateur_logits.to(expert_logits.device)[rows, cols, :v],
+                      alpha, floor)
+    scored, offset = [], 0
+    for pid, p, c in zip(ids, prompts, completions, strict=True):
+        s = Scored(pid, p, c, result.kl[offset : offset + len(c)])
+        for t in range(len(c)):
+            if result.targets[offset + t] is not None:
+                s.cand_position.append(t)
+                s.cand_targets.append(result.targets[offset + t])
+                s.cand_weights.append(result.weights[offset + t])
+        scored.append(s)
+        offset += len(c)
+    return scored
+
+
+def score_reference(pair: ModelPair, pid: str, prompt: list[int], completion: list[int],
+                    expert_logits: torch.Tensor | None, alpha: float, floor: float | None) -> Scored:
+    """The paper's way: Amateur (and, without generation logits, Expert) run once per prefix; each step's
+    contrast computed on its own in float64."""
+    v = pair.vocab_size
+    if expert_logits is None:
+        expert_logits = per_prefix_logits(pair.expert, prompt, completion)
+    amateur_logits = per_prefix_logits(pair.amateur, prompt, completion)
+    s = Scored(pid, prompt, completion, np.zeros(len(completion)))
+    for t in range(len(completion)):
+        kl, ids, w = contrast_step_reference(expert_logits[t, :v], amateur_logits[t, :v], alpha)
+        s.step_kl[t] = kl
+        if floor is None or kl > floor:
+            s.cand_position.append(t)
+            s.cand_targets.append(ids)
+            s.cand_weights.append(w)
+    return s
+
+
+# --- the stage -------------------------------------------------------------------------------------
+
+
+def sampling_fingerprint(config: Config, reference: bool) -> str:
+    digest = config.fingerprint("expert", "amateur", "data", "prompt", "sampling")
+    return hashlib.sha256(f"{digest}:{'reference' if reference else 'fast'}".encode()).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic_write_table(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+
+
+def _atomic_write_json(data: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    tmp.replace(path)
+
+
+def _shard_table(batch: list[tuple[int, Scored]]) -> pa.Table:
+    return pa.Table.from_pylist(
+        [
+            {
+                "order": order,
+                "problem_id": s.problem_id,
+                "prompt_token_ids": s.prompt,
+                "completion_token_ids": s.completion,
+                "step_kl": s.step_kl.astype(np.float32).tolist(),
+                "cand_position": s.cand_position,
+                "cand_target_ids": [t.tolist() for t in s.cand_targets],
+                "cand_target_weights": [w.tolist() for w in s.cand_weights],
+            }
+            for order, s in batch
+        ],
+        schema=_SHARD_SCHEMA,
+    )
+
+
+def plan_batches(lengths: list[int], batch_size: int, sort_by_length: bool) -> list[list[int]]:
+    """Problem indices per batch; deterministic so that a resumed run makes the same batches."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i]) if sort_by_length else list(range(len(lengths)))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@dataclass
+class SampleResult:
+    output: Path
+    manifest: dict[str, Any]
+
+
+def library_versions() -> dict[str, str]:
+    import transformers
+
+    return {
+        "lightreasoner": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "pyarrow": pa.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _prepare_output(out: Path, fingerprint: str, overwrite: bool) -> dict | None:
+    """Returns the finished manifest when the same job is already complete; refuses foreign samples."""
+    manifest_path = out / MANIFEST
+    state_path = out / SHARDS / "state.json"
+    recorded = None
+    if manifest_path.is_file():
+        recorded = json.loads(manifest_path.read_text()).get("fingerprint")
+    elif state_path.is_file():
+        recorded = json.loads(state_path.read_text()).get("fingerprint")
+    elif out.exists() and any(out.iterdir()) and not overwrite:
+        raise LightReasonerError(f"{out}: output folder is not empty and holds no samples (use --overwrite)")
+    if recorded is not None and recorded != fingerprint:
+        if not overwrite:
+            raise LightReasonerError(
+                f"{out}: holds samples of a different config (use --overwrite to replace them)"
+            )
+        shutil.rmtree(out)
+    elif overwrite and out.exists():
+        shutil.rmtree(out)
+    elif manifest_path.is_file():
+        return json.loads(manifest_path.read_text())
+    (out / SHARDS).mkdir(parents=True, exist_ok=True)
+    _atomic_write_json({"fingerprint": fingerprint}, state_path)
+    return None
+
+
+def sample(config: Config, output: str | Path, *, reference: bool = False, overwrite: bool = False,
+           problems: list[Problem] | None = None, pair: ModelPair | None = None,
+           progress: bool = True) -> SampleResult:
+    """Stage 1. Writes trajectories, samples and the manifest (last) to ``output``; resumable per batch."""
+    out = Path(output)
+    fingerprint = sampling_fingerprint(config, reference)
+    finished = _prepare_output(out, fingerprint, overwrite)
+    if finished is not None:
+        log.info("%s: samples for this config are already complete", out)
+        return SampleResult(out, finished)
+    scfg = config.sampling
+    problems = problems if problems is not None else load_problems(config.data)
+    pair = pair or load_pair(config)
+    tok = pair.tokenizer
+    prompts = [prompt_token_ids(tok, p.question, config.prompt.system_prompt, config.prompt.chat_template)
+               for p in problems]
+    floor = None if isinstance(scfg.beta, str) else float(scfg.beta)
+    batch_size = 1 if reference else scfg.batch_size
+    batches = plan_batches([len(p) for p in prompts], batch_size, scfg.sort_by_length and not reference)
+    started = time.perf_counter()
+    bar = tqdm(total=len(problems), desc="contrastive sampling", unit="problem", disable=not progress)
+    for index, members in enumerate(batches):
+        shard = out / SHARDS / f"batch-{index:05d}.parquet"
+        if shard.is_file():
+            bar.update(len(members))
+            continue
+        batch_prompts = [prompts[i] for i in members]
+        completions, logits = generate_greedy(pair.expert, tok, batch_prompts, scfg.max_new_tokens, return_logits=True)
+        ids = [problems[i].problem_id for i in members]
+        if reference:
+            scored = [score_reference(pair, ids[0], batch_prompts[0], completions[0], logits[0], scfg.alpha, floor)]
+        else:
+            scored = score_fast(pair, ids, batch_prompts, completions, logits, scfg.alpha, floor)
+        del logits
+        _atomic_write_table(_shard_table(list(zip(members, scored, strict=True))), shard)
+        bar.update(len(members))
+    bar.close()
+    elapsed = time.perf_counter() - started
+    manifest = finalize(out, config, pair, fingerprint, reference, elapsed, len(problems))
+    return SampleResult(out, manifest)
+
+
+def finalize(out: Path, config: Config, pair: ModelPair, fingerprint: str, reference: bool,
+             elapsed: float, num_problems: int) -> dict[str, Any]:
+    """Merge the batch shards into the output contract; the manifest is written last."""
+    shards = sorted((out / SHARDS).glob("batch-*.parquet"))
+    table = pa.concat_tables([pq.read_table(s) for s in shards]).sort_by("order")
+    rows = table.to_pylist()
+    all_kl = np.concatenate([np.asarray(r["step_kl"], dtype=np.float64) for r in rows]) if rows else np.zeros(0)
+    beta = effective_beta(config.sampling.beta, all_kl.astype(np.float32))
+    samples, trajectories = [], []
+    for r in rows:
+        kl = r["step_kl"]
+        kept = 0
+        for pos, ids, w in zip(r["cand_position"], r["cand_target_ids"], r["cand_target_weights"], strict=True):
+            if kl[pos] > beta:
+                samples.append({"problem_id": r["problem_id"], "position": pos, "kl": kl[pos],
+                                "target_token_ids": ids, "target_weights": w})
+                kept += 1
+        trajectories.append({"problem_id": r["problem_id"], "prompt_token_ids": r["prompt_token_ids"],
+                             "completion_token_ids": r["completion_token_ids"], "num_selected": kept,
+                             "step_kl": kl})
+    traj_path, samples_path = out / TRAJECTORIES, out / SAMPLES
+    _atomic_write_table(pa.Table.from_pylist(trajectories, schema=TRAJECTORY_SCHEMA), traj_path)
+    _atomic_write_table(pa.Table.from_pylist(samples, schema=SAMPLE_SCHEMA), samples_path)
+    steps = int(len(all_kl))
+    manifest = {
+        "stage": "sample",
+        "fingerprint": fingerprint,
+        "mode": "reference" if reference else "fast",
+        "config": config.dump(),
+        "effective_beta": beta,
+        "models": {"expert": pair.expert_info, "amateur": pair.amateur_info, "vocab_size": pair.vocab_size},
+        "versions": library_versions(),
+        "counts": {
+            "problems": len(trajectories),
+            "steps": steps,
+            "selected": len(samples),
+            "kept_fraction": (len(samples) / steps) if steps else 0.0,
+            "mean_kl": float(all_kl.mean()) if steps else 0.0,
+            "median_kl": float(np.median(all_kl)) if steps else 0.0,
+        },
+        "timing": {"sampling_seconds": elapsed, "problems_per_second": num_problems / elapsed if elapsed else 0.0},
+        "sha256": {TRAJECTORIES: sha256_file(traj_path), SAMPLES: sha256_file(samples_path)},
+    }
+    _atomic_write_json(manifest, out / MANIFEST)
+    shutil.rmtree(out / SHARDS, ignore_errors=True)
+    return manifest
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise LightReasonerError(f"{folder}: missing {MANIFEST} (not a finished samples folder)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise LightReasonerError(f"{path}: not valid JSON ({exc.msg})") from None
