@@ -1,0 +1,48 @@
+import pytest
+
+from lightreasoner.config import Config, load_config
+from lightreasoner.errors import LightReasonerError
+
+
+def test_defaults_are_the_papers():
+    cfg = Config()
+    assert cfg.sampling.alpha == 0.2 and cfg.sampling.beta == 0.4 and cfg.sampling.max_new_tokens == 128
+    assert cfg.prompt.system_prompt == "Please reason step by step." and cfg.prompt.chat_template
+    assert (cfg.training.lora_r, cfg.training.lora_alpha, cfg.training.learning_rate) == (8, 16, 5e-5)
+    assert cfg.training.target_modules == ["q_proj", "v_proj"]
+
+
+def test_yaml_and_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("expert:\n  model: some/model\nsampling:\n  beta: 0.5\n")
+    cfg = load_config(f, ["sampling.beta=auto:0.2", "data.limit=10", "amateur.keep_layers=3", "sampling.batch_size=2"])
+    assert cfg.expert.model == "some/model"
+    assert cfg.sampling.beta == "auto:0.2" and cfg.data.limit == 10 and cfg.amateur.keep_layers == 3
+    assert cfg.dump()["sampling"]["batch_size"] == 2
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["sampling.bogus=1"], "unknown key 'sampling.bogus'"),
+        (["nosuch.key=1"], "unknown key 'nosuch'"),
+        (["sampling.beta=auto:2"], "fraction must be in (0, 1]"),
+        (["sampling.beta=lots"], "expected a number or auto"),
+        (["sampling.alpha=0"], "sampling.alpha"),
+        (["data.limit=0"], "data.limit"),
+        (["novalue"], "expected key=value"),
+    ],
+)
+def test_bad_config_is_one_line_naming_the_key(overrides, message):
+    with pytest.raises(LightReasonerError) as err:
+        load_config(None, overrides)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bad_yaml_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("sampling: [1, 2\n")
+    with pytest.raises(LightReasonerError, match="bad.yaml: not valid YAML"):
+        load_config(f)
+    with pytest.raises(LightReasonerError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
