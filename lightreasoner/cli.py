@@ -55,13 +55,40 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .sampling import sample
 
     cfg = config_from_args(args)
-    result = sample(cfg, args.output, reference=args.reference, overwrite=args.overwrite)
+    shard = parse_shard(args.shard) if args.shard else None
+    result = sample(cfg, args.output, reference=args.reference, overwrite=args.overwrite, shard=shard)
+    if shard is not None:
+        print(f"shard={shard[0]}/{shard[1]} batches={len(result.manifest['batches'])} output={result.output}")
+        return 0
+    print_sample_summary(result)
+    return 0
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise LightReasonerError(f"--shard {text!r}: expected I/N, e.g. 0/4") from None
+    if count < 1:
+        raise LightReasonerError(f"--shard {text!r}: N must be at least 1")
+    return index, count
+
+
+def print_sample_summary(result) -> None:
     counts = result.manifest["counts"]
     print(
         f"problems={counts['problems']} steps={counts['steps']} selected={counts['selected']} "
         f"kept_fraction={counts['kept_fraction']:.3f} effective_beta={result.manifest['effective_beta']:.4f} "
         f"output={result.output}"
     )
+
+
+@command("merge-samples")
+def cmd_merge_samples(args: argparse.Namespace) -> int:
+    from .sampling import merge_shards
+
+    cfg = config_from_args(args)
+    print_sample_summary(merge_shards(cfg, args.shards, args.output, overwrite=args.overwrite))
     return 0
 
 
@@ -81,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p)
     p.add_argument("--output", required=True, help="output folder for trajectories, samples and manifest")
     p.add_argument("--reference", action="store_true", help="the paper's slow per-prefix scoring (oracle)")
+    p.add_argument("--overwrite", action="store_true", help="replace samples of a different config")
+    p.add_argument("--shard", metavar="I/N", help="run only shard I of N (join them with merge-samples)")
+
+    p = sub.add_parser("merge-samples", help="join the folders of a sharded sampling run")
+    add_config_args(p)
+    p.add_argument("shards", nargs="+", help="shard output folders")
+    p.add_argument("--output", required=True, help="merged samples folder")
     p.add_argument("--overwrite", action="store_true", help="replace samples of a different config")
 
     # Later stages add their sub-parsers above this line, one block each.

@@ -54,6 +54,7 @@ TRAJECTORIES = "trajectories.parquet"
 SAMPLES = "samples.parquet"
 MANIFEST = "manifest.json"
 SHARDS = "shards"
+SHARD_INFO = "shard.json"
 
 TRAJECTORY_SCHEMA = pa.schema(
     [
@@ -357,9 +358,16 @@ def _prepare_output(out: Path, fingerprint: str, overwrite: bool) -> dict | None
 
 def sample(config: Config, output: str | Path, *, reference: bool = False, overwrite: bool = False,
            problems: list[Problem] | None = None, pair: ModelPair | None = None,
-           progress: bool = True) -> SampleResult:
-    """Stage 1. Writes trajectories, samples and the manifest (last) to ``output``; resumable per batch."""
+           progress: bool = True, shard: tuple[int, int] | None = None) -> SampleResult:
+    """Stage 1. Writes trajectories, samples and the manifest (last) to ``output``; resumable per batch.
+
+    ``shard=(i, n)`` runs only every n-th batch of the global batch plan, starting at batch i, and
+    writes the batch files and ``shard.json`` (no manifest); :func:`merge_shards` joins the n shard
+    folders. Batches are the same as in a single run, so the merged output equals a single run's.
+    """
     out = Path(output)
+    if shard is not None and not 0 <= shard[0] < shard[1]:
+        raise LightReasonerError(f"shard {shard[0]} of {shard[1]}: index must be in [0, {shard[1]})")
     fingerprint = sampling_fingerprint(config, reference)
     finished = _prepare_output(out, fingerprint, overwrite)
     if finished is not None:
@@ -376,9 +384,14 @@ def sample(config: Config, output: str | Path, *, reference: bool = False, overw
     batches = plan_batches([len(p) for p in prompts], batch_size, scfg.sort_by_length and not reference)
     started = time.perf_counter()
     bar = tqdm(total=len(problems), desc="contrastive sampling", unit="problem", disable=not progress)
-    for index, members in enumerate(batches):
-        shard = out / SHARDS / f"batch-{index:05d}.parquet"
-        if shard.is_file():
+    if shard is not None:
+        batches = [(i, m) for i, m in enumerate(batches) if i % shard[1] == shard[0]]
+        bar.total = sum(len(m) for _, m in batches)
+    else:
+        batches = list(enumerate(batches))
+    for index, members in batches:
+        shard_file = out / SHARDS / f"batch-{index:05d}.parquet"
+        if shard_file.is_file():
             bar.update(len(members))
             continue
         batch_prompts = [prompts[i] for i in members]
@@ -389,17 +402,57 @@ def sample(config: Config, output: str | Path, *, reference: bool = False, overw
         else:
             scored = score_fast(pair, ids, batch_prompts, completions, logits, scfg.alpha, floor)
         del logits
-        _atomic_write_table(_shard_table(list(zip(members, scored, strict=True))), shard)
+        _atomic_write_table(_shard_table(list(zip(members, scored, strict=True))), shard_file)
         bar.update(len(members))
     bar.close()
     elapsed = time.perf_counter() - started
-    manifest = finalize(out, config, pair, fingerprint, reference, elapsed, len(problems))
+    models_info = {"expert": pair.expert_info, "amateur": pair.amateur_info, "vocab_size": pair.vocab_size}
+    if shard is not None:
+        info = {"stage": "sample-shard", "fingerprint": fingerprint, "shard": list(shard),
+                "num_batches": len(plan_batches([len(p) for p in prompts], batch_size, False)),
+                "batches": [i for i, _ in batches], "models": models_info, "reference": reference,
+                "config": config.dump(), "sampling_seconds": elapsed}
+        _atomic_write_json(info, out / SHARD_INFO)
+        return SampleResult(out, info)
+    manifest = finalize(out, config, models_info, fingerprint, reference, elapsed, len(problems))
     return SampleResult(out, manifest)
 
 
-def finalize(out: Path, config: Config, pair: ModelPair, fingerprint: str, reference: bool,
+def merge_shards(config: Config, shard_dirs: list[str | Path], output: str | Path,
+                 overwrite: bool = False) -> SampleResult:
+    """Join the folders of a sharded run into one samples folder (equal to a single-shard run's)."""
+    out = Path(output)
+    infos = []
+    for folder in shard_dirs:
+        path = Path(folder) / SHARD_INFO
+        if not path.is_file():
+            raise LightReasonerError(f"{folder}: missing {SHARD_INFO} (not a finished sampling shard)")
+        infos.append(json.loads(path.read_text()))
+    fingerprints = {i["fingerprint"] for i in infos}
+    if len(fingerprints) != 1:
+        raise LightReasonerError(f"{output}: the shards were sampled with different configs")
+    fingerprint = fingerprints.pop()
+    expected = infos[0]["num_batches"]
+    seen = sorted(b for i in infos for b in i["batches"])
+    if seen != list(range(expected)):
+        raise LightReasonerError(f"{output}: shards cover batches {seen}, expected 0..{expected - 1} once each")
+    finished = _prepare_output(out, fingerprint, overwrite)
+    if finished is not None:
+        return SampleResult(out, finished)
+    for folder in shard_dirs:
+        for batch in sorted((Path(folder) / SHARDS).glob("batch-*.parquet")):
+            shutil.copyfile(batch, out / SHARDS / batch.name)
+    elapsed = max(i["sampling_seconds"] for i in infos)
+    num_problems = sum(pq.read_metadata(b).num_rows for b in (out / SHARDS).glob("batch-*.parquet"))
+    manifest = finalize(out, config, infos[0]["models"], fingerprint, infos[0]["reference"], elapsed, num_problems)
+    manifest["shards"] = len(infos)
+    _atomic_write_json(manifest, out / MANIFEST)
+    return SampleResult(out, manifest)
+
+
+def finalize(out: Path, config: Config, models_info: dict[str, Any], fingerprint: str, reference: bool,
              elapsed: float, num_problems: int) -> dict[str, Any]:
-    """Merge the batch shards into the output contract; the manifest is written last."""
+    """Merge the batch files into the output contract; the manifest is written last."""
     shards = sorted((out / SHARDS).glob("batch-*.parquet"))
     table = pa.concat_tables([pq.read_table(s) for s in shards]).sort_by("order")
     rows = table.to_pylist()
@@ -427,7 +480,7 @@ def finalize(out: Path, config: Config, pair: ModelPair, fingerprint: str, refer
         "mode": "reference" if reference else "fast",
         "config": config.dump(),
         "effective_beta": beta,
-        "models": {"expert": pair.expert_info, "amateur": pair.amateur_info, "vocab_size": pair.vocab_size},
+        "models": models_info,
         "versions": library_versions(),
         "counts": {
             "problems": len(trajectories),

@@ -181,3 +181,25 @@ def test_cli_sample_runs(tiny_models, tmp_path, capsys):
     assert "problems=2 steps=" in capsys.readouterr().out
     assert (out / "manifest.json").is_file() and not (out / "shards").exists()
     assert main(args) == 0  # a finished run is recognised, not redone
+
+
+def test_sharded_run_merged_equals_single_run(tiny_models, tmp_path):
+    from lightreasoner.sampling import merge_shards
+
+    cfg = tiny_config(tiny_models, **{"data.limit": 6, "sampling.batch_size": 2, "sampling.beta": "auto:0.3"})
+    pair = load_pair(cfg)
+    sample(cfg, tmp_path / "single", pair=pair, progress=False)
+    shard_dirs = [tmp_path / f"shard{i}" for i in range(2)]
+    for i, folder in enumerate(shard_dirs):
+        sample(cfg, folder, pair=pair, progress=False, shard=(i, 2))
+        assert (folder / "shard.json").is_file() and not (folder / "manifest.json").exists()
+    with pytest.raises(LightReasonerError, match="expected 0..2 once each"):
+        merge_shards(cfg, shard_dirs[:1], tmp_path / "partial")
+    assert not (tmp_path / "partial" / "manifest.json").exists()
+    result = merge_shards(cfg, shard_dirs, tmp_path / "merged")
+    single = read(tmp_path / "single")[2]
+    assert result.manifest["effective_beta"] == single["effective_beta"]
+    for name in ("trajectories.parquet", "samples.parquet"):
+        assert pq.read_table(tmp_path / "single" / name).equals(pq.read_table(tmp_path / "merged" / name))
+    with pytest.raises(LightReasonerError, match="index must be in"):
+        sample(cfg, tmp_path / "bad", pair=pair, shard=(2, 2))
