@@ -239,8 +239,6 @@ def load_pair(config: Config) -> ModelPair:
                 f"amateur.model {config.amateur.model}: tokenizer differs from the Expert's ({problem})"
             )
         amateur = load_model(config.amateur, "amateur", device)
-        if config.amateur.keep_layers is not None and config.amateur.keep_layers < num_layers(amateur):
-            amateur = truncated_amateur(amateur, config.amateur.keep_layers)
     vocab = comparable_vocab(tokenizer, expert, amateur)
     expert_info = model_fingerprint(config.expert, expert)
     return ModelPair(expert, amateur, tokenizer, vocab, expert_info, amateur_fingerprint(config.amateur, expert_info, amateur))
