@@ -92,6 +92,116 @@ def cmd_merge_samples(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("train")
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import train
+
+    if args.layout:
+        args.overrides = [*args.overrides, f"training.layout={args.layout}"]
+    cfg = config_from_args(args)
+    result = train(cfg, args.samples, args.output, resume=args.resume, merge=args.merge)
+    m = result.manifest
+    loss = m["final_loss"]
+    print(
+        f"steps={m['steps']} tuned_tokens={m['tuned_tokens']} final_loss="
+        f"{'n/a' if loss is None else f'{loss:.4f}'} layout={m['layout']} output={result.output}"
+    )
+    return 0
+
+
+@command("evaluate")
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate
+
+    cfg = config_from_args(args)
+    result = evaluate(cfg, model=args.model, adapter=args.adapter, output=args.output, limit=args.limit)
+    m = result.metrics
+
+    def fmt(value, spec=".4f"):
+        return "null" if value is None else format(value, spec)
+
+    print(
+        f"n={m['n']} accuracy_base={fmt(m['accuracy_base'])} accuracy_tuned={fmt(m['accuracy_tuned'])} "
+        f"delta={fmt(m['delta'], '+.4f')} ci95=[{fmt(m['delta_ci_low'], '+.4f')}, {fmt(m['delta_ci_high'], '+.4f')}] "
+        f"mcnemar_p={fmt(m['mcnemar_p'], '.4g')} output={result.output}"
+    )
+    return 0
+
+
+@command("doctor")
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import doctor
+
+    return doctor(namespace=args.namespace, kfp_host=args.kfp_host, mlflow_uri=args.mlflow_uri,
+                  secrets=args.secrets, context=args.context, timeout=args.timeout)
+
+
+@command("register")
+def cmd_register(args: argparse.Namespace) -> int:
+    from .registry import register
+    from .tracking import is_embedded, ui_command
+
+    cfg = config_from_args(args)
+    result = register(cfg, args.training, args.evaluation, args.samples, parent_run_id=args.parent_run_id)
+    print(f"registered {result.name} version {result.version} (alias {result.alias}) run={result.run_id} "
+          f"delta={result.tags.get('delta', '?')} mcnemar_p={result.tags.get('mcnemar_p', '?')}")
+    if is_embedded(cfg):
+        print(f"browse: {ui_command(cfg)}")
+    return 0
+
+
+@command("promote")
+def cmd_promote(args: argparse.Namespace) -> int:
+    from .registry import promote
+
+    cfg = config_from_args(args)
+    promote(cfg, args.model, args.min_delta, args.max_p)
+    return 0
+
+
+@command("compare")
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .registry import compare
+
+    cfg = config_from_args(args)
+    table = compare(cfg, args.run_ids, echo=not args.json)
+    if args.json:
+        print_json(table.as_dict())
+    return 0
+
+
+@command("pipeline")
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    try:
+        from pipelines import client
+        from pipelines.lightreasoner_pipeline import compile_pipeline
+    except ImportError as exc:
+        raise LightReasonerError(f"pipeline commands need kfp and the pipelines package ({exc})") from None
+
+    action = args.pipeline_command
+    if action == "compile":
+        print(compile_pipeline(args.output, args.image))
+        return 0
+    if action == "run-local":
+        cfg = config_from_args(args)
+        run = client.run_local(cfg, args.workdir, shards=args.shards, promote=not args.no_promote)
+        print(f"local run finished: {run.root}")
+        for name, path in sorted(run.outputs.items()):
+            print(f"  {name}: {path}")
+        return 0
+    params = client.parse_params(args.param)
+    token = client.read_token(args.token_file)
+    if action == "submit":
+        run_id = client.submit(args.host, params, experiment=args.experiment, run_name=args.run_name,
+                               namespace=args.namespace, token=token, package=args.package, image=args.image)
+        print(f"submitted run {run_id} to {args.host} (experiment {args.experiment})")
+        return 0
+    job = client.schedule(args.host, args.cron, params, experiment=args.experiment, name=args.name,
+                          namespace=args.namespace, token=token, package=args.package, image=args.image)
+    print(f"scheduled {args.name} ({args.cron}) as recurring run {job} on {args.host} (experiment {args.experiment})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -116,6 +226,73 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("shards", nargs="+", help="shard output folders")
     p.add_argument("--output", required=True, help="merged samples folder")
     p.add_argument("--overwrite", action="store_true", help="replace samples of a different config")
+
+    p = sub.add_parser("train", help="stage 2: LoRA fine-tuning of the Expert on the soft labels")
+    add_config_args(p)
+    p.add_argument("--samples", required=True, help="samples folder written by `sample`")
+    p.add_argument("--output", required=True, help="output folder for adapter, tokenizer, checkpoints, manifest")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output folder")
+    p.add_argument("--merge", action="store_true", help="also write the merged model to OUTPUT/merged")
+    p.add_argument("--layout", choices=["packed", "per-step"], help="override training.layout")
+
+    p = sub.add_parser("evaluate", help="stage 3: pass@1 of the base Expert and Expert + adapter, paired metrics")
+    add_config_args(p)
+    p.add_argument("--model", help="the Expert (overrides expert.model)")
+    p.add_argument("--adapter", help="training output folder or LoRA adapter folder; omit to score the base only")
+    p.add_argument("--output", required=True, help="output folder for predictions, metrics, plot and manifest")
+    p.add_argument("--limit", type=int, help="evaluate only the first N problems")
+
+    p = sub.add_parser("doctor", help="read-only cluster preflight: auth, namespace, Secrets, GPUs, KFP, MLflow")
+    p.add_argument("--namespace", help="namespace to check (default: the context's, else default)")
+    p.add_argument("--kfp-host", help="Kubeflow Pipelines API URL to probe (token from env KFP_TOKEN)")
+    p.add_argument("--mlflow-uri", help="MLflow tracking server URL to probe")
+    p.add_argument("--secret", dest="secrets", action="append", default=[], metavar="NAME",
+                   help="a Secret that must exist in the namespace (repeatable; values are never read out)")
+    p.add_argument("--context", help="kubeconfig context (default: the current one, or in-cluster)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per check (default 10)")
+
+    p = sub.add_parser("register", help="register the adapter in the MLflow model registry (alias challenger)")
+    add_config_args(p)
+    p.add_argument("--training", required=True, help="training output folder or s3:// URI (adapter, manifest)")
+    p.add_argument("--evaluation", required=True, help="evaluation output folder or s3:// URI (metrics.json)")
+    p.add_argument("--samples", help="samples folder or s3:// URI (lineage: effective beta, sha256 check)")
+    p.add_argument("--parent-run-id", help="MLflow pipeline run to nest the register run under")
+
+    p = sub.add_parser("promote", help="move alias champion to the challenger when it beats the champion")
+    add_config_args(p)
+    p.add_argument("--model", help="registered model name (default: registry.model_name)")
+    p.add_argument("--min-delta", type=float, help="required accuracy gain (default: registry.min_delta)")
+    p.add_argument("--max-p", type=float, help="largest McNemar p-value accepted (default: registry.max_p)")
+
+    p = sub.add_parser("compare", help="side-by-side table of MLflow runs (params, stage metrics)")
+    add_config_args(p)
+    p.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="MLflow run ids (pipeline or stage runs)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+
+    p = sub.add_parser("pipeline", help="Kubeflow: compile, run locally, submit a run, schedule runs")
+    psub = p.add_subparsers(dest="pipeline_command", required=True)
+    q = psub.add_parser("compile", help="write the pipeline's IR YAML")
+    q.add_argument("-o", "--output", default="pipelines/lightreasoner_pipeline.yaml")
+    q.add_argument("--image", help="container image of every component (default: lightreasoner.images)")
+    q = psub.add_parser("run-local", help="run the pipeline end to end here through kfp.local")
+    add_config_args(q)
+    q.add_argument("--workdir", default="lightreasoner-runs", help="folder for outputs and the local MLflow store")
+    q.add_argument("--shards", type=int, default=1, help="sampling shards (ParallelFor)")
+    q.add_argument("--no-promote", action="store_true", help="register only, no promotion check")
+    for action, text in (("submit", "submit one run"), ("schedule", "create a recurring run")):
+        q = psub.add_parser(action, help=f"{text} on a Kubeflow Pipelines endpoint")
+        q.add_argument("--host", required=True, help="Kubeflow Pipelines API URL")
+        q.add_argument("--experiment", default="lightreasoner", help="KFP experiment")
+        q.add_argument("--namespace", help="Kubeflow namespace (multi-user installs)")
+        q.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="pipeline parameter")
+        q.add_argument("--token-file", help="file holding the API token (default: env KFP_TOKEN)")
+        q.add_argument("--package", help="compiled pipeline YAML (default: the committed one)")
+        q.add_argument("--image", help="compile for this image instead of using the committed YAML")
+        if action == "submit":
+            q.add_argument("--run-name", help="run name (default: lightreasoner-<time>)")
+        else:
+            q.add_argument("--cron", required=True, help='five-field cron, e.g. "0 3 * * *"')
+            q.add_argument("--name", default="lightreasoner-nightly", help="recurring run name")
 
     # Later stages add their sub-parsers above this line, one block each.
     return parser

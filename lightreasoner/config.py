@@ -43,11 +43,19 @@ class AmateurConfig(ModelConfig):
     model: str | None = Field(
         None, description="The Amateur model; empty: the Expert truncated to `keep_layers` decoder layers."
     )
+    _model = field_validator("model", mode="before")(classmethod(lambda cls, v: v or None))
+
     keep_layers: int | None = Field(
-        24,
+        28,
         ge=1,
-        description="Layer-truncated Amateur: keep the Expert's first K decoder layers (used when `model` is empty).",
+        description="Layer-truncated Amateur: keep the Expert's first K decoder layers (only when `model` is empty; "
+        "28 of the demo model's 30, chosen by benchmarks/amateur_depth.py).",
     )
+
+
+def _empty_to_none(value: Any) -> Any:
+    """Pipeline parameters cannot be null: an empty string (or 0 for limits) means "not set"."""
+    return None if value in ("", 0, "0", "null", "None") else value
 
 
 class DataConfig(_Section):
@@ -59,7 +67,9 @@ class DataConfig(_Section):
     hf_config: str | None = Field("main", description="HF dataset configuration name (GSM8K: main).")
     question_field: str = Field("question", description="Field holding the problem text.")
     answer_field: str = Field("answer", description="Field holding the gold answer (GSM8K: the `#### N` line).")
-    limit: int | None = Field(None, ge=1, description="Use only the first N problems.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N problems (0 or empty: all).")
+
+    _limit = field_validator("limit", mode="before")(classmethod(lambda cls, v: _empty_to_none(v)))
     seed: int = Field(0, description="Seed of the synthetic generator.")
     synthetic_size: int = Field(1000, ge=1, description="Problems per synthetic split.")
 
@@ -119,6 +129,11 @@ class TrainingConfig(_Section):
     )
     save_steps: int = Field(50, ge=1, description="Checkpoint every N optimizer steps.")
     logging_steps: int = Field(1, ge=1, description="Log the loss every N optimizer steps.")
+    save_total_limit: int | None = Field(2, ge=1, description="Checkpoints kept (oldest deleted); empty: all.")
+    max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping norm (0: off).")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "linear", description="Learning-rate schedule after warm-up."
+    )
 
 
 class EvaluationConfig(_Section):
@@ -137,6 +152,11 @@ class TrackingConfig(_Section):
     )
     experiment: str = Field("lightreasoner", description="MLflow experiment name.")
     workdir: str = Field("lightreasoner-runs", description="Local folder of the embedded default store.")
+    artifact_location: str | None = Field(
+        None,
+        description="Artifact location of a new experiment (e.g. s3://bucket/mlflow); empty: the server's "
+        "default artifact root, or <workdir>/mlartifacts for the embedded store.",
+    )
     enabled: bool = Field(True, description="Log to MLflow.")
 
 
@@ -243,3 +263,40 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
         return Config.model_validate(data)
     except ValidationError as exc:
         raise LightReasonerError(_format_validation_error(source, exc)) from None
+
+
+def _rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str]]:
+    rows = []
+    instance = model()
+    for name, info in model.model_fields.items():
+        key = f"{prefix}{name}"
+        value = getattr(instance, name)
+        if isinstance(value, BaseModel):
+            rows += _rows(type(value), key + ".")
+            continue
+        default = json.dumps(value) if not isinstance(value, str) else value
+        rows.append((key, default if default != "" else '""', info.description or ""))
+    return rows
+
+
+def config_reference_markdown() -> str:
+    """Every config key with its default and meaning, as a Markdown table (the README's reference)."""
+    lines = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for key, default, meaning in _rows(Config):
+        lines.append(f"| `{key}` | `{default}` | {meaning.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+def load_config_text(text: str, overrides: list[str] | None = None, source: str = "config") -> Config:
+    """Like :func:`load_config` for YAML given as text (what pipeline components receive)."""
+    try:
+        loaded = yaml.safe_load(text) if text and text.strip() else {}
+    except yaml.YAMLError as exc:
+        raise LightReasonerError(f"{source}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(loaded, dict):
+        raise LightReasonerError(f"{source}: expected a mapping of sections at the top level")
+    return config_from_dict(apply_overrides(loaded, [o for o in overrides or [] if o.strip()]), source)
+
+
+def to_yaml(config: Config) -> str:
+    return yaml.safe_dump(config.dump(), sort_keys=False)

@@ -1,0 +1,180 @@
+"""Running the pipeline: locally through ``kfp.local``, or on a Kubeflow Pipelines endpoint (one run or a
+schedule). The CLI's ``lightreasoner pipeline ...`` commands call these functions."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lightreasoner.config import Config, to_yaml
+from lightreasoner.errors import LightReasonerError
+
+from .lightreasoner_pipeline import COMPILED, PARAMETERS, PIPELINE_NAME, build_pipeline, compile_pipeline
+
+TOKEN_ENV = "KFP_TOKEN"
+_CRON_FIELD = re.compile(r"^(\*|\?|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?(,(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?)*$")
+
+
+def _get(config: Config, dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def arguments_from_config(config: Config) -> dict[str, Any]:
+    """Pipeline arguments equal to a config (None becomes the parameter's "not set": "" or 0)."""
+    args: dict[str, Any] = {}
+    for name, key in PARAMETERS.items():
+        value = _get(config, key)
+        if value is None:
+            value = 0 if name in ("amateur_keep_layers", "num_problems", "eval_limit") else ""
+        args[name] = str(value) if name == "beta" else value
+    args["config_yaml"] = to_yaml(config)
+    return args
+
+
+def parse_params(items: list[str] | None) -> dict[str, Any]:
+    """``--param name=value`` pairs, checked against the pipeline's parameters, values parsed as YAML."""
+    import yaml
+
+    known = set(PARAMETERS) | {"num_shards", "promote", "config_yaml", "run_name", "s3_secret", "mlflow_secret",
+                               "gpu_node_selector", "gpu_tolerations"}
+    params: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise LightReasonerError(f"--param {item!r}: expected name=value")
+        name, raw = item.split("=", 1)
+        if name not in known:
+            raise LightReasonerError(f"--param {name!r}: unknown pipeline parameter")
+        value = yaml.safe_load(raw) if raw else ""
+        params[name] = str(value) if name in ("beta", "expert", "amateur", "dataset", "eval_dataset") else value
+    return params
+
+
+def normalise_cron(cron: str) -> str:
+    """Five-field cron (as users write it) -> the six-field form Kubeflow's scheduler takes."""
+    fields = cron.split()
+    if len(fields) not in (5, 6) or not all(_CRON_FIELD.match(f) for f in fields):
+        raise LightReasonerError(f"--cron {cron!r}: expected 5 fields like '0 3 * * *' (minute hour day month weekday)")
+    return " ".join(["0", *fields]) if len(fields) == 5 else cron
+
+
+def read_token(token_file: str | None) -> str | None:
+    if token_file:
+        path = Path(token_file)
+        if not path.is_file():
+            raise LightReasonerError(f"--token-file {token_file}: file not found")
+        return path.read_text().strip() or None
+    return os.environ.get(TOKEN_ENV) or None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    reason = getattr(exc, "reason", None)
+    if reason:
+        text = " ".join(str(reason).split())
+    return (text[:200] + "...") if len(text) > 200 else (text or type(exc).__name__)
+
+
+def connect(host: str, token: str | None, namespace: str | None, factory: Callable | None = None):
+    """A kfp.Client for ``host``; errors (unreachable, refused, unauthorised) become one line."""
+    if not re.match(r"^https?://", host):
+        raise LightReasonerError(f"--host {host!r}: expected an http(s):// URL")
+    if factory is None:
+        import kfp
+
+        factory = kfp.Client
+    import logging
+    import warnings
+
+    for name in ("urllib3", "urllib3.connectionpool"):  # retry chatter would bury the one-line error
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return factory(host=host, existing_token=token, namespace=namespace or "kubeflow")
+    except Exception as exc:  # noqa: BLE001
+        raise LightReasonerError(f"{host}: cannot reach Kubeflow Pipelines ({_one_line(exc)})") from None
+
+
+def _package(package: str | None, image: str | None) -> str:
+    if package:
+        if not Path(package).is_file():
+            raise LightReasonerError(f"--package {package}: file not found")
+        return package
+    if image:
+        return str(compile_pipeline(Path(tempfile.mkdtemp()) / "lightreasoner_pipeline.yaml", image))
+    return str(COMPILED)
+
+
+def submit(host: str, params: dict[str, Any], *, experiment: str = "lightreasoner", run_name: str | None = None,
+           namespace: str | None = None, token: str | None = None, package: str | None = None,
+           image: str | None = None, factory: Callable | None = None) -> str:
+    """One run of the compiled pipeline; returns the run id."""
+    client = connect(host, token, namespace, factory)
+    path = _package(package, image)
+    try:
+        run = client.create_run_from_pipeline_package(
+            pipeline_file=path, arguments=params, run_name=run_name or f"{PIPELINE_NAME}-{time.strftime('%Y%m%d-%H%M%S')}",
+            experiment_name=experiment, namespace=namespace)
+    except Exception as exc:  # noqa: BLE001
+        raise LightReasonerError(f"{host}: submitting the run failed ({_one_line(exc)})") from None
+    return str(getattr(run, "run_id", run))
+
+
+def schedule(host: str, cron: str, params: dict[str, Any], *, experiment: str = "lightreasoner",
+             name: str = "lightreasoner-nightly", namespace: str | None = None, token: str | None = None,
+             package: str | None = None, image: str | None = None, max_concurrency: int = 1,
+             factory: Callable | None = None) -> str:
+    """A recurring run of the compiled pipeline in ``experiment``; returns the recurring run id."""
+    cron6 = normalise_cron(cron)
+    client = connect(host, token, namespace, factory)
+    path = _package(package, image)
+    try:
+        exp = client.create_experiment(name=experiment, namespace=namespace)
+        job = client.create_recurring_run(
+            experiment_id=exp.experiment_id, job_name=name, cron_expression=cron6, params=params,
+            pipeline_package_path=path, max_concurrency=max_concurrency, no_catchup=True)
+    except Exception as exc:  # noqa: BLE001
+        raise LightReasonerError(f"{host}: creating the schedule failed ({_one_line(exc)})") from None
+    return str(getattr(job, "recurring_run_id", job))
+
+
+@dataclass
+class LocalRun:
+    root: Path
+    outputs: dict[str, Path]  # task/output name -> local folder
+
+
+def run_local(config: Config, workdir: str | Path, *, shards: int = 1, promote: bool = True) -> LocalRun:
+    """The same pipeline end to end through ``kfp.local`` (SubprocessRunner, this environment)."""
+    from kfp import local
+
+    from lightreasoner import tracking
+
+    workdir = Path(workdir).resolve()
+    root = workdir / "kfp"
+    root.mkdir(parents=True, exist_ok=True)
+    args = arguments_from_config(config)
+    if config.tracking.enabled:
+        args["mlflow_tracking_uri"] = tracking.tracking_uri(config)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    before = set(root.iterdir())
+    pipeline = build_pipeline(kubernetes=False)
+    try:
+        pipeline(**args, num_shards=shards, promote=promote)
+    except RuntimeError as exc:
+        raise LightReasonerError(f"local pipeline run failed ({_one_line(exc)}); logs above") from None
+    runs = sorted(set(root.iterdir()) - before, key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise LightReasonerError(f"{root}: the local run left no output")
+    run_dir = runs[-1]
+    outputs = {f"{p.parent.name}/{p.name}": p for p in run_dir.glob("*/*") if p.is_dir()}
+    return LocalRun(run_dir, outputs)
