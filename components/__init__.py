@@ -7,7 +7,7 @@ ships each function's source to the container, so every import is inside the fun
 """
 
 from types import SimpleNamespace
-from typing import List, NamedTuple  # noqa: UP035 - KFP reads these annotations
+from typing import NamedTuple
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
