@@ -40,21 +40,54 @@ def arguments_from_config(config: Config) -> dict[str, Any]:
     return args
 
 
-def parse_params(items: list[str] | None) -> dict[str, Any]:
-    """``--param name=value`` pairs, checked against the pipeline's parameters, values parsed as YAML."""
-    import yaml
+_KINDS = {"String": "STRING", "Integer": "NUMBER_INTEGER", "Float": "NUMBER_DOUBLE", "Boolean": "BOOLEAN",
+          "Dict": "STRUCT", "List": "LIST"}
 
-    known = set(PARAMETERS) | {"num_shards", "promote", "config_yaml", "run_name", "s3_secret", "mlflow_secret",
-                               "gpu_node_selector", "gpu_tolerations"}
+
+def parameter_types() -> dict[str, str]:
+    """Pipeline parameter -> its kind (STRING, NUMBER_INTEGER, NUMBER_DOUBLE, BOOLEAN, STRUCT, LIST)."""
+    inputs = build_pipeline(kubernetes=False).component_spec.inputs or {}
+    return {name: _KINDS.get(spec.type, "STRING") for name, spec in inputs.items()}
+
+
+def _convert(name: str, raw: str, kind: str) -> Any:
+    import json
+
+    try:
+        if kind == "STRING":
+            return raw
+        if kind == "NUMBER_INTEGER":
+            return int(raw)
+        if kind == "NUMBER_DOUBLE":
+            return float(raw)
+        if kind == "BOOLEAN":
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("true", "1", "yes")
+        value = json.loads(raw)
+        if not isinstance(value, dict if kind == "STRUCT" else list):
+            raise ValueError(raw)
+        return value
+    except ValueError:
+        expected = {"NUMBER_INTEGER": "an integer", "NUMBER_DOUBLE": "a number", "BOOLEAN": "true or false",
+                    "STRUCT": "a JSON object", "LIST": "a JSON list"}[kind]
+        raise LightReasonerError(f"--param {name}={raw!r}: expected {expected}") from None
+
+
+def parse_params(items: list[str] | None) -> dict[str, Any]:
+    """``--param name=value`` pairs, checked against the pipeline's parameters and converted to their
+    declared types (``learning_rate=5e-05`` is a float, ``expert=...`` stays a string)."""
+    if not items:
+        return {}
+    types = parameter_types()
     params: dict[str, Any] = {}
-    for item in items or []:
+    for item in items:
         if "=" not in item:
             raise LightReasonerError(f"--param {item!r}: expected name=value")
         name, raw = item.split("=", 1)
-        if name not in known:
+        if name not in types:
             raise LightReasonerError(f"--param {name!r}: unknown pipeline parameter")
-        value = yaml.safe_load(raw) if raw else ""
-        params[name] = str(value) if name in ("beta", "expert", "amateur", "dataset", "eval_dataset") else value
+        params[name] = _convert(name, raw, types[name])
     return params
 
 
@@ -139,6 +172,11 @@ def schedule(host: str, cron: str, params: dict[str, Any], *, experiment: str = 
     path = _package(package, image)
     try:
         exp = client.create_experiment(name=experiment, namespace=namespace)
+        # One schedule per name: a re-run (a Helm upgrade) replaces it instead of adding a second one.
+        listing = client.list_recurring_runs(experiment_id=exp.experiment_id, page_size=200)
+        for old in getattr(listing, "recurring_runs", None) or []:
+            if old.display_name == name:
+                client.delete_recurring_run(old.recurring_run_id)
         job = client.create_recurring_run(
             experiment_id=exp.experiment_id, job_name=name, cron_expression=cron6, params=params,
             pipeline_package_path=path, max_concurrency=max_concurrency, no_catchup=True)

@@ -72,6 +72,7 @@ def test_arguments_follow_the_config():
 
 class FakeClient:
     calls: list = []
+    jobs: list = []
 
     def __init__(self, host, existing_token, namespace):
         self.calls.append(("init", host, existing_token, namespace))
@@ -85,28 +86,43 @@ class FakeClient:
 
     def create_recurring_run(self, **kw):
         self.calls.append(("schedule", kw))
-        return type("Job", (), {"recurring_run_id": "job-1"})()
+        n = sum(1 for c in self.calls if c[0] == "schedule")
+        self.jobs.append(type("Job", (), {"recurring_run_id": f"job-{n}",
+                                          "display_name": kw["job_name"]})())
+        return self.jobs[-1]
+
+    def list_recurring_runs(self, experiment_id, page_size):
+        return type("List", (), {"recurring_runs": list(self.jobs)})()
+
+    def delete_recurring_run(self, recurring_run_id):
+        self.jobs[:] = [j for j in self.jobs if j.recurring_run_id != recurring_run_id]
 
 
 def test_submit_uploads_the_compiled_package_with_parameters(monkeypatch):
     FakeClient.calls = []
     monkeypatch.setenv("KFP_TOKEN", "s3cr3t-token")
-    params = client.parse_params(["num_problems=50", "beta=auto:0.2", "expert=Qwen/Qwen2.5-Math-1.5B"])
+    params = client.parse_params(["num_problems=50", "beta=auto:0.2", "expert=Qwen/Qwen2.5-Math-1.5B",
+                                  "learning_rate=5e-05", "promote=false"])
     run_id = client.submit("http://kfp.local:8888", params, token=client.read_token(None), factory=FakeClient)
     assert run_id == "run-1"
     init, (_, kw) = FakeClient.calls
     assert init[2] == "s3cr3t-token"
     assert kw["pipeline_file"] == str(COMPILED)
-    assert kw["arguments"] == {"num_problems": 50, "beta": "auto:0.2", "expert": "Qwen/Qwen2.5-Math-1.5B"}
+    assert kw["arguments"] == {"num_problems": 50, "beta": "auto:0.2", "expert": "Qwen/Qwen2.5-Math-1.5B",
+                               "learning_rate": 5e-05, "promote": False}
+    with pytest.raises(LightReasonerError, match="num_problems='many': expected an integer"):
+        client.parse_params(["num_problems=many"])
 
 
 def test_schedule_takes_five_field_cron(monkeypatch):
-    FakeClient.calls = []
+    FakeClient.calls, FakeClient.jobs = [], []
     job = client.schedule("http://kfp:8888", "0 3 * * *", {"num_shards": 2}, factory=FakeClient)
     assert job == "job-1"
     kw = FakeClient.calls[-1][1]
     assert kw["cron_expression"] == "0 0 3 * * *" and kw["experiment_id"] == "exp-1"
     assert kw["params"] == {"num_shards": 2} and kw["pipeline_package_path"] == str(COMPILED)
+    client.schedule("http://kfp:8888", "0 4 * * *", {}, factory=FakeClient)  # a second install replaces it
+    assert [j.recurring_run_id for j in FakeClient.jobs] == ["job-2"]
 
 
 @pytest.mark.parametrize(
