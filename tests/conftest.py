@@ -94,3 +94,7 @@ def tiny_config(tiny_models, expert: str = "llama", amateur: str | None = "llama
         overrides += [f"amateur.model={tiny_models[amateur]}"]
     overrides += [f"{k}={v}" for k, v in sets.items()]
     return load_config(None, overrides)
+
+
+# Real S3 (moto) and MLflow servers on 127.0.0.1 (tests/servers.py); session-scoped, started on first use.
+from servers import aws_env, mlflow_server, s3_server  # noqa: E402,F401,I001

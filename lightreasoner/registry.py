@@ -1,0 +1,511 @@
+"""The MLflow model registry: register the tuned adapter, promote it, compare runs.
+
+Flavour: **pyfunc wrapping the PEFT adapter folder** (:class:`lightreasoner.mlflow_model.AdapterModel`), not the transformers flavour.
+The transformers flavour wants the base model's weights (or a hub lookup of them) at log time to build a
+pipeline and infer its environment; offline, with a GGUF or local Expert, that fails or copies gigabytes.
+The pyfunc model holds only the adapter (a few MB), its tokenizer and the Expert's identity (model id /
+path, revision, sha256); ``load_context`` loads the Expert (``LIGHTREASONER_EXPERT_MODEL`` overrides where
+it lives) and applies the adapter with peft; ``predict`` answers a column ``question`` (or a list of
+strings) with greedy generation. ``mlflow.pyfunc.load_model("models:/NAME@champion")`` serves it.
+
+A registered version carries lineage tags (expert, amateur, alpha, beta, effective beta, samples sha256,
+data set, evaluation metrics, evaluation-set hash) and gets the alias ``challenger``; the register run keeps
+the per-problem correctness (``evaluation/correctness.json``) that :func:`promote` compares.
+
+Promotion rule (:func:`promote`): the challenger becomes ``champion`` when
+
+* there is no champion: its own evaluation beats the base Expert: delta >= min_delta and McNemar p <= max_p;
+* there is one: on the same evaluation problems (paired), accuracy(challenger) - accuracy(champion) >=
+  min_delta and the exact McNemar p of the two versions' discordant problems <= max_p.
+
+The alias is set last, after every check; the champion is re-read just before (a concurrent promotion
+makes the check run again) and promotions of one model are serialised on this machine by a file lock, so
+concurrent calls leave exactly one champion that passed the rule. Running it twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__, storage, tracking
+from .config import Config
+from .errors import LightReasonerError
+
+log = logging.getLogger(__name__)
+
+CHALLENGER = "challenger"
+CHAMPION = "champion"
+CORRECTNESS = "evaluation/correctness.json"
+METRIC_KEYS = ("n", "accuracy_base", "accuracy_tuned", "delta", "delta_ci_low", "delta_ci_high", "mcnemar_p")
+
+
+# --- inputs -----------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise LightReasonerError(f"{path.parent}: missing {path.name} (not a finished {what} folder)")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise LightReasonerError(f"{path}: not valid JSON ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise LightReasonerError(f"{path}: expected a JSON object")
+    return data
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def _data_name(data: Mapping[str, Any] | None) -> str:
+    if not data:
+        return "unknown"
+    text = str(data.get("path", "unknown"))
+    if data.get("split"):
+        text += f":{data['split']}"
+    if data.get("limit"):
+        text += f"[:{data['limit']}]"
+    return text
+
+
+def folder_sha256(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode())
+        digest.update(storage.file_digests(path)[0].encode())
+    return digest.hexdigest()
+
+
+def read_correctness(evaluation: Path) -> dict[str, bool] | None:
+    """problem_id -> correct of the tuned model, from predictions_tuned.parquet (None when absent)."""
+    path = evaluation / "predictions_tuned.parquet"
+    if not path.is_file():
+        return None
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    if "problem_id" not in table.column_names or "correct" not in table.column_names:
+        raise LightReasonerError(f"{path}: expected columns problem_id and correct")
+    ids, correct = table.column("problem_id").to_pylist(), table.column("correct").to_pylist()
+    return {str(i): bool(c) for i, c in zip(ids, correct, strict=True)}
+
+
+def eval_set_sha256(ids) -> str:
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+
+
+def lineage_tags(train_manifest: Mapping[str, Any], metrics: Mapping[str, Any],
+                 samples_manifest: Mapping[str, Any] | None, correctness: Mapping[str, bool] | None,
+                 adapter_sha: str, training: str, evaluation: str) -> dict[str, str]:
+    cfg = train_manifest.get("config") or {}
+    expert_cfg, amateur_cfg, sampling = cfg.get("expert") or {}, cfg.get("amateur") or {}, cfg.get("sampling") or {}
+    expert_info = train_manifest.get("expert") or {}
+    eval_data = metrics.get("data")
+    expert = expert_cfg.get("model") or expert_info.get("model") or "unknown"
+    amateur = amateur_cfg.get("model") or (
+        f"{expert} (first {amateur_cfg.get('keep_layers')} layers)" if amateur_cfg.get("keep_layers") else "unknown"
+    )
+    tags = {
+        "lightreasoner.version": __version__,
+        "expert": expert,
+        "expert_sha256": expert_info.get("sha256") or "",
+        "expert_revision": expert_info.get("revision") or "",
+        "amateur": amateur,
+        "alpha": sampling.get("alpha", "unknown"),
+        "beta": sampling.get("beta", "unknown"),
+        "effective_beta": (samples_manifest or {}).get("effective_beta", "unknown"),
+        "samples_sha256": train_manifest.get("samples_sha256") or "unknown",
+        "data": _data_name(cfg.get("data")),
+        "eval_data": _data_name(eval_data) if isinstance(eval_data, dict) else str(eval_data or "unknown"),
+        "adapter_sha256": adapter_sha,
+        "training_output": training,
+        "evaluation_output": evaluation,
+        "training_steps": train_manifest.get("steps", ""),
+        "final_loss": train_manifest.get("final_loss", ""),
+    }
+    for key in METRIC_KEYS:
+        if metrics.get(key) is not None:
+            tags[key] = metrics[key]
+    if correctness is not None:
+        tags["eval_set_sha256"] = eval_set_sha256(correctness)
+    return {k: tracking.redact_text(_fmt(v))[:5000] for k, v in tags.items() if v != ""}
+
+
+def save_pyfunc(path: Path, artifacts: dict[str, str], model_config: dict[str, Any], requirements: list[str],
+                metadata: dict[str, Any]) -> Path:
+    """Write the pyfunc model folder (MLmodel, python_model.pkl, artifacts/adapter, artifacts/tokenizer)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # type-hint advice on predict (it takes a DataFrame or a list)
+        import mlflow.pyfunc
+
+        from .mlflow_model import AdapterModel
+
+        mlflow.pyfunc.save_model(str(path), python_model=AdapterModel(), artifacts=artifacts,
+                                 model_config=model_config, pip_requirements=requirements, metadata=metadata)
+    return path
+
+
+# --- register ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class RegisteredVersion:
+    name: str
+    version: str
+    run_id: str
+    source: str
+    alias: str = CHALLENGER
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def _pip_requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for pkg in ("mlflow", "torch", "transformers", "peft", "accelerate"):
+        try:
+            out.append(f"{pkg}=={version(pkg)}")
+        except PackageNotFoundError:
+            out.append(pkg)
+    return out
+
+
+def _ensure_registered_model(client, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name, description="LightReasoner-tuned Expert (LoRA adapter, pyfunc)")
+    except MlflowException as exc:
+        if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code) and "already exists" not in str(exc).lower():
+            raise
+
+
+def register(config: Config, training: str | Path, evaluation: str | Path, samples: str | Path | None = None,
+             *, parent_run_id: str | None = None) -> RegisteredVersion:
+    """Log the adapter (pyfunc) in a ``register`` run, register it under ``registry.model_name`` with lineage
+    tags and point the alias ``challenger`` at the new version (set last). Inputs: local folders or s3://."""
+    if not config.tracking.enabled:
+        raise LightReasonerError("tracking.enabled is false: registering needs MLflow (set tracking.enabled=true)")
+    name = config.registry.model_name
+    with contextlib.ExitStack() as stack:
+        train_dir = stack.enter_context(storage.local_input(training))
+        eval_dir = stack.enter_context(storage.local_input(evaluation))
+        samples_dir = stack.enter_context(storage.local_input(samples)) if samples is not None else None
+        train_manifest = _read_json(train_dir / "manifest.json", "training")
+        adapter = train_dir / "adapter"
+        if not (adapter / "adapter_config.json").is_file():
+            raise LightReasonerError(f"{training}: missing adapter/adapter_config.json (not a training output)")
+        metrics = _read_json(eval_dir / "metrics.json", "evaluation")
+        missing = [k for k in ("accuracy_base", "accuracy_tuned", "delta", "mcnemar_p") if metrics.get(k) is None]
+        if missing:
+            raise LightReasonerError(f"{evaluation}: metrics.json has no {', '.join(missing)} (evaluate the adapter)")
+        samples_manifest = _read_json(samples_dir / "manifest.json", "samples") if samples_dir else None
+        if samples_manifest is not None:
+            recorded = train_manifest.get("samples_sha256")
+            actual = (samples_manifest.get("sha256") or {}).get("samples.parquet")
+            if recorded and actual and recorded != actual:
+                raise LightReasonerError(f"{samples}: samples.parquet sha256 differs from the one the adapter was "
+                                         f"trained on ({recorded[:12]})")
+        correctness = read_correctness(eval_dir)
+        tags = lineage_tags(train_manifest, metrics, samples_manifest, correctness, folder_sha256(adapter),
+                            str(training), str(evaluation))
+        client = tracking.client_for(config)
+        uri = client.tracking_uri
+        train_cfg = train_manifest.get("config") or config.dump()
+        run = tracking.start_stage_run(client, config, "register", parent_run_id,
+                                       params=tracking.config_params(train_cfg),
+                                       tags={"registered_model": name})
+        run_id = run.info.run_id
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lightreasoner-register-")))
+        version = None
+        try:
+            with tracking.mlflow_errors(uri, f"registering {name!r}"):
+                tracking._log_batch(client, run_id, metrics=[(f"evaluate/{k}", float(metrics[k]), 0)
+                                                             for k in METRIC_KEYS if metrics.get(k) is not None])
+                (tmp / "evaluation").mkdir()
+                (tmp / "evaluation" / "metrics.json").write_text(
+                    json.dumps(tracking.redact(metrics), indent=2, sort_keys=True, default=str))
+                if correctness is not None:
+                    (tmp / "evaluation" / "correctness.json").write_text(json.dumps(correctness, sort_keys=True))
+                tracking.log_artifact(client, run, tmp / "evaluation", "evaluation", last="metrics.json")
+                manifest_copy = tmp / "training_manifest.json"
+                manifest_copy.write_text(json.dumps(tracking.redact(train_manifest), indent=2, default=str))
+                tracking.log_artifact(client, run, manifest_copy)
+                cfg = train_manifest.get("config") or {}
+                artifacts = {"adapter": str(adapter)}
+                if (train_dir / "tokenizer").is_dir():
+                    artifacts["tokenizer"] = str(train_dir / "tokenizer")
+                model_config = {
+                    "expert": {k: v for k, v in (cfg.get("expert") or config.expert.model_dump()).items()},
+                    "system_prompt": (cfg.get("prompt") or {}).get("system_prompt", config.prompt.system_prompt),
+                    "chat_template": (cfg.get("prompt") or {}).get("chat_template", config.prompt.chat_template),
+                    "max_new_tokens": (cfg.get("evaluation") or {}).get("max_new_tokens",
+                                                                        config.evaluation.max_new_tokens),
+                }
+                save_pyfunc(tmp / "model", artifacts, model_config, _pip_requirements(), {"lightreasoner": tags})
+                tracking.log_artifact(client, run, tmp / "model", "model", last="MLmodel")
+                source = storage.join(run.info.artifact_uri, "model")
+                _ensure_registered_model(client, name)
+                version = client.create_model_version(name, source, run_id=run_id, tags=tags,
+                                                      description=f"LightReasoner adapter on {tags['expert']}")
+                client.set_tag(run_id, "registered_version", version.version)
+                client.set_registered_model_alias(name, CHALLENGER, version.version)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                if version is not None:
+                    client.delete_model_version(name, version.version)
+                client.set_terminated(run_id, "FAILED")
+            raise
+        with tracking.mlflow_errors(uri, "ending the register run"):
+            client.set_terminated(run_id, "FINISHED")
+    result = RegisteredVersion(name, str(version.version), run_id, source, CHALLENGER, tags)
+    log.info("registered %s version %s (alias %s)", name, result.version, CHALLENGER)
+    return result
+
+
+# --- promote ----------------------------------------------------------------------------------------
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value for b and c discordant pairs."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    k = min(b, c)
+    tail = sum(math.comb(n, i) for i in range(k + 1))
+    return min(1.0, 2.0 * tail / 2**n)
+
+
+@dataclass
+class Decision:
+    model: str
+    promoted: bool
+    reason: str
+    challenger: str | None = None
+    champion_before: str | None = None
+    champion_after: str | None = None
+    delta: float | None = None
+    p_value: float | None = None
+
+    def __str__(self) -> str:
+        return f"{'promoted' if self.promoted else 'not promoted'}: {self.reason}"
+
+
+@contextlib.contextmanager
+def _promotion_lock(uri: str, name: str) -> Iterator[None]:
+    folder = Path(tempfile.gettempdir()) / "lightreasoner-locks"
+    folder.mkdir(exist_ok=True)
+    path = folder / (hashlib.sha256(f"{uri}\n{name}".encode()).hexdigest()[:24] + ".lock")
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _alias(client, name: str, alias: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in str(exc).lower():
+            return None
+        raise
+
+
+def _tag_float(version, key: str) -> float | None:
+    try:
+        return float(version.tags[key])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _correctness(client, version, tmp: Path) -> dict[str, bool] | None:
+    if not version.run_id:
+        return None
+    try:
+        path = tracking.download_artifact(client, version.run_id, CORRECTNESS, tmp / f"v{version.version}")
+    except LightReasonerError:
+        return None
+    return json.loads(Path(path).read_text())
+
+
+def _judge(client, name: str, challenger, champion, min_delta: float, max_p: float):
+    """(passes, delta, p, reason) of the challenger against the champion (or the base Expert)."""
+    c = f"version {challenger.version}"
+    if champion is None:
+        delta, p = _tag_float(challenger, "delta"), _tag_float(challenger, "mcnemar_p")
+        if delta is None or p is None:
+            return False, delta, p, f"{c} has no delta/mcnemar_p tags (register it with lightreasoner register)"
+        against = "the base Expert (no champion yet)"
+    else:
+        a, b = challenger.tags.get("eval_set_sha256"), champion.tags.get("eval_set_sha256")
+        if not a or not b:
+            return False, None, None, (f"{c} or champion version {champion.version} has no per-problem results "
+                                       "(predictions_tuned.parquet); cannot compare them")
+        if a != b:
+            return False, None, None, (f"{c} and champion version {champion.version} were evaluated on different "
+                                       "problems; evaluate both on the same set")
+        with tempfile.TemporaryDirectory(prefix="lightreasoner-promote-") as tmp:
+            mine, theirs = _correctness(client, challenger, Path(tmp)), _correctness(client, champion, Path(tmp))
+        if mine is None or theirs is None:
+            return False, None, None, f"cannot read {CORRECTNESS} of {c} or of champion version {champion.version}"
+        ids = sorted(mine)
+        wins = sum(1 for i in ids if mine[i] and not theirs[i])
+        losses = sum(1 for i in ids if theirs[i] and not mine[i])
+        delta = (wins - losses) / len(ids) if ids else 0.0
+        p = mcnemar_exact(wins, losses)
+        against = (f"champion version {champion.version} on {len(ids)} shared problems "
+                   f"({wins} won, {losses} lost)")
+    ok = delta >= min_delta and p <= max_p
+    verdict = "beats" if ok else "does not beat"
+    reason = (f"{c} {verdict} {against}: delta {delta:+.4f} ({'>=' if delta >= min_delta else '<'} {min_delta:g}), "
+              f"McNemar p {p:.4g} ({'<=' if p <= max_p else '>'} {max_p:g})")
+    return ok, delta, p, reason
+
+
+def promote(config: Config, model_name: str | None = None, min_delta: float | None = None,
+            max_p: float | None = None, *, echo: bool = True) -> Decision:
+    """Move alias ``champion`` to the ``challenger`` version when it passes the rule (module docstring).
+    Prints (``echo``) and returns the decision with its reason. Raises when there is no challenger."""
+    name = model_name or config.registry.model_name
+    min_delta = config.registry.min_delta if min_delta is None else float(min_delta)
+    max_p = config.registry.max_p if max_p is None else float(max_p)
+    if not 0.0 < max_p <= 1.0:
+        raise LightReasonerError(f"--max-p {max_p}: must be in (0, 1]")
+    client = tracking.client_for(config)
+    uri = client.tracking_uri
+    with _promotion_lock(uri, name), tracking.mlflow_errors(uri, f"promoting {name!r}"):
+        if not list(client.search_registered_models(filter_string=f"name = '{name}'")):
+            raise LightReasonerError(f"model {name!r}: not registered at {storage.safe_url(uri)}")
+        for _attempt in range(5):
+            challenger = _alias(client, name, CHALLENGER)
+            if challenger is None:
+                raise LightReasonerError(f"model {name!r}: no version has alias {CHALLENGER!r} (run lightreasoner register)")
+            champion = _alias(client, name, CHAMPION)
+            before = champion.version if champion else None
+            if champion is not None and champion.version == challenger.version:
+                decision = Decision(name, False, f"version {challenger.version} is already the champion; nothing to do",
+                                    challenger.version, before, before)
+                break
+            ok, delta, p, reason = _judge(client, name, challenger, champion, min_delta, max_p)
+            if not ok:
+                decision = Decision(name, False, reason, challenger.version, before, before, delta, p)
+                break
+            now = _alias(client, name, CHAMPION)
+            if (now.version if now else None) != before:
+                continue  # someone promoted meanwhile: judge again against the new champion
+            client.set_model_version_tag(name, challenger.version, "promoted_over", before or "base expert")
+            client.set_model_version_tag(name, challenger.version, "promotion_delta", f"{delta:.6g}")
+            client.set_model_version_tag(name, challenger.version, "promotion_p", f"{p:.6g}")
+            client.set_registered_model_alias(name, CHAMPION, challenger.version)  # the last step
+            decision = Decision(name, True, reason, challenger.version, before, challenger.version, delta, p)
+            break
+        else:
+            raise LightReasonerError(f"model {name!r}: the champion kept changing during promotion; retry")
+    if echo:
+        print(f"{name}: {decision}")
+    return decision
+
+
+# --- compare ----------------------------------------------------------------------------------------
+
+KEY_PARAMS = ("expert.model", "amateur.model", "amateur.keep_layers", "data.path", "data.limit", "sampling.alpha",
+              "sampling.beta", "sampling.max_new_tokens", "training.layout", "training.lora_r",
+              "training.learning_rate", "training.epochs", "training.max_steps", "evaluation.data.path",
+              "evaluation.data.split")
+KEY_METRICS = ("evaluate/accuracy_base", "evaluate/accuracy_tuned", "evaluate/delta", "evaluate/delta_ci_low",
+               "evaluate/delta_ci_high", "evaluate/mcnemar_p", "evaluate/n", "sample/problems", "sample/steps",
+               "sample/kept_steps", "sample/kept_fraction", "sample/mean_kl", "sample/median_kl",
+               "sample/effective_beta", "sample/problems_per_second", "train/final_loss", "train/tuned_tokens",
+               "train/steps", "train/wall_seconds")
+
+
+@dataclass
+class Comparison:
+    run_ids: list[str]
+    rows: list[tuple[str, list[str]]]
+
+    def as_dict(self) -> dict[str, dict[str, str]]:
+        return {label: dict(zip(self.run_ids, values, strict=True)) for label, values in self.rows}
+
+    def render(self) -> str:
+        header = ["", *[r[:12] for r in self.run_ids]]
+        table = [header] + [[("* " if len(set(v)) > 1 else "  ") + label, *v] for label, v in self.rows]
+        widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in table]
+        lines.insert(1, "-" * len(lines[0]))
+        return "\n".join(lines + ["(* values differ)"])
+
+
+def _value(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def compare(config: Config, run_ids: list[str], *, echo: bool = True) -> Comparison:
+    """Side by side: key params, every stage metric (a pipeline run includes its stage runs) and tags."""
+    if not run_ids:
+        raise LightReasonerError("compare: give at least one run id")
+    client = tracking.client_for(config)
+    uri = client.tracking_uri
+    infos = []
+    with tracking.mlflow_errors(uri, "reading runs"):
+        from mlflow.exceptions import MlflowException
+
+        for run_id in run_ids:
+            try:
+                run = client.get_run(run_id)
+            except MlflowException:
+                raise LightReasonerError(f"run {run_id}: not found at {storage.safe_url(uri)}") from None
+            children = client.search_runs([run.info.experiment_id],
+                                          filter_string=f"tags.mlflow.parentRunId = '{run_id}'", max_results=100)
+            params, metrics = {}, {}
+            for r in [*children, run]:  # the run's own values win
+                params.update(r.data.params)
+                metrics.update(r.data.metrics)
+            infos.append((run, params, metrics, sorted(c.data.tags.get("lightreasoner.stage", "?") for c in children)))
+    rows: list[tuple[str, list[str]]] = [
+        ("run name", [_value(r.info.run_name) for r, *_ in infos]),
+        ("status", [r.info.status for r, *_ in infos]),
+        ("stages", [",".join(s) or "-" for *_, s in infos]),
+        ("version", [_value(r.data.tags.get("lightreasoner.version")) for r, *_ in infos]),
+        ("git commit", [_value((r.data.tags.get("lightreasoner.git_commit") or "")[:10] or None) for r, *_ in infos]),
+    ]
+    rows += [(k, [_value(p.get(k)) for _, p, _, _ in infos]) for k in KEY_PARAMS]
+    all_metrics = sorted({k for _, _, m, _ in infos for k in m})
+    ordered = [k for k in KEY_METRICS if k in all_metrics] + [k for k in all_metrics if k not in KEY_METRICS]
+    rows += [(k, [_value(m.get(k)) for _, _, m, _ in infos]) for k in ordered]
+    other = sorted({k for _, p, _, _ in infos for k in p} - set(KEY_PARAMS))
+    rows += [(k, [_value(p.get(k)) for _, p, _, _ in infos]) for k in other
+             if len({p.get(k) for _, p, _, _ in infos}) > 1]
+    result = Comparison(list(run_ids), rows)
+    if echo:
+        print(result.render())
+    return result

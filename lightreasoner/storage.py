@@ -1,0 +1,475 @@
+"""Local paths and s3:// URIs, one interface for every stage.
+
+* boto3 with the transfer manager (multipart above ``LIGHTREASONER_S3_MULTIPART_MB``, default 8 MiB,
+  parallel parts) and botocore retries (``AWS_RETRY_MODE`` standard/adaptive, default standard;
+  ``AWS_MAX_ATTEMPTS``, default 5) that cover throttling and 5xx answers.
+* Endpoint override for S3-compatible stores (MinIO, Ceph, moto): ``AWS_ENDPOINT_URL_S3``,
+  ``AWS_ENDPOINT_URL`` or ``MLFLOW_S3_ENDPOINT_URL``, first one set wins.
+* Integrity: every upload records the file's sha256 in the object metadata and is checked after the
+  upload (size, the ETag against the local MD5 / multipart MD5 when the store computes plain ETags, and
+  the recorded sha256); every download is checked against the size and the recorded sha256.
+* ``upload_dir`` removes the destination's ``manifest.json`` first and uploads the new one LAST, after every
+  other file is verified, so a failed upload never leaves a folder that a reader takes as complete.
+* ``local_input`` / ``local_output`` let a stage work on a local folder whatever its argument was.
+
+Errors become one-line :class:`LightReasonerError` messages naming the URI; credentials never appear.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from .errors import LightReasonerError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+SHA256_META = "sha256"
+_MB = 1024 * 1024
+_MAX_PARTS = 10000
+_MIN_PART = 5 * _MB
+_CLIENTS_LOCK = threading.Lock()
+
+
+# --- URIs -------------------------------------------------------------------------------------------
+
+
+def is_s3(uri: str | os.PathLike | None) -> bool:
+    return isinstance(uri, str) and uri.startswith("s3://")
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """``s3://bucket/some/key`` -> ("bucket", "some/key")."""
+    if not is_s3(uri):
+        raise LightReasonerError(f"{uri}: not an s3:// URI")
+    rest = uri[len("s3://") :]
+    bucket, _, key = rest.partition("/")
+    if not bucket or not re.fullmatch(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]", bucket):
+        raise LightReasonerError(f"{uri}: invalid bucket name {bucket!r}")
+    return bucket, key
+
+
+def join(uri: str, *parts: str) -> str:
+    base = uri.rstrip("/")
+    return "/".join([base, *(p.strip("/") for p in parts if p)])
+
+
+def endpoint_url() -> str | None:
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL"):
+        value = os.environ.get(name)
+        if value:
+            return value
+    return None
+
+
+def safe_url(url: str | None) -> str:
+    """A URL without the password of its userinfo part (``http://user:***@host``)."""
+    if not url:
+        return ""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<url>"
+    if parts.password is None and "@" not in parts.netloc:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit((parts.scheme, f"{user}:***@{host}" if user else host, parts.path, parts.query, ""))
+
+
+# --- client -----------------------------------------------------------------------------------------
+
+
+def _env_number(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise LightReasonerError(f"environment {name}={raw!r}: expected a number") from None
+
+
+_CLIENT_ENV = ("AWS_RETRY_MODE", "AWS_MAX_ATTEMPTS", "LIGHTREASONER_S3_CONNECT_TIMEOUT", "LIGHTREASONER_S3_READ_TIMEOUT",
+               "LIGHTREASONER_S3_ADDRESSING", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL_S3",
+               "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+               "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE",
+               "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN")
+_CLIENTS: dict[tuple, Any] = {}
+
+
+def client():
+    """A boto3 S3 client with retries, timeouts and the endpoint override; cached per relevant environment
+    (a change of credentials, endpoint or retry settings gets a new client)."""
+    key = tuple(os.environ.get(name) for name in _CLIENT_ENV)
+    with _CLIENTS_LOCK:
+        if key not in _CLIENTS:
+            if len(_CLIENTS) > 16:
+                _CLIENTS.clear()
+            _CLIENTS[key] = _new_client()
+        return _CLIENTS[key]
+
+
+def _new_client():
+    import boto3
+    from botocore.config import Config
+
+    mode = os.environ.get("AWS_RETRY_MODE", "standard")
+    if mode not in ("standard", "adaptive", "legacy"):
+        raise LightReasonerError(f"environment AWS_RETRY_MODE={mode!r}: expected standard or adaptive")
+    config = Config(
+        retries={"mode": mode, "max_attempts": int(_env_number("AWS_MAX_ATTEMPTS", 5))},
+        connect_timeout=_env_number("LIGHTREASONER_S3_CONNECT_TIMEOUT", 10),
+        read_timeout=_env_number("LIGHTREASONER_S3_READ_TIMEOUT", 60),
+        s3={"addressing_style": os.environ.get("LIGHTREASONER_S3_ADDRESSING", "auto")},
+    )
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url(), region_name=region, config=config)
+
+
+def part_size() -> int:
+    return max(_MIN_PART, int(_env_number("LIGHTREASONER_S3_MULTIPART_MB", 8) * _MB))
+
+
+def transfer_config():
+    from boto3.s3.transfer import TransferConfig
+
+    size = part_size()
+    return TransferConfig(multipart_threshold=size, multipart_chunksize=size,
+                          max_concurrency=int(_env_number("LIGHTREASONER_S3_CONCURRENCY", 4)), use_threads=True)
+
+
+# --- errors -----------------------------------------------------------------------------------------
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short reason for a boto3/botocore failure, without credentials."""
+    from boto3.exceptions import S3UploadFailedError
+    from botocore import exceptions as bx
+
+    if isinstance(exc, bx.ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code == "NoSuchBucket":
+            return "bucket does not exist"
+        if code in ("NoSuchKey", "404", "NotFound"):
+            return "no such object"
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "Forbidden",
+                    "InvalidToken", "ExpiredToken", "AllAccessDisabled") or status == 403:
+            return f"access denied ({code or status}: check the AWS credentials and permissions)"
+        return f"S3 error {code or status}"
+    if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
+        return "no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile)"
+    if isinstance(exc, bx.EndpointConnectionError | bx.ConnectionClosedError):
+        return f"cannot reach the S3 endpoint {safe_url(endpoint_url()) or 'of AWS'}"
+    if isinstance(exc, bx.ConnectTimeoutError | bx.ReadTimeoutError):
+        return f"the S3 endpoint {safe_url(endpoint_url()) or 'of AWS'} timed out"
+    if isinstance(exc, S3UploadFailedError):
+        text = str(exc)
+        if "NoSuchBucket" in text:
+            return "bucket does not exist"
+        if any(c in text for c in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403")):
+            return "access denied (check the AWS credentials and permissions)"
+        return "upload failed"
+    if isinstance(exc, bx.BotoCoreError):
+        return f"S3 client error ({type(exc).__name__})"
+    return f"{type(exc).__name__}"
+
+
+@contextmanager
+def _s3_errors(uri: str, action: str):
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except LightReasonerError:
+        raise
+    except (ClientError, BotoCoreError, Boto3Error) as exc:
+        raise LightReasonerError(f"{uri}: {action} failed: {describe_error(exc)}") from None
+
+
+# --- integrity --------------------------------------------------------------------------------------
+
+
+def file_digests(path: Path, part: int | None = None) -> tuple[str, str, str]:
+    """(sha256, md5, multipart ETag for parts of ``part`` bytes) of a file, in one read."""
+    sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
+    part = part or part_size()
+    part_md5s: list[bytes] = []
+    current, filled = hashlib.md5(usedforsecurity=False), 0
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(min(1 << 20, part - filled))
+            if not block:
+                break
+            sha.update(block)
+            md5.update(block)
+            current.update(block)
+            filled += len(block)
+            if filled == part:
+                part_md5s.append(current.digest())
+                current, filled = hashlib.md5(usedforsecurity=False), 0
+    if filled:
+        part_md5s.append(current.digest())
+    multipart = hashlib.md5(b"".join(part_md5s), usedforsecurity=False).hexdigest() + f"-{len(part_md5s)}"
+    return sha.hexdigest(), md5.hexdigest(), multipart
+
+
+def _upload_part_size(size: int) -> int:
+    chunk = part_size()
+    while -(-size // chunk) > _MAX_PARTS:
+        chunk *= 2
+    return chunk
+
+
+def _verify_object(uri: str, head: dict, size: int, sha256: str, md5: str, multipart: str) -> None:
+    if head.get("ContentLength") != size:
+        raise LightReasonerError(
+            f"{uri}: integrity check failed (stored {head.get('ContentLength')} bytes, local file has {size})"
+        )
+    recorded = (head.get("Metadata") or {}).get(SHA256_META)
+    if recorded is not None and recorded != sha256:
+        raise LightReasonerError(f"{uri}: integrity check failed (sha256 differs)")
+    etag = str(head.get("ETag", "")).strip('"')
+    if head.get("ServerSideEncryption") == "aws:kms" or not etag:
+        return
+    if re.fullmatch(r"[0-9a-f]{32}", etag):
+        if etag != md5:
+            raise LightReasonerError(f"{uri}: integrity check failed (MD5 differs)")
+    elif re.fullmatch(r"[0-9a-f]{32}-\d+", etag) and etag.split("-")[1] == multipart.split("-")[1]:
+        if etag != multipart:
+            raise LightReasonerError(f"{uri}: integrity check failed (multipart MD5 differs)")
+
+
+# --- files ------------------------------------------------------------------------------------------
+
+
+def upload_file(local: str | Path, uri: str, *, s3=None) -> str:
+    """Upload one file to ``uri`` (multipart when large) and verify it; returns the URI."""
+    path = Path(local)
+    if not path.is_file():
+        raise LightReasonerError(f"{path}: file not found")
+    bucket, key = split_s3(uri)
+    if not key or key.endswith("/"):
+        raise LightReasonerError(f"{uri}: needs an object key, not a bucket or folder")
+    size = path.stat().st_size
+    sha256, md5, multipart = file_digests(path, _upload_part_size(size))
+    s3 = s3 or client()
+    with _s3_errors(uri, "upload"):
+        s3.upload_file(str(path), bucket, key, ExtraArgs={"Metadata": {SHA256_META: sha256}},
+                       Config=transfer_config())
+        head = s3.head_object(Bucket=bucket, Key=key)
+    _verify_object(uri, head, size, sha256, md5, multipart)
+    return uri
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("LIGHTREASONER_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lightreasoner"
+    )
+    return Path(root) / "s3"
+
+
+def _download_verified(s3, uri: str, bucket: str, key: str, target: Path, head: dict | None = None) -> Path:
+    with _s3_errors(uri, "download"):
+        head = head or s3.head_object(Bucket=bucket, Key=key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.part-{os.getpid()}")
+        try:
+            s3.download_file(bucket, key, str(tmp), Config=transfer_config())
+            size = tmp.stat().st_size
+            sha256, md5, multipart = file_digests(tmp, _upload_part_size(size))
+            _verify_object(uri, head, size, sha256, md5, multipart)
+            tmp.replace(target)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return target
+
+
+def download_file(uri: str, dest: str | Path | None = None) -> Path:
+    """Download one object; returns the local path. ``dest`` None: a cache folder (reused while the ETag
+    is unchanged); an existing folder: the object's name inside it; else the file path to write."""
+    bucket, key = split_s3(uri)
+    if not key or key.endswith("/"):
+        raise LightReasonerError(f"{uri}: needs an object key, not a bucket or folder")
+    s3 = client()
+    with _s3_errors(uri, "download"):
+        head = s3.head_object(Bucket=bucket, Key=key)
+    etag = str(head.get("ETag", "")).strip('"')
+    if dest is None:
+        target = _cache_dir() / bucket / key
+        stamp = target.with_name(target.name + ".etag")
+        if target.is_file() and stamp.is_file() and stamp.read_text() == etag and etag:
+            return target
+        _download_verified(s3, uri, bucket, key, target, head)
+        stamp.write_text(etag)
+        return target
+    target = Path(dest)
+    if target.is_dir():
+        target = target / Path(key).name
+    return _download_verified(s3, uri, bucket, key, target, head)
+
+
+# --- directories ------------------------------------------------------------------------------------
+
+
+def list_objects(uri: str, *, s3=None) -> list[dict]:
+    """Objects under a prefix (``uri`` names a folder); each dict has Key and Size."""
+    bucket, prefix = split_s3(uri)
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    s3 = s3 or client()
+    out: list[dict] = []
+    with _s3_errors(uri, "listing"):
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            out.extend(page.get("Contents", []))
+    return out
+
+
+def exists(uri: str) -> bool:
+    """True when ``uri`` names an object or a non-empty folder."""
+    bucket, key = split_s3(uri)
+    s3 = client()
+    if key and not key.endswith("/"):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            s3.head_object(Bucket=bucket, Key=key)
+            return True
+        except ClientError as exc:
+            if describe_error(exc) != "no such object":
+                raise LightReasonerError(f"{uri}: lookup failed: {describe_error(exc)}") from None
+        except BotoCoreError as exc:
+            raise LightReasonerError(f"{uri}: lookup failed: {describe_error(exc)}") from None
+    return bool(list_objects(uri, s3=s3))
+
+
+def download_dir(uri: str, dest: str | Path) -> Path:
+    """Download every object under the folder ``uri`` into ``dest`` (verified); returns ``dest``."""
+    bucket, prefix = split_s3(uri)
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    s3 = client()
+    objects = [o for o in list_objects(uri, s3=s3) if not o["Key"].endswith("/")]
+    if not objects:
+        raise LightReasonerError(f"{uri}: no objects under this prefix")
+    root = Path(dest)
+    root.mkdir(parents=True, exist_ok=True)
+    for obj in objects:
+        rel = obj["Key"][len(prefix) :]
+        if not rel or any(part in ("..", "") for part in rel.split("/")):
+            raise LightReasonerError(f"{join(uri, rel)}: unsafe object name")
+        _download_verified(s3, f"s3://{bucket}/{obj['Key']}", bucket, obj["Key"], root / rel)
+    return root
+
+
+def upload_dir(local: str | Path, uri: str, *, on_file: Callable[[str], None] | None = None,
+               last: str = MANIFEST) -> list[str]:
+    """Upload a folder to the prefix ``uri``; returns the object URIs.
+
+    The destination's old ``manifest.json`` is deleted first; every other file is uploaded and verified;
+    the top-level ``manifest.json`` goes last. A failure in between leaves no manifest, so readers (which
+    require it) never take a partial upload for a finished one. ``on_file`` is called after each file;
+    ``last`` names another completion marker (an MLflow model folder: ``MLmodel``).
+    """
+    root = Path(local)
+    if not root.is_dir():
+        raise LightReasonerError(f"{root}: folder not found")
+    bucket, prefix = split_s3(uri)
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    manifest = root / last
+    ordered = [p for p in files if p != manifest] + ([manifest] if manifest in files else [])
+    s3 = client()
+    with _s3_errors(join(uri, last), "removing the old manifest"):
+        s3.delete_object(Bucket=bucket, Key="/".join(p for p in (prefix.rstrip("/"), last) if p))
+    done = []
+    for path in ordered:
+        target = join(f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}", path.relative_to(root).as_posix())
+        upload_file(path, target, s3=s3)
+        done.append(target)
+        if on_file is not None:
+            on_file(target)
+    return done
+
+
+def upload(local: str | Path, uri: str) -> list[str]:
+    """A file or a folder."""
+    return upload_dir(local, uri) if Path(local).is_dir() else [upload_file(local, uri)]
+
+
+# --- stage inputs and outputs -----------------------------------------------------------------------
+
+
+@contextmanager
+def local_input(uri_or_path: str | Path) -> Iterator[Path]:
+    """A local path for a stage input: local paths as they are; s3:// objects or folders downloaded into
+    a temporary folder (removed afterwards)."""
+    if not is_s3(str(uri_or_path)):
+        path = Path(uri_or_path)
+        if not path.exists():
+            raise LightReasonerError(f"{path}: not found")
+        yield path
+        return
+    uri = str(uri_or_path)
+    bucket, key = split_s3(uri)
+    tmp = Path(tempfile.mkdtemp(prefix="lightreasoner-in-"))
+    try:
+        s3 = client()
+        is_object = False
+        if key and not key.endswith("/"):
+            from botocore.exceptions import BotoCoreError, ClientError
+
+            try:
+                s3.head_object(Bucket=bucket, Key=key)
+                is_object = True
+            except ClientError as exc:
+                if describe_error(exc) != "no such object":
+                    raise LightReasonerError(f"{uri}: lookup failed: {describe_error(exc)}") from None
+            except BotoCoreError as exc:
+                raise LightReasonerError(f"{uri}: lookup failed: {describe_error(exc)}") from None
+        if is_object:
+            yield download_file(uri, tmp / Path(key).name)
+        else:
+            name = Path(key.rstrip("/")).name or bucket
+            yield download_dir(uri, tmp / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def local_output(uri_or_path: str | Path, *, resume: bool = False) -> Iterator[Path]:
+    """A local folder for a stage output. For s3:// a temporary folder, uploaded with :func:`upload_dir`
+    when the block succeeds (nothing is uploaded on failure). ``resume``: first download what the prefix
+    already holds, so that a stage can skip finished work."""
+    if not is_s3(str(uri_or_path)):
+        path = Path(uri_or_path)
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    uri = str(uri_or_path)
+    split_s3(uri)
+    tmp = Path(tempfile.mkdtemp(prefix="lightreasoner-out-"))
+    try:
+        work = tmp / "output"
+        work.mkdir()
+        if resume and list_objects(uri):
+            download_dir(uri, work)
+        yield work
+        upload_dir(work, uri)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,618 @@
+"""MLflow tracking: one parent run per pipeline run, one nested child run per stage.
+
+Every stage writes its output folder (manifest last); :func:`log_stage` reads that folder and logs
+
+* params: the full config of the stage's manifest, flattened (``sampling.alpha``), secret-looking keys
+  dropped and URL passwords masked (:func:`redact`);
+* metrics, named ``<stage>/<name>`` (also copied to the parent run so the runs table compares them):
+  sampling problems, steps, kept_steps, kept_fraction, mean_kl, median_kl, effective_beta,
+  problems_per_second; training loss per step, final_loss, tuned_tokens, wall_seconds; evaluation
+  accuracy_base, accuracy_tuned, delta, delta_ci_low, delta_ci_high, mcnemar_p;
+* artifacts: the manifest (redacted copy), samples, adapter, predictions and plots (KL histogram with the
+  beta line, kept fraction per problem, accuracy bars);
+* tags: package version, git commit (``LIGHTREASONER_GIT_COMMIT`` or the source checkout), image
+  (``LIGHTREASONER_IMAGE``), Kubeflow run id (``KFP_RUN_ID`` / ``LIGHTREASONER_KFP_RUN_ID``).
+
+Tracking URI: ``tracking.tracking_uri``, else ``MLFLOW_TRACKING_URI``, else the embedded default
+``sqlite:///<workdir>/mlflow.db`` with artifacts in ``<workdir>/mlartifacts`` (:func:`ui_command` gives
+the ``mlflow ui`` command that browses it). With an ``s3://`` artifact location (the server's default
+artifact root or ``tracking.artifact_location``) artifacts are written with :mod:`lightreasoner.storage`
+(verified, manifest last).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import __version__, storage
+from .config import Config
+from .errors import LightReasonerError
+
+log = logging.getLogger(__name__)
+
+STAGES = ("prepare", "sample", "train", "evaluate", "register")
+PARENT_ENV = "LIGHTREASONER_PARENT_RUN_ID"
+MAX_PARAM_VALUE = 6000
+MASK = "***"
+
+# --- redaction --------------------------------------------------------------------------------------
+
+_SECRET_WORDS = {"secret", "secrets", "password", "passwd", "pwd", "passphrase", "token", "credential",
+                 "credentials", "apikey", "auth", "authorization", "cookie", "bearer", "signature"}
+_SECRET_PAIRS = {("api", "key"), ("access", "key"), ("private", "key"), ("secret", "key"), ("session", "key"),
+                 ("client", "secret"), ("account", "key"), ("sas", "key")}
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@")
+_AWS_KEY_ID = re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b")
+_TOKEN_LIKE = re.compile(r"\b(hf_[A-Za-z0-9]{20,}|ghp_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|"
+                         r"sk-[A-Za-z0-9\-_]{20,}|xox[bp]-[A-Za-z0-9\-]{10,})\b")
+
+
+def is_secret_key(key: str) -> bool:
+    """A config/manifest/env key whose value must never be logged (AWS keys, tokens, passwords ...).
+
+    Matched on words (``aws_secret_access_key``, ``HF_TOKEN``, ``apiKey``), so that ordinary keys such
+    as ``max_new_tokens`` or ``tokenizer`` stay."""
+    text = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", str(key)).lower()
+    words = [w for w in re.split(r"[^a-z0-9]+", text) if w]
+    if any(w in _SECRET_WORDS for w in words):
+        return True
+    return any(pair in _SECRET_PAIRS for pair in zip(words, words[1:], strict=False))
+
+
+def _secret_env_values() -> list[str]:
+    return sorted({v for k, v in os.environ.items() if is_secret_key(k) and len(v) >= 6}, key=len, reverse=True)
+
+
+def redact_text(text: str, secrets: list[str] | None = None) -> str:
+    """Mask URL passwords, AWS key ids, well-known token formats and the values of secret env vars."""
+    text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
+    text = _AWS_KEY_ID.sub(MASK, text)
+    text = _TOKEN_LIKE.sub(MASK, text)
+    for value in _secret_env_values() if secrets is None else secrets:
+        if value in text:
+            text = text.replace(value, MASK)
+    return text
+
+
+def redact(data: Any, secrets: list[str] | None = None) -> Any:
+    """A copy of nested data with secret-looking keys dropped and secret-looking values masked."""
+    secrets = _secret_env_values() if secrets is None else secrets
+    if isinstance(data, Mapping):
+        return {k: redact(v, secrets) for k, v in data.items() if not is_secret_key(k)}
+    if isinstance(data, list | tuple):
+        return [redact(v, secrets) for v in data]
+    if isinstance(data, str):
+        return redact_text(data, secrets)
+    return data
+
+
+def clean_tags(tags: Mapping[str, Any]) -> dict[str, str]:
+    """Tags without secret-looking keys, values redacted."""
+    return {str(k): redact_text(str(v)) for k, v in tags.items() if not is_secret_key(k)}
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, name))
+        else:
+            out[name] = value
+    return out
+
+
+def _param_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= MAX_PARAM_VALUE else text[: MAX_PARAM_VALUE - 3] + "..."
+
+
+def config_params(config: Config | Mapping[str, Any]) -> dict[str, str]:
+    """The full config, flattened, redacted, as MLflow param strings."""
+    data = config.dump() if isinstance(config, Config) else dict(config)
+    return {k: _param_value(v) for k, v in flatten(redact(data)).items()}
+
+
+# --- environment tags -------------------------------------------------------------------------------
+
+
+def git_commit() -> str | None:
+    commit = os.environ.get("LIGHTREASONER_GIT_COMMIT") or os.environ.get("GIT_COMMIT")
+    return commit.strip() if commit else _checkout_commit()
+
+
+@functools.lru_cache(maxsize=1)
+def _checkout_commit() -> str | None:
+    source = Path(__file__).resolve().parent.parent
+    if not (source / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def run_tags() -> dict[str, str]:
+    """Tags of every run: package version, git commit, image, Kubeflow run id (when known)."""
+    tags = {"lightreasoner.version": __version__}
+    commit = git_commit()
+    if commit:
+        tags["lightreasoner.git_commit"] = commit
+        tags["mlflow.source.git.commit"] = commit
+    image = os.environ.get("LIGHTREASONER_IMAGE")
+    if image:
+        tags["lightreasoner.image"] = image
+    kfp = os.environ.get("LIGHTREASONER_KFP_RUN_ID") or os.environ.get("KFP_RUN_ID")
+    if kfp:
+        tags["kubeflow.run_id"] = kfp
+    pod = os.environ.get("KFP_POD_NAME")
+    if pod:
+        tags["kubeflow.pod"] = pod
+    return {k: redact_text(v) for k, v in tags.items() if not is_secret_key(k)}
+
+
+# --- tracking URI -----------------------------------------------------------------------------------
+
+
+def _workdir(config: Config) -> Path:
+    return Path(config.tracking.workdir).expanduser().resolve()
+
+
+def tracking_uri(config: Config) -> str:
+    """``tracking.tracking_uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<workdir>/mlflow.db``."""
+    uri = config.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{_workdir(config) / 'mlflow.db'}"
+
+
+def is_embedded(config: Config) -> bool:
+    return not (config.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+
+
+def artifact_location(config: Config) -> str | None:
+    """Where a new experiment keeps its artifacts: the configured one, else ``<workdir>/mlartifacts`` for
+    the embedded store, else the tracking server's default artifact root (None)."""
+    if getattr(config.tracking, "artifact_location", None):
+        return config.tracking.artifact_location
+    if is_embedded(config):
+        return (_workdir(config) / "mlartifacts").as_uri()
+    return None
+
+
+def ui_command(config: Config) -> str:
+    """The exact command that browses the runs: ``mlflow ui`` for local stores, the server URL otherwise."""
+    uri = tracking_uri(config)
+    if uri.startswith(("http://", "https://")):
+        return f"open {storage.safe_url(uri)} in a browser"
+    cmd = f"mlflow ui --backend-store-uri {uri}"
+    if is_embedded(config):
+        cmd += f" --default-artifact-root {_workdir(config) / 'mlartifacts'}"
+    return cmd
+
+
+# --- client -----------------------------------------------------------------------------------------
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    text = text.splitlines()[0] if text else type(exc).__name__
+    return redact_text(text)[:300]
+
+
+@contextmanager
+def mlflow_errors(uri: str, action: str) -> Iterator[None]:
+    """MLflow, HTTP and S3 failures -> one-line LightReasonerError naming the tracking URI."""
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
+
+    where = storage.safe_url(uri)
+    try:
+        yield
+    except LightReasonerError:
+        raise
+    except (ClientError, BotoCoreError, Boto3Error) as exc:
+        raise LightReasonerError(f"{where}: {action} failed: artifact store: {storage.describe_error(exc)}") from None
+    except MlflowException as exc:
+        raise LightReasonerError(f"{where}: {action} failed: {_one_line(exc)}") from None
+    except (RequestException, ConnectionError, TimeoutError) as exc:
+        raise LightReasonerError(f"{where}: {action} failed: tracking server unreachable ({type(exc).__name__})") from None
+
+
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast (one line) when an HTTP tracking server does not answer, before anything is logged."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=timeout)
+    except requests.RequestException as exc:
+        raise LightReasonerError(
+            f"{storage.safe_url(uri)}: MLflow tracking server is not reachable ({type(exc).__name__}); "
+            "start it or set tracking.tracking_uri / MLFLOW_TRACKING_URI"
+        ) from None
+
+
+def client_for(config: Config):
+    """An MlflowClient on the configured tracking URI (checked to answer)."""
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(config)
+    if is_embedded(config):
+        _workdir(config).mkdir(parents=True, exist_ok=True)
+    check_server(uri)
+    with mlflow_errors(uri, "connecting"):
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def experiment_id(client, config: Config) -> str:
+    from mlflow.exceptions import MlflowException
+
+    name = config.tracking.experiment
+    with mlflow_errors(client.tracking_uri, f"experiment {name!r}"):
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
+            if exp.lifecycle_stage == "deleted":
+                raise LightReasonerError(f"tracking.experiment {name!r}: experiment is deleted (restore or rename)")
+            return exp.experiment_id
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location(config))
+        except MlflowException as exc:
+            if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+                raise
+            return client.get_experiment_by_name(name).experiment_id
+
+
+# --- artifacts --------------------------------------------------------------------------------------
+
+
+def log_artifact(client, run, local: str | Path, artifact_path: str | None = None, *,
+                 last: str = storage.MANIFEST) -> None:
+    """A file or folder into a run's artifacts; s3:// artifact roots go through lightreasoner.storage
+    (verified uploads, ``last`` uploaded after everything else)."""
+    local = Path(local)
+    root = run.info.artifact_uri
+    if storage.is_s3(root):
+        target = storage.join(root, artifact_path or "")
+        if local.is_dir():
+            storage.upload_dir(local, target, last=last)
+        else:
+            storage.upload_file(local, storage.join(target, local.name))
+        return
+    with mlflow_errors(client.tracking_uri, "logging artifacts"):
+        if local.is_dir():
+            client.log_artifacts(run.info.run_id, str(local), artifact_path)
+        else:
+            client.log_artifact(run.info.run_id, str(local), artifact_path)
+
+
+def download_artifact(client, run_id: str, path: str, dest: str | Path) -> Path:
+    with mlflow_errors(client.tracking_uri, f"reading artifact {path} of run {run_id}"):
+        run = client.get_run(run_id)
+        root = run.info.artifact_uri
+        if storage.is_s3(root):
+            dest = Path(dest)
+            dest.mkdir(parents=True, exist_ok=True)
+            return storage.download_file(storage.join(root, path), dest)
+        return Path(client.download_artifacts(run_id, path, str(dest)))
+
+
+def _log_redacted_json(client, run, path: Path, artifact_path: str | None, tmp: Path) -> None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise LightReasonerError(f"{path}: not valid JSON") from None
+    copy = tmp / path.name
+    copy.write_text(json.dumps(redact(data), indent=2, sort_keys=True, default=str))
+    log_artifact(client, run, copy, artifact_path)
+
+
+# --- plots ------------------------------------------------------------------------------------------
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def kl_plots(trajectories: Path, beta: float, out: Path) -> list[Path]:
+    """KL histogram of every step with the beta line; kept fraction per problem (steps with KL > beta)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(trajectories, columns=["problem_id", "step_kl"])
+    per_problem = [np.asarray(v or [], dtype=np.float64) for v in table.column("step_kl").to_pylist()]
+    all_kl = np.concatenate(per_problem) if per_problem else np.zeros(0)
+    plt = _pyplot()
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if all_kl.size:
+        positive = all_kl[all_kl > 0]
+        if positive.size and positive.max() / max(positive.min(), 1e-12) > 1e3:
+            bins = np.logspace(np.log10(max(positive.min(), 1e-6)), np.log10(positive.max()), 60)
+            ax.set_xscale("log")
+            ax.hist(np.clip(all_kl, bins[0], None), bins=bins, color="tab:blue", alpha=0.8)
+        else:
+            ax.hist(all_kl, bins=60, color="tab:blue", alpha=0.8)
+    kept = float((all_kl > beta).mean()) if all_kl.size else 0.0
+    ax.axvline(max(beta, 1e-6) if ax.get_xscale() == "log" else beta, color="tab:red", linestyle="--",
+               label=f"beta = {beta:.4g} (kept {kept:.1%} of {all_kl.size} steps)")
+    ax.set_xlabel("KL(p_Expert || p_Amateur) per step")
+    ax.set_ylabel("steps")
+    ax.set_title("Expert-Amateur divergence")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(out / "kl_histogram.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fractions = np.sort(np.array([float((k > beta).mean()) if k.size else 0.0 for k in per_problem]))[::-1]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if fractions.size:
+        ax.bar(np.arange(fractions.size), fractions, width=1.0, color="tab:green")
+        ax.axhline(float(fractions.mean()), color="black", linestyle=":", label=f"mean {fractions.mean():.1%}")
+        ax.legend()
+    ax.set_xlabel("problem (sorted)")
+    ax.set_ylabel("kept fraction of steps")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"Kept steps per problem (KL > {beta:.4g})")
+    fig.tight_layout()
+    paths.append(out / "kept_fraction_per_problem.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def accuracy_plot(metrics: Mapping[str, Any], out: Path) -> Path:
+    plt = _pyplot()
+    base, tuned = float(metrics["accuracy_base"]), float(metrics["accuracy_tuned"])
+    fig, ax = plt.subplots(figsize=(5, 4))
+    bars = ax.bar(["Expert (base)", "Expert + LightReasoner"], [base, tuned], color=["tab:gray", "tab:orange"])
+    for bar, value in zip(bars, (base, tuned), strict=True):
+        ax.text(bar.get_x() + bar.get_width() / 2, value, f"{value:.1%}", ha="center", va="bottom")
+    title = f"delta {tuned - base:+.1%}"
+    if metrics.get("delta_ci_low") is not None and metrics.get("delta_ci_high") is not None:
+        title += f" [{float(metrics['delta_ci_low']):+.1%}, {float(metrics['delta_ci_high']):+.1%}]"
+    if metrics.get("mcnemar_p") is not None:
+        title += f", McNemar p = {float(metrics['mcnemar_p']):.3g}"
+    ax.set_title(title)
+    ax.set_ylabel(f"accuracy (n = {metrics.get('n', '?')})")
+    ax.set_ylim(0, min(1.0, max(base, tuned) * 1.2 + 0.05))
+    fig.tight_layout()
+    path = out / "accuracy.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --- stage readers: folder -> params, metrics, artifacts ---------------------------------------------
+
+
+@dataclass
+class StageRecord:
+    config: dict[str, Any] | None
+    metrics: dict[str, float]
+    steps: list[tuple[str, float, int]]  # (name, value, step) series
+    files: list[tuple[Path, str | None]]  # (local file or folder, artifact path)
+    json_files: list[tuple[Path, str | None]]  # logged as redacted copies
+    plots: list[Path]
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise LightReasonerError(f"{path.parent}: missing {path.name} (not a finished {what} folder)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise LightReasonerError(f"{path}: not valid JSON ({exc.msg})") from None
+
+
+def _num(value: Any) -> float | None:
+    try:
+        return None if value is None or isinstance(value, bool | list | dict) else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _metrics(prefix: str, values: Mapping[str, Any]) -> dict[str, float]:
+    return {f"{prefix}/{k}": v for k, v in ((k, _num(v)) for k, v in values.items()) if v is not None}
+
+
+def read_sample(folder: Path, tmp: Path) -> StageRecord:
+    manifest = _read_json(folder / "manifest.json", "samples")
+    counts = manifest.get("counts", {})
+    beta = float(manifest.get("effective_beta", 0.0))
+    timing = manifest.get("timing", {})
+    metrics = _metrics("sample", {
+        "problems": counts.get("problems"), "steps": counts.get("steps"), "kept_steps": counts.get("selected"),
+        "kept_fraction": counts.get("kept_fraction"), "mean_kl": counts.get("mean_kl"),
+        "median_kl": counts.get("median_kl"), "effective_beta": beta,
+        "problems_per_second": timing.get("problems_per_second"), "seconds": timing.get("sampling_seconds"),
+    })
+    files = [(folder / "samples.parquet", None)] if (folder / "samples.parquet").is_file() else []
+    plots = kl_plots(folder / "trajectories.parquet", beta, tmp) if (folder / "trajectories.parquet").is_file() else []
+    return StageRecord(manifest.get("config"), metrics, [], files, [(folder / "manifest.json", None)], plots)
+
+
+def read_train(folder: Path, tmp: Path) -> StageRecord:
+    manifest = _read_json(folder / "manifest.json", "training")
+    metrics = _metrics("train", {k: manifest.get(k) for k in ("steps", "final_loss", "tuned_tokens", "wall_seconds")})
+    steps = []
+    for point in manifest.get("loss_history") or []:
+        loss, step = _num(point.get("loss")), point.get("step")
+        if loss is not None and step is not None:
+            steps.append(("train/loss", loss, int(step)))
+    files = [(folder / name, name) for name in ("adapter", "tokenizer") if (folder / name).is_dir()]
+    return StageRecord(manifest.get("config"), metrics, steps, files, [(folder / "manifest.json", None)], [])
+
+
+def read_evaluate(folder: Path, tmp: Path) -> StageRecord:
+    values = _read_json(folder / "metrics.json", "evaluation")
+    manifest = folder / "manifest.json"
+    config = json.loads(manifest.read_text()).get("config") if manifest.is_file() else None
+    keys = ("n", "accuracy_base", "accuracy_tuned", "delta", "delta_ci_low", "delta_ci_high", "mcnemar_p")
+    metrics = _metrics("evaluate", {k: values.get(k) for k in keys})
+    files = [(folder / n, None) for n in ("predictions_base.parquet", "predictions_tuned.parquet") if (folder / n).is_file()]
+    jsons = [(folder / "metrics.json", None)] + ([(manifest, None)] if manifest.is_file() else [])
+    if (folder / "accuracy.png").is_file():
+        plots = [folder / "accuracy.png"]
+    elif values.get("accuracy_base") is not None and values.get("accuracy_tuned") is not None:
+        plots = [accuracy_plot(values, tmp)]
+    else:
+        plots = []
+    return StageRecord(config, metrics, [], files, jsons, plots)
+
+
+def read_prepare(folder: Path, tmp: Path) -> StageRecord:
+    import pyarrow.parquet as pq
+
+    path = folder if folder.is_file() else folder / "problems.parquet"
+    if not path.is_file():
+        raise LightReasonerError(f"{folder}: missing problems.parquet (not a prepared data folder)")
+    metrics = {"prepare/problems": float(pq.ParquetFile(path).metadata.num_rows)}
+    manifest = path.parent / "manifest.json"
+    config = json.loads(manifest.read_text()).get("config") if manifest.is_file() else None
+    return StageRecord(config, metrics, [], [], [(manifest, None)] if manifest.is_file() else [], [])
+
+
+READERS = {"prepare": read_prepare, "sample": read_sample, "train": read_train, "evaluate": read_evaluate}
+
+
+# --- runs -------------------------------------------------------------------------------------------
+
+
+def _log_batch(client, run_id: str, params: Mapping[str, str] | None = None, metrics=None, tags=None) -> None:
+    import time
+
+    from mlflow.entities import Metric, Param, RunTag
+
+    now = int(time.time() * 1000)
+    p = [Param(k[:250], v) for k, v in (params or {}).items()]
+    m = [Metric(k, float(v), now, step) for k, v, step in (metrics or [])]
+    t = [RunTag(k, v) for k, v in clean_tags(tags or {}).items()]
+    for i in range(0, max(len(p), len(m), len(t), 1), 100):  # MLflow's per-request limits
+        client.log_batch(run_id, metrics=m[i : i + 100], params=p[i : i + 100], tags=t[i : i + 100])
+
+
+def start_pipeline(config: Config, run_name: str | None = None, tags: Mapping[str, str] | None = None) -> str | None:
+    """Create the parent run of a pipeline run (params: the full config); returns its id (None when
+    tracking is disabled). Stages nest under it with ``parent_run_id`` (or env LIGHTREASONER_PARENT_RUN_ID)."""
+    if not config.tracking.enabled:
+        return None
+    client = client_for(config)
+    uri = client.tracking_uri
+    exp = experiment_id(client, config)
+    all_tags = {**run_tags(), "lightreasoner.kind": "pipeline", **(tags or {})}
+    with mlflow_errors(uri, "starting the pipeline run"):
+        run = client.create_run(exp, run_name=run_name, tags=clean_tags(all_tags))
+        _log_batch(client, run.info.run_id, params=config_params(config))
+    log.info("MLflow run %s at %s", run.info.run_id, storage.safe_url(uri))
+    return run.info.run_id
+
+
+def end_pipeline(config: Config, run_id: str | None, status: str = "FINISHED") -> None:
+    if not config.tracking.enabled or not run_id:
+        return
+    client = client_for(config)
+    with mlflow_errors(client.tracking_uri, f"ending run {run_id}"):
+        client.set_terminated(run_id, status)
+
+
+@contextmanager
+def pipeline_run(config: Config, run_name: str | None = None) -> Iterator[str | None]:
+    """``with pipeline_run(cfg) as parent:`` ... the parent run ends FINISHED, or FAILED on an exception."""
+    run_id = start_pipeline(config, run_name)
+    try:
+        yield run_id
+    except BaseException:
+        end_pipeline(config, run_id, "FAILED")
+        raise
+    end_pipeline(config, run_id, "FINISHED")
+
+
+def start_stage_run(client, config: Config, stage: str, parent_run_id: str | None = None,
+                    params: Mapping[str, str] | None = None, tags: Mapping[str, str] | None = None):
+    """A child run named after the stage (nested under the parent when one is given). Returns the Run."""
+    if stage not in STAGES:
+        raise LightReasonerError(f"stage {stage!r}: expected one of {', '.join(STAGES)}")
+    parent_run_id = parent_run_id or os.environ.get(PARENT_ENV) or None
+    all_tags = {**run_tags(), "lightreasoner.stage": stage, **(tags or {})}
+    with mlflow_errors(client.tracking_uri, f"starting the {stage} run"):
+        if parent_run_id:
+            parent = client.get_run(parent_run_id)
+            all_tags["mlflow.parentRunId"] = parent_run_id
+            exp = parent.info.experiment_id
+        else:
+            exp = experiment_id(client, config)
+        run = client.create_run(exp, run_name=stage, tags=clean_tags(all_tags))
+        _log_batch(client, run.info.run_id, params=params or config_params(config))
+    return run
+
+
+def log_stage(config: Config, stage: str, output: str | Path, parent_run_id: str | None = None,
+              *, artifacts: bool = True) -> str | None:
+    """Log one finished stage (its output folder, local or s3://) as a child run; returns the run id.
+
+    ``stage``: prepare, sample, train or evaluate (register logs itself, see lightreasoner.registry).
+    Params come from the manifest's config when it has one (what the stage really used), else ``config``.
+    Returns None when tracking is disabled.
+    """
+    if not config.tracking.enabled:
+        return None
+    if stage not in READERS:
+        raise LightReasonerError(f"stage {stage!r}: expected one of {', '.join(READERS)}")
+    client = client_for(config)
+    uri = client.tracking_uri
+    parent_run_id = parent_run_id or os.environ.get(PARENT_ENV) or None
+    tmp = Path(tempfile.mkdtemp(prefix="lightreasoner-track-"))
+    try:
+        with storage.local_input(output) as folder:
+            record = READERS[stage](Path(folder), tmp)
+            params = config_params(record.config) if record.config else config_params(config)
+            run = start_stage_run(client, config, stage, parent_run_id, params=params)
+            run_id = run.info.run_id
+            try:
+                with mlflow_errors(uri, f"logging the {stage} run"):
+                    series = [(k, v, 0) for k, v in record.metrics.items()] + record.steps
+                    _log_batch(client, run_id, metrics=series)
+                    if parent_run_id:
+                        _log_batch(client, parent_run_id, metrics=series)
+                    if artifacts:
+                        for path, artifact_path in record.files:
+                            log_artifact(client, run, path, artifact_path)
+                        for path, artifact_path in record.json_files:
+                            _log_redacted_json(client, run, path, artifact_path, tmp)
+                        for plot in record.plots:
+                            log_artifact(client, run, plot, "plots")
+            except BaseException:
+                with mlflow_errors(uri, "closing the failed run"):
+                    client.set_terminated(run_id, "FAILED")
+                raise
+            with mlflow_errors(uri, f"ending the {stage} run"):
+                client.set_terminated(run_id, "FINISHED")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("logged stage %s as MLflow run %s", stage, run_id)
+    return run_id

@@ -1,0 +1,172 @@
+"""lightreasoner.registry against a real MLflow server (sqlite backend, s3:// artifacts on moto)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+from fake_outputs import make_config, make_evaluation, make_samples, make_training
+from servers import free_port
+
+from lightreasoner import registry
+from lightreasoner.cli import main
+from lightreasoner.errors import LightReasonerError
+
+pytestmark = pytest.mark.filterwarnings("ignore:Add type hints:UserWarning")
+
+N = 40
+BASE = [i < 20 for i in range(N)]                 # 20/40
+V1 = [i < 30 for i in range(N)]                   # 30/40: +10 over base, 0 losses
+V2 = [i < 25 for i in range(N)]                   # 25/40: worse than v1
+V3 = [i < 38 for i in range(N)]                   # 38/40: +8 over v1, 0 losses
+
+
+def aliases(client, name):
+    return dict(client.get_registered_model(name).aliases)
+
+
+def fabricate(tmp_path, cfg, tuned, tag):
+    samples = make_samples(tmp_path / f"samples-{tag}", cfg)
+    training = make_training(tmp_path / f"train-{tag}", cfg, samples)
+    evaluation = make_evaluation(tmp_path / f"eval-{tag}", cfg, BASE, tuned)
+    return samples, training, evaluation
+
+
+def test_mcnemar_exact():
+    assert registry.mcnemar_exact(0, 0) == 1.0
+    assert registry.mcnemar_exact(10, 0) == pytest.approx(2 * 0.5**10)
+    assert registry.mcnemar_exact(3, 5) == registry.mcnemar_exact(5, 3)
+
+
+def test_register_promote_flow(mlflow_server, aws_env, tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    name = f"lr-{uuid.uuid4().hex[:8]}"
+    cfg = make_config(mlflow_server.uri, experiment=f"reg-{name}", model_name=name)
+    client = MlflowClient(mlflow_server.uri)
+
+    # v1: registered (lineage tags, alias challenger), first promotion against the base Expert.
+    samples, training, evaluation = fabricate(tmp_path, cfg, V1, "v1")
+    v1 = registry.register(cfg, training, evaluation, samples)
+    assert v1.version == "1" and aliases(client, name) == {"challenger": "1"}
+    mv = client.get_model_version(name, "1")
+    assert mv.tags["expert"] == cfg.expert.model and mv.tags["alpha"] == "0.2" and mv.tags["effective_beta"] == "0.4"
+    assert mv.tags["samples_sha256"] and mv.tags["data"] == "synthetic:train[:4]"
+    assert mv.tags["accuracy_tuned"] == "0.75" and mv.tags["delta"] == "0.25" and mv.tags["eval_set_sha256"]
+    assert mv.source.startswith(f"s3://{aws_env.bucket}/mlflow/") and mv.run_id == v1.run_id
+    run_keys = aws_env.keys(mv.source[len(f"s3://{aws_env.bucket}/"):])
+    assert any(k.endswith("model/MLmodel") for k in run_keys)
+    assert any(k.endswith("model/artifacts/adapter/adapter_config.json") for k in run_keys)
+
+    d = registry.promote(cfg)
+    assert d.promoted and d.champion_after == "1" and "base Expert" in d.reason
+    assert aliases(client, name) == {"challenger": "1", "champion": "1"}
+    d = registry.promote(cfg)  # idempotent
+    assert not d.promoted and "already the champion" in d.reason
+    assert aliases(client, name) == {"challenger": "1", "champion": "1"}
+
+    # v2: worse than the champion -> refused, twice, nothing changes.
+    _, training, evaluation = fabricate(tmp_path, cfg, V2, "v2")
+    assert registry.register(cfg, training, evaluation).version == "2"
+    for _ in range(2):
+        d = registry.promote(cfg)
+        assert not d.promoted and "does not beat champion version 1" in d.reason and d.delta == pytest.approx(-0.125)
+        assert aliases(client, name) == {"challenger": "2", "champion": "1"}
+
+    # A stricter bar refuses a real improvement; the CLI prints why.
+    _, training, evaluation = fabricate(tmp_path, cfg, V3, "v3")
+    assert main(["register", "--set", f"tracking.tracking_uri={mlflow_server.uri}", "--set",
+                 f"tracking.experiment=reg-{name}", "--set", f"registry.model_name={name}",
+                 "--training", str(training), "--evaluation", str(evaluation)]) == 0
+    capsys.readouterr()
+    assert main(["promote", "--set", f"tracking.tracking_uri={mlflow_server.uri}", "--model", name,
+                 "--min-delta", "0.5"]) == 0
+    assert "not promoted: version 3 does not beat champion version 1" in capsys.readouterr().out
+    assert aliases(client, name) == {"challenger": "3", "champion": "1"}
+
+    # v3 beats v1 (+8 paired wins, 0 losses): concurrent promote calls, exactly one champion, one promotion.
+    decisions, errors = [], []
+
+    def worker():
+        try:
+            decisions.append(registry.promote(cfg, echo=False))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sum(d.promoted for d in decisions) == 1
+    assert all("already the champion" in d.reason for d in decisions if not d.promoted)
+    champions = [v.version for v in client.search_model_versions(f"name = '{name}'")
+                 if "champion" in client.get_model_version(name, v.version).aliases]
+    assert champions == ["3"] and aliases(client, name) == {"challenger": "3", "champion": "3"}
+    mv3 = client.get_model_version(name, "3")
+    assert mv3.tags["promoted_over"] == "1" and float(mv3.tags["promotion_delta"]) == pytest.approx(0.2)
+
+
+def test_register_fails_cleanly(mlflow_server, aws_env, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    name = f"lr-{uuid.uuid4().hex[:8]}"
+    cfg = make_config(mlflow_server.uri, experiment=f"fail-{name}", model_name=name)
+    client = MlflowClient(mlflow_server.uri)
+    samples, training, evaluation = fabricate(tmp_path, cfg, V1, "f")
+
+    # Tracking server down: a clear one-line error, nothing registered anywhere.
+    down = make_config(f"http://127.0.0.1:{free_port()}", model_name=name)
+    with pytest.raises(LightReasonerError, match=r"^http://127.0.0.1:\d+: MLflow tracking server is not reachable"):
+        registry.register(down, training, evaluation, samples)
+    assert client.search_registered_models(f"name = '{name}'") == []
+
+    # Wrong S3 credentials: the artifact upload fails, no model version is created, the run is FAILED.
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "definitely-wrong-secret")
+    with pytest.raises(LightReasonerError, match="access denied") as err:
+        registry.register(cfg, training, evaluation, samples)
+    assert "definitely-wrong-secret" not in str(err.value)
+    assert client.search_model_versions(f"name = '{name}'") == []
+    exp = client.get_experiment_by_name(f"fail-{name}")
+    assert [r.info.status for r in client.search_runs([exp.experiment_id])] == ["FAILED"]
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", aws_env.secret)
+
+    # Bad inputs.
+    with pytest.raises(LightReasonerError, match="missing adapter/adapter_config.json"):
+        registry.register(cfg, evaluation, evaluation)
+    other = make_samples(tmp_path / "other", cfg)
+    (other / "manifest.json").write_text((other / "manifest.json").read_text().replace(
+        '"samples.parquet": "', '"samples.parquet": "0'))
+    with pytest.raises(LightReasonerError, match="sha256 differs"):
+        registry.register(cfg, training, evaluation, other)
+    with pytest.raises(LightReasonerError, match="no version has alias 'challenger'|not registered"):
+        registry.promote(cfg)
+    with pytest.raises(LightReasonerError, match="no model version|not registered"):
+        registry.promote(cfg, "no-such-model")
+    with pytest.raises(LightReasonerError, match=r"run 0+: not found"):
+        registry.compare(cfg, ["0" * 32])
+
+
+def test_registered_model_loads_and_answers(mlflow_server, aws_env, tiny_models, tmp_path, monkeypatch):
+    """The pyfunc model from the registry: Expert (tiny llama) + a real peft LoRA adapter, greedy answers."""
+    import mlflow.pyfunc
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name = f"lr-{uuid.uuid4().hex[:8]}"
+    cfg = make_config(mlflow_server.uri, experiment=f"load-{name}", model_name=name,
+                      extra=[f"expert.model={tiny_models['llama']}", "evaluation.max_new_tokens=4"])
+    samples, training, evaluation = fabricate(tmp_path, cfg, V1, "load")
+    base = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
+    peft_model = get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    for f in (training / "adapter").iterdir():
+        f.unlink()
+    peft_model.save_pretrained(training / "adapter")
+    AutoTokenizer.from_pretrained(tiny_models["llama"]).save_pretrained(training / "tokenizer")
+    registry.register(cfg, training, evaluation, samples)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)  # models:/ URIs resolve on this server
+    model = mlflow.pyfunc.load_model(f"models:/{name}@challenger")
+    answers = model.predict(["What is 2 + 3?", "What is 7 * 6?"])
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)

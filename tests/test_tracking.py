@@ -1,0 +1,165 @@
+"""lightreasoner.tracking against a real MLflow server (sqlite backend, s3:// artifacts on moto)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from fake_outputs import make_config, make_evaluation, make_samples, make_training
+from servers import free_port
+
+from lightreasoner import storage, tracking
+from lightreasoner.errors import LightReasonerError
+
+
+def test_redaction_helpers(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_TopSecretTokenValue123456")
+    data = {"a": {"aws_secret_access_key": "x", "password": "y", "max_new_tokens": 5, "tokenizer": "t"},
+            "url": "https://bob:pw12345@host/x", "note": "uses hf_TopSecretTokenValue123456 and AKIAABCDEFGHIJKLMNOP"}
+    out = tracking.redact(data)
+    assert out["a"] == {"max_new_tokens": 5, "tokenizer": "t"}
+    assert out["url"] == "https://bob:***@host/x"
+    assert "hf_TopSecret" not in out["note"] and "AKIA" not in out["note"]
+    assert tracking.flatten({"a": {"b": 1, "c": {"d": 2}}, "e": []}) == {"a.b": 1, "a.c.d": 2, "e": []}
+
+
+def test_tracking_uri_resolution_and_embedded_store(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = make_config(None, extra=[f"tracking.workdir={tmp_path / 'runs'}"])
+    assert tracking.tracking_uri(cfg) == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    assert tracking.ui_command(cfg) == (f"mlflow ui --backend-store-uri sqlite:///{tmp_path / 'runs' / 'mlflow.db'} "
+                                        f"--default-artifact-root {tmp_path / 'runs' / 'mlartifacts'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:5000")
+    assert tracking.tracking_uri(cfg) == "http://env:5000"
+    assert tracking.tracking_uri(make_config("http://cfg:5000")) == "http://cfg:5000"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    # The embedded store works end to end with local artifacts.
+    evaluation = make_evaluation(tmp_path / "eval", cfg, [True, False, False, True], [True, True, True, True])
+    run_id = tracking.log_stage(cfg, "evaluate", evaluation)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking.tracking_uri(cfg))
+    run = client.get_run(run_id)
+    assert run.data.metrics["evaluate/accuracy_tuned"] == 1.0
+    assert run.info.artifact_uri.startswith((tmp_path / "runs" / "mlartifacts").as_uri())
+    assert {f.path for f in client.list_artifacts(run_id)} >= {"metrics.json", "predictions_tuned.parquet", "plots"}
+    assert tracking.log_stage(make_config(None, extra=["tracking.enabled=false"]), "evaluate", evaluation) is None
+
+
+def test_tracked_tiny_run(mlflow_server, aws_env, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("LIGHTREASONER_IMAGE", "registry.example/lightreasoner:1.2")
+    monkeypatch.setenv("KFP_RUN_ID", "kfp-run-42")
+    cfg = make_config(mlflow_server.uri, experiment=f"tiny-{uuid.uuid4().hex[:8]}")
+    samples = make_samples(tmp_path / "samples", cfg)
+    training = make_training(tmp_path / "train", cfg, samples)
+    evaluation = make_evaluation(tmp_path / "eval", cfg, [True, False] * 5, [True] * 8 + [False, True])
+    samples_uri = f"s3://{aws_env.bucket}/stage-outputs/samples"
+    storage.upload_dir(samples, samples_uri)  # stages accept s3:// outputs too
+
+    with tracking.pipeline_run(cfg, "tiny") as parent:
+        ids = {"sample": tracking.log_stage(cfg, "sample", samples_uri, parent),
+               "train": tracking.log_stage(cfg, "train", training, parent),
+               "evaluate": tracking.log_stage(cfg, "evaluate", evaluation, parent)}
+
+    client = MlflowClient(mlflow_server.uri)
+    prun = client.get_run(parent)
+    assert prun.info.status == "FINISHED"
+    assert prun.data.params["sampling.alpha"] == "0.2" and prun.data.params["data.limit"] == "4"
+    assert prun.data.tags["lightreasoner.image"] == "registry.example/lightreasoner:1.2"
+    assert prun.data.tags["kubeflow.run_id"] == "kfp-run-42"
+    assert prun.data.tags["lightreasoner.version"]
+    children = client.search_runs([prun.info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+    assert sorted(r.info.run_name for r in children) == ["evaluate", "sample", "train"]
+    assert {r.info.run_id for r in children} == set(ids.values())
+
+    sample = client.get_run(ids["sample"]).data
+    manifest = json.loads((samples / "manifest.json").read_text())
+    assert sample.metrics["sample/kept_fraction"] == pytest.approx(manifest["counts"]["kept_fraction"])
+    assert sample.metrics["sample/kept_steps"] == manifest["counts"]["selected"]
+    assert sample.metrics["sample/effective_beta"] == pytest.approx(0.4)
+    assert sample.metrics["sample/problems_per_second"] == pytest.approx(1.5)
+    assert sample.params["expert.model"] == cfg.expert.model
+    history = client.get_metric_history(ids["train"], "train/loss")
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(1, 1.5), (2, 0.9), (3, 0.5)]
+    assert client.get_run(ids["train"]).data.metrics["train/tuned_tokens"] == 321
+    ev = client.get_run(ids["evaluate"]).data.metrics
+    assert ev["evaluate/accuracy_base"] == 0.5 and ev["evaluate/accuracy_tuned"] == 0.9
+    assert ev["evaluate/delta"] == pytest.approx(0.4) and "evaluate/mcnemar_p" in ev
+    assert prun.data.metrics["evaluate/delta"] == pytest.approx(0.4)  # copied to the parent run
+
+    # Artifacts are in the bucket (listed with boto3, not through MLflow).
+    exp = prun.info.experiment_id
+    keys = set(aws_env.keys(f"mlflow/{exp}/"))
+    art = {name: f"mlflow/{exp}/{rid}/artifacts/" for name, rid in ids.items()}
+    for stage, names in {"sample": ["manifest.json", "samples.parquet", "plots/kl_histogram.png",
+                                    "plots/kept_fraction_per_problem.png"],
+                         "train": ["manifest.json", "adapter/adapter_config.json",
+                                   "adapter/adapter_model.safetensors", "tokenizer/tokenizer.json"],
+                         "evaluate": ["metrics.json", "manifest.json", "predictions_base.parquet",
+                                      "predictions_tuned.parquet", "plots/accuracy.png"]}.items():
+        for name in names:
+            assert art[stage] + name in keys, (stage, name)
+
+    from lightreasoner.registry import compare
+
+    table = compare(cfg, [parent, ids["sample"]], echo=False).as_dict()
+    assert table["evaluate/accuracy_tuned"][parent] == "0.9"
+    assert table["sample/kept_fraction"][ids["sample"]] != "-"
+
+
+def test_secrets_never_logged(mlflow_server, aws_env, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    hf = "hf_SuperSecretHuggingFaceToken0001"
+    password = "Pa55w0rdInUrl"
+    monkeypatch.setenv("HF_TOKEN", hf)
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp_NotForLogsNotForLogs00001")
+    monkeypatch.setenv("LIGHTREASONER_IMAGE", f"https://robot:{password}@registry.example/lr:1")
+    secrets = [hf, password, "ghp_NotForLogsNotForLogs00001", aws_env.secret, aws_env.key_id]
+    cfg = make_config(mlflow_server.uri, experiment=f"secrets-{uuid.uuid4().hex[:8]}",
+                      extra=[f"data.path=https://alice:{password}@data.example/gsm8k.jsonl"])
+    leak = {"aws_secret_access_key": aws_env.secret, "env": {"AWS_ACCESS_KEY_ID": aws_env.key_id, "HF_TOKEN": hf},
+            "note": f"downloaded with {hf}"}
+    samples = make_samples(tmp_path / "samples", cfg, extra_manifest=leak)
+    training = make_training(tmp_path / "train", cfg, samples, extra_manifest=leak)
+    with tracking.pipeline_run(cfg) as parent:
+        run_ids = [parent, tracking.log_stage(cfg, "sample", samples, parent),
+                   tracking.log_stage(cfg, "train", training, parent)]
+    client = MlflowClient(mlflow_server.uri)
+    texts = []
+    for rid in run_ids:
+        data = client.get_run(rid).data
+        texts += [f"{k}={v}" for k, v in data.params.items()] + [f"{k}={v}" for k, v in data.tags.items()]
+    assert any("data.path=https://alice:***@data.example" in t for t in texts)
+    s3 = aws_env.client()
+    exp = client.get_run(parent).info.experiment_id
+    for key in aws_env.keys(f"mlflow/{exp}/"):
+        if key.endswith((".json", ".txt", ".yaml")):
+            texts.append(s3.get_object(Bucket=aws_env.bucket, Key=key)["Body"].read().decode())
+    blob = "\n".join(texts)
+    for secret in secrets:
+        assert secret not in blob
+    assert "aws_secret_access_key" not in blob.lower()
+
+
+def test_tracking_server_down(aws_env, tmp_path):
+    cfg = make_config(f"http://127.0.0.1:{free_port()}")
+    evaluation = make_evaluation(tmp_path / "eval", cfg, [True, False], [True, True])
+    with pytest.raises(LightReasonerError, match=r"http://127.0.0.1:\d+: MLflow tracking server is not reachable"):
+        tracking.log_stage(cfg, "evaluate", evaluation)
+    with pytest.raises(LightReasonerError, match="not reachable"):
+        tracking.start_pipeline(cfg)
+
+
+def test_bad_stage_inputs(mlflow_server, aws_env, tmp_path):
+    cfg = make_config(mlflow_server.uri)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LightReasonerError, match="missing manifest.json"):
+        tracking.log_stage(cfg, "sample", tmp_path / "empty")
+    with pytest.raises(LightReasonerError, match="stage 'bogus'"):
+        tracking.log_stage(cfg, "bogus", tmp_path / "empty")
+    with pytest.raises(LightReasonerError, match="not found"):
+        tracking.log_stage(cfg, "train", tmp_path / "nope")
