@@ -110,14 +110,13 @@ def register_model(config_yaml: str, overrides: str, samples: Input[Dataset], ad
     from lightreasoner.config import load_config_text
 
     cfg = load_config_text(config_yaml, overrides.splitlines(), "pipeline config")
-    version = registry.register(cfg, training=adapter.path, evaluation=evaluation.path, samples=samples.path,
-                                parent_run_id=parent_run_id or None)
+    registered = registry.register(cfg, adapter.path, evaluation.path, samples.path,
+                                   parent_run_id=parent_run_id or None)
     promoted = False
     if promote:
-        decision = registry.promote(cfg, cfg.registry.model_name, cfg.registry.min_delta, cfg.registry.max_p)
-        promoted = bool(decision.promoted)
+        promoted = bool(registry.promote(cfg).promoted)
     tracking.end_pipeline(cfg, parent_run_id or None)
-    return namedtuple("RegisterOutputs", ["version", "promoted"])(str(version), promoted)
+    return namedtuple("RegisterOutputs", ["version", "promoted"])(str(registered.version), promoted)
 
 
 STAGES = {
