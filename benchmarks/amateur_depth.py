@@ -16,7 +16,13 @@ import torch
 
 from lightreasoner.config import load_config
 from lightreasoner.data import load_problems
-from lightreasoner.models import generate_greedy, load_model, load_tokenizer, prompt_token_ids, truncated_amateur
+from lightreasoner.models import (
+    generate_greedy,
+    load_model,
+    load_tokenizer,
+    prompt_token_ids,
+    truncated_amateur,
+)
 from lightreasoner.sampling import contrast, teacher_forced_logits
 
 

@@ -92,7 +92,7 @@ def evaluate(config_yaml: str, overrides: str, adapter: Input[Model], parent_run
     from lightreasoner.evaluation import evaluate as stage
 
     cfg = load_config_text(config_yaml, overrides.splitlines(), "pipeline config")
-    stage(cfg, adapter=adapter.path, output=evaluation.path)
+    stage(cfg, None, adapter.path, evaluation.path)
     values = json.loads((Path(evaluation.path) / "metrics.json").read_text())
     for key in ("accuracy_base", "accuracy_tuned", "delta", "delta_ci_low", "delta_ci_high", "mcnemar_p"):
         if isinstance(values.get(key), int | float):

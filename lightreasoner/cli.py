@@ -11,8 +11,27 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from contextlib import ExitStack
 
 from .errors import LightReasonerError
+
+
+def local_input(uri):
+    """A local path for an input that may be an s3:// URI (downloaded to a temporary folder)."""
+    from .storage import local_input as inner
+
+    return inner(uri)
+
+
+def local_output(uri, resume: bool = False):
+    """A local folder for an output that may be an s3:// URI (uploaded, manifest last, on success)."""
+    from .storage import local_output as inner
+
+    return inner(uri, resume=resume)
+
+
+def is_s3(uri) -> bool:
+    return str(uri).startswith("s3://")
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -45,8 +64,12 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
     from .data import prepare_data
 
     cfg = config_from_args(args)
-    path = prepare_data(cfg.data, args.output)
-    print(path)
+    if not is_s3(args.output):
+        print(prepare_data(cfg.data, args.output))
+        return 0
+    with local_output(args.output) as out:
+        prepare_data(cfg.data, out)
+    print(args.output)
     return 0
 
 
@@ -56,7 +79,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     shard = parse_shard(args.shard) if args.shard else None
-    result = sample(cfg, args.output, reference=args.reference, overwrite=args.overwrite, shard=shard)
+    with local_output(args.output, resume=True) as out:
+        result = sample(cfg, out, reference=args.reference, overwrite=args.overwrite, shard=shard)
+        result.output = args.output
     if shard is not None:
         print(f"shard={shard[0]}/{shard[1]} batches={len(result.manifest['batches'])} output={result.output}")
         return 0
@@ -88,7 +113,12 @@ def cmd_merge_samples(args: argparse.Namespace) -> int:
     from .sampling import merge_shards
 
     cfg = config_from_args(args)
-    print_sample_summary(merge_shards(cfg, args.shards, args.output, overwrite=args.overwrite))
+    with ExitStack() as stack:
+        shards = [stack.enter_context(local_input(s)) for s in args.shards]
+        out = stack.enter_context(local_output(args.output))
+        result = merge_shards(cfg, shards, out, overwrite=args.overwrite)
+        result.output = args.output
+    print_sample_summary(result)
     return 0
 
 
@@ -99,7 +129,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.layout:
         args.overrides = [*args.overrides, f"training.layout={args.layout}"]
     cfg = config_from_args(args)
-    result = train(cfg, args.samples, args.output, resume=args.resume, merge=args.merge)
+    with local_input(args.samples) as samples, local_output(args.output, resume=args.resume) as out:
+        result = train(cfg, samples, out, resume=args.resume, merge=args.merge)
+        result.output = args.output
     m = result.manifest
     loss = m["final_loss"]
     print(
@@ -114,7 +146,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate
 
     cfg = config_from_args(args)
-    result = evaluate(cfg, model=args.model, adapter=args.adapter, output=args.output, limit=args.limit)
+    with ExitStack() as stack:
+        adapter = stack.enter_context(local_input(args.adapter)) if args.adapter else None
+        out = stack.enter_context(local_output(args.output))
+        result = evaluate(cfg, model=args.model, adapter=adapter, output=out, limit=args.limit)
+        result.output = args.output
     m = result.metrics
 
     def fmt(value, spec=".4f"):
@@ -142,7 +178,10 @@ def cmd_register(args: argparse.Namespace) -> int:
     from .tracking import is_embedded, ui_command
 
     cfg = config_from_args(args)
-    result = register(cfg, args.training, args.evaluation, args.samples, parent_run_id=args.parent_run_id)
+    with ExitStack() as stack:
+        training, evaluation = (stack.enter_context(local_input(p)) for p in (args.training, args.evaluation))
+        samples = stack.enter_context(local_input(args.samples)) if args.samples else None
+        result = register(cfg, training, evaluation, samples, parent_run_id=args.parent_run_id)
     print(f"registered {result.name} version {result.version} (alias {result.alias}) run={result.run_id} "
           f"delta={result.tags.get('delta', '?')} mcnemar_p={result.tags.get('mcnemar_p', '?')}")
     if is_embedded(cfg):
@@ -202,6 +241,35 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("run")
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .runner import demo_config, run_all, summary_table
+
+    cfg = demo_config(args.config, args.overrides, args.quick)
+    summary = run_all(cfg, args.workdir, promote=not args.no_promote)
+    console = Console()
+    console.print(summary_table(summary))
+    console.print(f"outputs: {summary.workdir}")
+    if summary.ui_command:
+        console.print(f"browse the run: {summary.ui_command}", soft_wrap=True)
+    return 0
+
+
+@command("config")
+def cmd_config(args: argparse.Namespace) -> int:
+    from .config import config_reference_markdown, to_yaml, update_readme_reference
+
+    if args.update_readme:
+        print(update_readme_reference(args.update_readme))
+    elif args.reference:
+        print(config_reference_markdown(), end="")
+    else:
+        print(to_yaml(config_from_args(args)), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -209,6 +277,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lightreasoner {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="the whole method locally: sample, train, evaluate, register (the demo)")
+    add_config_args(p)
+    p.add_argument("--quick", action="store_true", help="a tiny run (about 2 minutes on 2 CPU cores)")
+    p.add_argument("--workdir", default="lightreasoner-runs", help="outputs and the local MLflow store")
+    p.add_argument("--no-promote", action="store_true", help="register only, no promotion check")
+
+    p = sub.add_parser("config", help="print the resolved config (or the reference of every key)")
+    add_config_args(p)
+    p.add_argument("--reference", action="store_true", help="every key with its default and meaning (Markdown)")
+    p.add_argument("--update-readme", metavar="README", help="rewrite the reference block of this README")
 
     p = sub.add_parser("prepare-data", help="load problems and write a normalised problems.parquet")
     add_config_args(p)

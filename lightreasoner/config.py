@@ -300,3 +300,18 @@ def load_config_text(text: str, overrides: list[str] | None = None, source: str 
 
 def to_yaml(config: Config) -> str:
     return yaml.safe_dump(config.dump(), sort_keys=False)
+
+
+REFERENCE_BEGIN, REFERENCE_END = "<!-- config-reference -->", "<!-- /config-reference -->"
+
+
+def update_readme_reference(readme: str | Path) -> Path:
+    """Replace the block between the config-reference markers of a README with the current reference."""
+    path = Path(readme)
+    text = path.read_text()
+    if REFERENCE_BEGIN not in text or REFERENCE_END not in text:
+        raise LightReasonerError(f"{path}: no {REFERENCE_BEGIN} ... {REFERENCE_END} block")
+    head, rest = text.split(REFERENCE_BEGIN, 1)
+    _, tail = rest.split(REFERENCE_END, 1)
+    path.write_text(f"{head}{REFERENCE_BEGIN}\n{config_reference_markdown()}{REFERENCE_END}{tail}")
+    return path

@@ -1,0 +1,632 @@
+"""Stage 2: LoRA fine-tuning of the Expert on the contrastive soft labels.
+
+At every kept step t of a trajectory the target is the sparse soft label (target ids, weights) and the
+loss is KL(soft label || p_model) = sum_i w_i (log w_i - log p(i)), averaged over the kept steps.
+
+Packed layout (default): each trajectory is ONE sequence, ``prompt_token_ids + completion_token_ids`` (the
+exact tokens the Expert produced, cut after the last kept step), and the loss is taken at all its kept
+positions in one forward/backward pass. The logit that predicts completion token ``position`` sits at
+sequence index ``len(prompt) + position - 1``. Per-step layout (the paper's script): one sequence per
+kept step, ``prompt + completion[:position]``, loss at its last position. Both give the same loss and the
+same gradients; packed costs one pass per trajectory instead of one per kept step.
+
+Batches are padded on the RIGHT: real tokens keep their unpadded indices, position ids are 0..n-1 as in
+an unpadded forward, and no query row is fully masked. Only the needed positions go through the LM head
+(``logits_to_keep``).
+
+Output (``keep these names``): ``adapter/`` (peft, safetensors), ``tokenizer/``, ``merged/`` (with
+``merge=True``), ``checkpoints/``, and ``manifest.json`` written last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from .config import Config
+from .errors import LightReasonerError
+from .models import load_model, load_tokenizer, model_fingerprint, resolve_device, same_model
+from .sampling import (
+    MANIFEST,
+    SAMPLE_SCHEMA,
+    SAMPLES,
+    TRAJECTORIES,
+    TRAJECTORY_SCHEMA,
+    library_versions,
+    read_manifest,
+    sha256_file,
+)
+
+log = logging.getLogger(__name__)
+
+ADAPTER = "adapter"
+TOKENIZER = "tokenizer"
+MERGED = "merged"
+CHECKPOINTS = "checkpoints"
+STATE = "train-state.json"  # fingerprint of the job, so that --resume refuses a different one
+COUNTERS = "lightreasoner-counters.json"  # written into every checkpoint
+WEIGHT_TOLERANCE = 1e-3
+
+_TRAJECTORY_FIELDS = ("problem_id", "prompt_token_ids", "completion_token_ids")
+_SAMPLE_FIELDS = ("problem_id", "position", "target_token_ids", "target_weights")
+
+
+# --- the loss, as a pure function -------------------------------------------------------------------
+
+
+def soft_label_kl_loss(logits: torch.Tensor, positions: torch.Tensor, target_ids: torch.Tensor,
+                       target_weights: torch.Tensor) -> torch.Tensor:
+    """Mean over kept steps of KL(soft label || softmax(logits)).
+
+    Args:
+        logits: [B, L, V] model logits (any float dtype; computed in float32).
+        positions: [N, 2] long, (row, column) in ``logits`` of the logit row of each kept step.
+        target_ids: [N, K] long, the soft label's token ids; padded slots may hold any valid id.
+        target_weights: [N, K] float, the soft label's weights (each row sums to 1); padded slots are 0
+            and contribute nothing.
+    Returns:
+        A scalar: mean over the N steps of sum_k w_k (log w_k - log p(target_k)). Zero (still attached to
+        the graph) when N == 0.
+    """
+    if positions.shape[0] == 0:
+        return logits.sum() * 0.0
+    rows = logits[positions[:, 0], positions[:, 1]].float()  # [N, V]
+    log_p = torch.log_softmax(rows, dim=-1).gather(-1, target_ids.long())  # [N, K]
+    w = target_weights.float()
+    present = w > 0
+    log_w = torch.log(torch.where(present, w, torch.ones_like(w)))
+    terms = torch.where(present, w * (log_w - log_p), torch.zeros_like(w))
+    return terms.sum(dim=-1).mean()
+
+
+# --- samples: reading and validating ---------------------------------------------------------------
+
+
+@dataclass
+class Trajectory:
+    """One trajectory and its kept steps (``positions`` index the completion, sorted)."""
+
+    problem_id: str
+    prompt: list[int]
+    completion: list[int]
+    positions: list[int] = field(default_factory=list)
+    target_ids: list[list[int]] = field(default_factory=list)
+    target_weights: list[list[float]] = field(default_factory=list)
+
+
+@dataclass
+class Samples:
+    folder: Path
+    manifest: dict[str, Any]
+    trajectories: list[Trajectory]  # only those with at least one kept step
+    sha256: dict[str, str]
+
+    @property
+    def num_steps(self) -> int:
+        return sum(len(t.positions) for t in self.trajectories)
+
+
+def _read_table(path: Path, schema: pa.Schema, fields: tuple[str, ...]) -> pa.Table:
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # noqa: BLE001 - corrupt file -> one line
+        raise LightReasonerError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+    missing = [name for name in fields if name not in table.column_names]
+    if missing:
+        raise LightReasonerError(f"{path}: schema mismatch, missing column(s) {', '.join(missing)}")
+    wanted = pa.schema([schema.field(name) for name in fields])
+    table = table.select(list(fields))
+    for name in fields:
+        have, want = table.schema.field(name).type, wanted.field(name).type
+        if have != want:
+            try:
+                table = table.set_column(table.column_names.index(name), name, table.column(name).cast(want))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                raise LightReasonerError(
+                    f"{path}: schema mismatch, column {name} is {have} (expected {want})"
+                ) from None
+    return table
+
+
+def load_samples(folder: str | Path) -> Samples:
+    """Read and validate a samples folder (stage 1's output contract); raises one-line errors."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise LightReasonerError(f"{folder}: samples folder not found")
+    for name in (TRAJECTORIES, SAMPLES, MANIFEST):
+        if not (folder / name).is_file():
+            raise LightReasonerError(f"{folder}: missing {name} (not a finished samples folder)")
+    manifest = read_manifest(folder)
+    recorded = manifest.get("sha256") or {}
+    sha = {}
+    for name in (TRAJECTORIES, SAMPLES):
+        sha[name] = sha256_file(folder / name)
+        if recorded.get(name) != sha[name]:
+            raise LightReasonerError(f"{folder / name}: sha256 differs from the samples manifest (file changed)")
+    traj_rows = _read_table(folder / TRAJECTORIES, TRAJECTORY_SCHEMA, _TRAJECTORY_FIELDS).to_pylist()
+    sample_rows = _read_table(folder / SAMPLES, SAMPLE_SCHEMA, _SAMPLE_FIELDS).to_pylist()
+    by_id: dict[str, Trajectory] = {}
+    for r in traj_rows:
+        if r["problem_id"] in by_id:
+            raise LightReasonerError(f"{folder / TRAJECTORIES}: problem_id {r['problem_id']} appears twice")
+        by_id[r["problem_id"]] = Trajectory(r["problem_id"], list(r["prompt_token_ids"] or []),
+                                            list(r["completion_token_ids"] or []))
+    steps: dict[str, list[tuple[int, list[int], list[float]]]] = defaultdict(list)
+    where = folder / SAMPLES
+    for i, r in enumerate(sample_rows):
+        pid, pos = r["problem_id"], r["position"]
+        traj = by_id.get(pid)
+        if traj is None:
+            raise LightReasonerError(f"{where}: row {i}: problem_id {pid} has no trajectory")
+        ids, weights = r["target_token_ids"] or [], r["target_weights"] or []
+        if pos is None or not 0 <= pos < len(traj.completion):
+            raise LightReasonerError(
+                f"{where}: row {i}: position {pos} outside the completion (length {len(traj.completion)})"
+            )
+        if len(traj.prompt) + pos < 1:
+            raise LightReasonerError(f"{where}: row {i}: position 0 with an empty prompt has no logit to train")
+        if not ids or len(ids) != len(weights):
+            raise LightReasonerError(
+                f"{where}: row {i}: {len(ids)} target ids for {len(weights)} weights (need the same, >= 1)"
+            )
+        if any(w is None or not math.isfinite(w) or w < 0 for w in weights):
+            raise LightReasonerError(f"{where}: row {i}: target weights must be finite and >= 0")
+        total = math.fsum(weights)
+        if abs(total - 1.0) > WEIGHT_TOLERANCE:
+            raise LightReasonerError(f"{where}: row {i}: target weights sum to {total:.6f}, not 1")
+        if any(t is None or t < 0 for t in ids):
+            raise LightReasonerError(f"{where}: row {i}: negative target token id")
+        steps[pid].append((int(pos), [int(t) for t in ids], [float(w) for w in weights]))
+    trajectories = []
+    for pid, traj in by_id.items():
+        for pos, ids, weights in sorted(steps.get(pid, []), key=lambda s: s[0]):
+            traj.positions.append(pos)
+            traj.target_ids.append(ids)
+            traj.target_weights.append(weights)
+        if traj.positions:
+            trajectories.append(traj)
+    if not trajectories:
+        raise LightReasonerError(f"{where}: no kept steps, nothing to train")
+    return Samples(folder, manifest, trajectories, sha)
+
+
+def check_vocabulary(samples: Samples, vocab_rows: int) -> None:
+    """Every input and target id must be a row of the model's embeddings / LM head."""
+    for traj in samples.trajectories:
+        if max(traj.prompt + traj.completion, default=0) >= vocab_rows:
+            raise LightReasonerError(
+                f"{samples.folder / TRAJECTORIES}: problem {traj.problem_id}: token id beyond the Expert's "
+                f"vocabulary ({vocab_rows})"
+            )
+        if max(max(ids) for ids in traj.target_ids) >= vocab_rows:
+            raise LightReasonerError(
+                f"{samples.folder / SAMPLES}: problem {traj.problem_id}: target id beyond the Expert's "
+                f"vocabulary ({vocab_rows})"
+            )
+
+
+# --- layouts and the collator ----------------------------------------------------------------------
+
+
+def build_examples(trajectories: list[Trajectory], layout: str) -> list[dict[str, Any]]:
+    """Training examples: ``input_ids``, ``logit_index`` (sequence index of each kept step's logit),
+    ``target_ids`` and ``target_weights`` (one list per kept step).
+
+    packed: one example per trajectory, cut after the token of the last kept step (later tokens cannot
+    influence any trained logit). per-step: one example per kept step, ``prompt + completion[:position]``.
+    """
+    examples: list[dict[str, Any]] = []
+    for traj in trajectories:
+        p = len(traj.prompt)
+        if layout == "packed":
+            end = p + max(traj.positions)
+            seq = (traj.prompt + traj.completion)[:end]
+            examples.append({"input_ids": seq, "logit_index": [p + pos - 1 for pos in traj.positions],
+                             "target_ids": traj.target_ids, "target_weights": traj.target_weights})
+        elif layout == "per-step":
+            for pos, ids, weights in zip(traj.positions, traj.target_ids, traj.target_weights, strict=True):
+                examples.append({"input_ids": traj.prompt + traj.completion[:pos], "logit_index": [p + pos - 1],
+                                 "target_ids": [ids], "target_weights": [weights]})
+        else:
+            raise LightReasonerError(f"training.layout {layout!r}: expected packed or per-step")
+    return examples
+
+
+class SoftLabelCollator:
+    """Pads examples on the right into a batch for :func:`batch_loss`.
+
+    Batch keys: ``input_ids``/``attention_mask``/``position_ids`` [B, L]; ``logits_to_keep`` [K] (sorted
+    sequence indices whose logits are needed, shared by the rows); ``positions`` [N, 2] (row, index into
+    ``logits_to_keep``); ``target_ids``/``target_weights`` [N, Kmax] (zero-weight padding).
+    """
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = int(pad_token_id)
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(len(e["input_ids"]) for e in examples)
+        b = len(examples)
+        ids = torch.full((b, width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((b, width), dtype=torch.long)
+        for row, e in enumerate(examples):
+            n = len(e["input_ids"])
+            ids[row, :n] = torch.tensor(e["input_ids"], dtype=torch.long)
+            mask[row, :n] = 1
+        position_ids = torch.arange(width, dtype=torch.long).unsqueeze(0).expand(b, width).clone()
+        rows = [row for row, e in enumerate(examples) for _ in e["logit_index"]]
+        cols = [c for e in examples for c in e["logit_index"]]
+        keep = torch.tensor(sorted(set(cols)), dtype=torch.long)
+        col_index = torch.searchsorted(keep, torch.tensor(cols, dtype=torch.long))
+        targets = [t for e in examples for t in e["target_ids"]]
+        weights = [w for e in examples for w in e["target_weights"]]
+        k = max(len(t) for t in targets)
+        target_ids = torch.zeros((len(targets), k), dtype=torch.long)
+        target_weights = torch.zeros((len(targets), k), dtype=torch.float32)
+        for i, (t, w) in enumerate(zip(targets, weights, strict=True)):
+            target_ids[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+            target_weights[i, : len(w)] = torch.tensor(w, dtype=torch.float32)
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "position_ids": position_ids,
+            "logits_to_keep": keep,
+            "positions": torch.stack([torch.tensor(rows, dtype=torch.long), col_index], dim=1),
+            "target_ids": target_ids,
+            "target_weights": target_weights,
+        }
+
+
+def batch_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One forward pass over a collated batch and the soft-label KL at its kept steps."""
+    out = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"],
+        logits_to_keep=batch["logits_to_keep"],
+        use_cache=False,
+    )
+    return soft_label_kl_loss(out.logits, batch["positions"], batch["target_ids"], batch["target_weights"])
+
+
+# --- LoRA and the trainer --------------------------------------------------------------------------
+
+
+def trainable_expert(config: Config, device: torch.device):
+    """The Expert in plain dense weights, ready for LoRA.
+
+    A GGUF checkpoint loads either dequantized into ordinary layers (then only the quantizer tag is left
+    and removed here: the weights are dense) or, where a GGUF matmul kernel is installed, with weights
+    kept in GGUF blocks; those cannot be trained through, so the model is loaded again dequantized.
+    """
+    model = load_model(config.expert, "expert", device)
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None:
+        return model
+    qcfg = quantizer.quantization_config
+    if str(getattr(qcfg, "quant_method", "")).lower().endswith("gguf"):
+        if getattr(quantizer, "packed_modules", None) and not getattr(qcfg, "dequantize", False):
+            from transformers import AutoModelForCausalLM, GgufConfig
+
+            from .models import resolve_dtype, resolve_source
+
+            src = resolve_source(config.expert)
+            del model
+            model = AutoModelForCausalLM.from_pretrained(
+                src.location, gguf_file=src.gguf_file, revision=src.revision,
+                dtype=resolve_dtype(config.expert.dtype, device),
+                quantization_config=GgufConfig(gguf_file=src.gguf_file, dequantize=True),
+                trust_remote_code=config.expert.trust_remote_code,
+            ).to(device)
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        return model
+    raise LightReasonerError(
+        f"expert.model {config.expert.model}: quantized with {getattr(qcfg, 'quant_method', '?')}, "
+        "which cannot be fine-tuned here (use full-precision weights)"
+    )
+
+
+def lora_model(model, tcfg, dropout: float | None = None):
+    """Wrap ``model`` with LoRA adapters per the training config; base weights are frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in tcfg.target_modules if m not in names]
+    if missing:
+        raise LightReasonerError(f"training.target_modules: {', '.join(missing)} not found in the Expert")
+    cfg = LoraConfig(
+        r=tcfg.lora_r,
+        lora_alpha=tcfg.lora_alpha,
+        lora_dropout=tcfg.lora_dropout if dropout is None else dropout,
+        target_modules=list(tcfg.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, cfg)
+
+
+def trainer_classes():
+    """Trainer subclass and callbacks, built on first use so that importing this module stays light."""
+    from transformers import Trainer, TrainerCallback
+
+    class SoftLabelTrainer(Trainer):
+        """transformers' Trainer with the soft-label KL loss and token counters."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.loss_is_scaled_for_ga = False  # per-batch mean: the Trainer divides by the accumulation
+            self.counters = {"tuned_tokens": 0, "input_tokens": 0, "padded_tokens": 0, "sequences": 0}
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss = batch_loss(model, inputs)
+            if model.training:
+                c = self.counters
+                c["tuned_tokens"] += int(inputs["positions"].shape[0])
+                c["input_tokens"] += int(inputs["attention_mask"].sum())
+                c["padded_tokens"] += int(inputs["input_ids"].numel())
+                c["sequences"] += int(inputs["input_ids"].shape[0])
+            return (loss, None) if return_outputs else loss
+
+    class LossHistoryCallback(TrainerCallback):
+        """Records {step, loss} at every logging step; after a resume the restored log is included."""
+
+        def __init__(self):
+            self.history: list[dict[str, float]] = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.history.append({"step": int(state.global_step), "loss": float(logs["loss"])})
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.history = [{"step": int(e["step"]), "loss": float(e["loss"])}
+                            for e in state.log_history if "loss" in e and "step" in e]
+
+    class CountersCallback(TrainerCallback):
+        """Saves the trainer's token counters into each checkpoint (restored on resume)."""
+
+        def __init__(self, trainer_ref: list):
+            self.trainer_ref = trainer_ref
+
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                (folder / COUNTERS).write_text(json.dumps(self.trainer_ref[0].counters))
+
+    return SoftLabelTrainer, LossHistoryCallback, CountersCallback
+
+
+def last_checkpoint(folder: Path) -> Path | None:
+    """The checkpoint with the highest step that holds a complete trainer state."""
+    found = []
+    for p in folder.glob("checkpoint-*") if folder.is_dir() else []:
+        suffix = p.name.split("-", 1)[1]
+        if suffix.isdigit() and (p / "trainer_state.json").is_file():
+            found.append((int(suffix), p))
+    return max(found)[1] if found else None
+
+
+def training_arguments(config: Config, output_dir: Path, device: torch.device, progress: bool):
+    from transformers import TrainingArguments
+
+    t = config.training
+    bf16 = (device.type == "cuda" and torch.cuda.is_bf16_supported()) if t.bf16 == "auto" else bool(t.bf16)
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps if t.max_steps > 0 else -1,
+        warmup_steps=t.warmup_ratio,  # a float in [0, 1): fraction of the total steps
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        lr_scheduler_type=t.lr_scheduler,
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=bf16,
+        logging_strategy="steps",
+        logging_steps=t.logging_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        report_to="none",
+        remove_unused_columns=False,
+        label_names=[],
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=device.type == "cuda",
+        use_cpu=device.type == "cpu",
+    )
+
+
+# --- the stage -------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    manifest: dict[str, Any]
+
+    @property
+    def adapter(self) -> Path:
+        return self.output / ADAPTER
+
+
+def training_fingerprint(config: Config, samples_sha: dict[str, str]) -> str:
+    digest = config.fingerprint("expert", "training")
+    return hashlib.sha256(f"{digest}:{json.dumps(samples_sha, sort_keys=True)}".encode()).hexdigest()
+
+
+def _prepare_output(out: Path, fingerprint: str, resume: bool) -> dict | None:
+    """Checks the output folder (writes nothing); returns the finished manifest when resuming a complete job."""
+    state_path = out / STATE
+    if out.exists() and not out.is_dir():
+        raise LightReasonerError(f"{out}: output exists and is not a folder")
+    if resume and state_path.is_file():
+        recorded = json.loads(state_path.read_text()).get("fingerprint")
+        if recorded != fingerprint:
+            raise LightReasonerError(f"{out}: holds a training run of a different config or samples (cannot resume)")
+        if (out / MANIFEST).is_file():
+            return json.loads((out / MANIFEST).read_text())
+        return None
+    if out.exists() and any(out.iterdir()):
+        hint = "use --resume to continue it" if state_path.is_file() else "choose an empty folder"
+        raise LightReasonerError(f"{out}: output folder is not empty ({hint})")
+    return None
+
+
+def _claim_output(out: Path, fingerprint: str) -> None:
+    """Create the output folder once every input check passed (a refused run leaves nothing behind)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / STATE).is_file():
+        (out / STATE).write_text(json.dumps({"fingerprint": fingerprint}))
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.replace(final)
+
+
+def check_expert(config: Config, samples: Samples, model=None) -> dict[str, Any]:
+    """The Expert must be the model the samples were drawn with; returns its fingerprint.
+
+    Local weights compare by sha256 at once. A hub model's recorded revision is the commit it was loaded
+    at, known only once it is loaded: before (``model`` None) only the id is compared, after, the id and
+    the commit.
+    """
+    recorded = (samples.manifest.get("models") or {}).get("expert")
+    if not isinstance(recorded, dict):
+        raise LightReasonerError(f"{samples.folder / MANIFEST}: no models.expert fingerprint")
+    current = model_fingerprint(config.expert, model)
+    if model is None and not current.get("sha256") and not recorded.get("sha256"):
+        same = recorded.get("model") == current.get("model")
+    else:
+        same = same_model(recorded, current)
+    if not same:
+        raise LightReasonerError(
+            f"expert.model {config.expert.model}: not the Expert the samples in {samples.folder} were drawn with "
+            f"({recorded.get('model')}, revision {recorded.get('revision')})"
+        )
+    return current
+
+
+def train(config: Config, samples_dir: str | Path, output_dir: str | Path, *, resume: bool = False,
+          merge: bool = False, progress: bool = True, callbacks: list | None = None) -> TrainResult:
+    """Stage 2. Trains LoRA adapters on the samples; writes adapter, tokenizer, (merged) and the manifest last.
+
+    ``resume`` continues from the last checkpoint in ``output_dir/checkpoints`` (or starts when there is
+    none); ``callbacks`` are extra ``TrainerCallback`` objects.
+    """
+    started = time.perf_counter()
+    out = Path(output_dir)
+    tcfg = config.training
+    samples = load_samples(samples_dir)
+    expert_info = check_expert(config, samples)
+    fingerprint = training_fingerprint(config, samples.sha256)
+    finished = _prepare_output(out, fingerprint, resume)
+    if finished is not None:
+        log.info("%s: this training run is already complete", out)
+        return TrainResult(out, finished)
+
+    from transformers import PrinterCallback, set_seed
+
+    device = resolve_device(config.expert.device)
+    tokenizer = load_tokenizer(config.expert, "expert")
+    model = trainable_expert(config, device)
+    if not expert_info.get("sha256"):  # hub model: its commit is known now
+        expert_info = check_expert(config, samples, model)
+    rows = min(model.get_input_embeddings().weight.shape[0], model.get_output_embeddings().weight.shape[0])
+    check_vocabulary(samples, rows)
+    set_seed(tcfg.seed)
+    model = lora_model(model, tcfg)
+    examples = build_examples(samples.trajectories, tcfg.layout)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    _claim_output(out, fingerprint)
+
+    SoftLabelTrainer, LossHistoryCallback, CountersCallback = trainer_classes()
+    checkpoints = out / CHECKPOINTS
+    history = LossHistoryCallback()
+    ref: list = []
+    trainer = SoftLabelTrainer(
+        model=model,
+        args=training_arguments(config, checkpoints, device, progress),
+        train_dataset=examples,
+        data_collator=SoftLabelCollator(pad),
+        callbacks=[history, CountersCallback(ref), *(callbacks or [])],
+    )
+    ref.append(trainer)
+    if not progress:
+        trainer.remove_callback(PrinterCallback)
+    resume_from = last_checkpoint(checkpoints) if resume else None
+    if resume and resume_from is None:
+        log.info("%s: no checkpoint to resume from, starting from the beginning", checkpoints)
+    if resume_from is not None and (resume_from / COUNTERS).is_file():
+        trainer.counters.update(json.loads((resume_from / COUNTERS).read_text()))
+    log.info("training on %d kept steps in %d trajectories (%s layout, %d sequences)", samples.num_steps,
+             len(samples.trajectories), tcfg.layout, len(examples))
+    t0 = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    train_seconds = time.perf_counter() - t0
+
+    tmp = out / (ADAPTER + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    _replace_dir(tmp, out / ADAPTER)
+    tmp = out / (TOKENIZER + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer.save_pretrained(tmp)
+    _replace_dir(tmp, out / TOKENIZER)
+    if merge:
+        tmp = out / (MERGED + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        merged = model.merge_and_unload()
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        _replace_dir(tmp, out / MERGED)
+
+    import peft
+
+    losses = history.history
+    manifest = {
+        "stage": "train",
+        "fingerprint": fingerprint,
+        "config": config.dump(),
+        "layout": tcfg.layout,
+        "expert": expert_info,
+        "samples": {"path": str(samples.folder), "sha256": samples.sha256,
+                    "fingerprint": samples.manifest.get("fingerprint")},
+        "samples_sha256": samples.sha256[SAMPLES],
+        "counts": {"trajectories": len(samples.trajectories), "kept_steps": samples.num_steps,
+                   "sequences_per_epoch": len(examples)},
+        "tuned_tokens": trainer.counters["tuned_tokens"],
+        "tokens_processed": {k: trainer.counters[k] for k in ("input_tokens", "padded_tokens", "sequences")},
+        "steps": int(trainer.state.global_step),
+        "epochs": float(trainer.state.epoch or 0.0),
+        "final_loss": losses[-1]["loss"] if losses else None,
+        "loss_history": losses,
+        "resumed_from": resume_from.name if resume_from else None,
+        "train_seconds": train_seconds,
+        "wall_seconds": time.perf_counter() - started,
+        "outputs": {"adapter": ADAPTER, "tokenizer": TOKENIZER, "merged": MERGED if merge else None,
+                    "checkpoints": CHECKPOINTS},
+        "versions": {**library_versions(), "peft": peft.__version__},
+    }
+    tmp_manifest = out / (MANIFEST + ".tmp")
+    tmp_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+    tmp_manifest.replace(out / MANIFEST)
+    return TrainResult(out, manifest)

@@ -1,0 +1,329 @@
+"""Stage 2: the soft-label loss, packed vs per-step equivalence, LoRA training, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import tiny_config
+
+from lightreasoner.cli import main
+from lightreasoner.errors import LightReasonerError
+from lightreasoner.models import load_model
+from lightreasoner.sampling import MANIFEST, SAMPLES, TRAJECTORIES, sample, sha256_file
+from lightreasoner.training import (
+    SoftLabelCollator,
+    batch_loss,
+    build_examples,
+    load_samples,
+    lora_model,
+    soft_label_kl_loss,
+    train,
+)
+
+BETA = {"sampling.beta": "auto:0.5"}  # tiny random models: keep half of the steps whatever their KL
+
+
+def train_config(tiny_models, expert: str = "llama", **sets):
+    return tiny_config(tiny_models, expert=expert, **{**BETA, "training.lora_dropout": 0.0, **sets})
+
+
+@pytest.fixture(scope="module")
+def samples_dir(tiny_models, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("train-samples") / "samples"
+    sample(tiny_config(tiny_models, **BETA), out, progress=False)
+    return out
+
+
+def rewrite_samples(src: Path, dst: Path, mutate) -> Path:
+    """A copy of ``src`` whose samples table is ``mutate(rows)`` (schema may change); sha256 kept valid."""
+    shutil.copytree(src, dst)
+    table = pq.read_table(dst / SAMPLES)
+    new = mutate(table)
+    pq.write_table(new, dst / SAMPLES)
+    manifest = json.loads((dst / MANIFEST).read_text())
+    manifest["sha256"][SAMPLES] = sha256_file(dst / SAMPLES)
+    (dst / MANIFEST).write_text(json.dumps(manifest))
+    return dst
+
+
+def lora_grads(model) -> torch.Tensor:
+    return torch.cat([p.grad.flatten() for n, p in model.named_parameters() if p.requires_grad])
+
+
+# --- the loss ----------------------------------------------------------------------------------------
+
+
+def test_loss_equals_direct_computation():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 11, dtype=torch.float64)
+    positions = torch.tensor([[0, 1], [0, 4], [1, 2]])
+    target_ids = torch.tensor([[3, 7, 0], [1, 0, 0], [2, 9, 10]])
+    target_weights = torch.tensor([[0.25, 0.75, 0.0], [1.0, 0.0, 0.0], [0.5, 0.3, 0.2]], dtype=torch.float64)
+    loss = soft_label_kl_loss(logits, positions, target_ids, target_weights)
+    expected = []
+    for (b, t), ids, ws in zip(positions.tolist(), target_ids.tolist(), target_weights.tolist(), strict=True):
+        logp = torch.log_softmax(logits[b, t], dim=-1)
+        expected.append(sum(w * (math.log(w) - float(logp[i])) for i, w in zip(ids, ws, strict=True) if w > 0))
+    assert loss.item() == pytest.approx(sum(expected) / len(expected), rel=1e-6)
+    # A one-hot label is the cross-entropy; the KL is never negative and is zero at the label itself.
+    ce = torch.nn.functional.cross_entropy(logits[0, 4:5].float(), torch.tensor([1]))
+    assert soft_label_kl_loss(logits, positions[1:2], target_ids[1:2], target_weights[1:2]).item() == pytest.approx(
+        ce.item(), rel=1e-5)
+    assert loss.item() > 0
+    exact = torch.full((1, 1, 4), -1e9, dtype=torch.float64)
+    exact[0, 0, :2] = torch.log(torch.tensor([0.3, 0.7], dtype=torch.float64))
+    zero = soft_label_kl_loss(exact, torch.tensor([[0, 0]]), torch.tensor([[0, 1]]),
+                              torch.tensor([[0.3, 0.7]], dtype=torch.float64))
+    assert abs(zero.item()) < 1e-6
+
+
+def test_loss_padded_slots_contribute_nothing():
+    torch.manual_seed(1)
+    logits = torch.randn(1, 3, 7, requires_grad=True)
+    pos = torch.tensor([[0, 2]])
+    base = soft_label_kl_loss(logits, pos, torch.tensor([[4, 5]]), torch.tensor([[0.4, 0.6]]))
+    padded = soft_label_kl_loss(logits, pos, torch.tensor([[4, 5, 0, 6]]), torch.tensor([[0.4, 0.6, 0.0, 0.0]]))
+    assert padded.item() == base.item()
+    empty = soft_label_kl_loss(logits, torch.zeros((0, 2), dtype=torch.long), torch.zeros((0, 1), dtype=torch.long),
+                               torch.zeros((0, 1)))
+    assert empty.item() == 0.0 and empty.requires_grad
+
+
+def test_collator_packed_indices(samples_dir):
+    trajectories = load_samples(samples_dir).trajectories
+    examples = build_examples(trajectories, "packed")
+    batch = SoftLabelCollator(pad_token_id=0)(examples)
+    keep = batch["logits_to_keep"]
+    for row, traj in enumerate(trajectories):
+        n = len(examples[row]["input_ids"])
+        assert n == len(traj.prompt) + max(traj.positions)
+        assert batch["attention_mask"][row, :n].all() and not batch["attention_mask"][row, n:].any()  # right pad
+        mine = batch["positions"][batch["positions"][:, 0] == row]
+        assert keep[mine[:, 1]].tolist() == [len(traj.prompt) + p - 1 for p in traj.positions]
+        # the token at logit index + 1 is the completion token the step predicts
+        for p in traj.positions:
+            if len(traj.prompt) + p < n:
+                assert batch["input_ids"][row, len(traj.prompt) + p].item() == traj.completion[p]
+
+
+# --- packed == per-step ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("expert", ["llama", "qwen2"])
+def test_packed_equals_per_step(tiny_models, samples_dir, expert):
+    cfg = train_config(tiny_models, expert=expert)
+    model = lora_model(load_model(cfg.expert), cfg.training, dropout=0.0)
+    torch.manual_seed(0)
+    with torch.no_grad():  # LoRA B starts at zero (A would get no gradient): give it values
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.05)
+    model.train()
+    trajectories = load_samples(samples_dir).trajectories
+    results = {}
+    for layout in ("packed", "per-step"):
+        model.zero_grad()
+        examples = build_examples(trajectories, layout)
+        loss = batch_loss(model, SoftLabelCollator(0)(examples))
+        loss.backward()
+        results[layout] = (loss.item(), lora_grads(model).clone(), len(examples))
+    (lp, gp, n_packed), (ls, gs, n_steps) = results["packed"], results["per-step"]
+    assert n_packed == len(trajectories) and n_steps == sum(len(t.positions) for t in trajectories)
+    assert n_steps > n_packed
+    assert abs(lp - ls) / abs(ls) <= 1e-5
+    assert gp.abs().sum() > 0
+    assert torch.nn.functional.cosine_similarity(gp, gs, dim=0).item() >= 0.9999
+
+
+# --- training ----------------------------------------------------------------------------------------
+
+
+def test_train_only_lora_changes_and_loss_drops(tiny_models, samples_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import TrainerCallback
+
+    captured = {}
+
+    class Capture(TrainerCallback):
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            captured["state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    # One batch holds every trajectory, so each step sees the same (fixed) batch.
+    cfg = train_config(tiny_models, **{"training.max_steps": 8, "training.batch_size": 8,
+                                       "training.learning_rate": 1e-2, "training.save_steps": 100})
+    out = tmp_path / "run"
+    result = train(cfg, samples_dir, out, merge=True, progress=False, callbacks=[Capture()])
+    m = result.manifest
+    losses = [e["loss"] for e in m["loss_history"]]
+    assert [e["step"] for e in m["loss_history"]] == list(range(1, 9))
+    assert losses[-1] < losses[0] and m["final_loss"] == losses[-1]
+    assert m["steps"] == 8 and m["stage"] == "train" and m["layout"] == "packed"
+    kept = load_samples(samples_dir).num_steps
+    assert m["tuned_tokens"] == 8 * kept
+    assert m["samples_sha256"] == sha256_file(samples_dir / SAMPLES)
+    assert m["expert"]["sha256"] and m["config"]["training"]["max_steps"] == 8
+    for name in ("wall_seconds", "versions"):
+        assert name in m
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert (out / "tokenizer" / "tokenizer_config.json").is_file()
+    assert (out / "merged" / "config.json").is_file() and (out / "checkpoints").is_dir()
+    assert json.loads((out / MANIFEST).read_text())["steps"] == 8
+
+    base = load_model(cfg.expert).state_dict()
+    trained = captured["state"]
+    lora_keys = [k for k in trained if "lora_" in k]
+    assert lora_keys
+    for key, value in trained.items():
+        if "lora_" in key:
+            continue
+        plain = key.replace("base_model.model.", "", 1).replace(".base_layer", "")
+        assert torch.equal(value, base[plain]), key  # bit-identical
+    assert any(not torch.equal(trained[k], torch.zeros_like(trained[k])) for k in lora_keys if "lora_B" in k)
+
+    # The merged model computes what base + adapter compute.
+    ids = torch.tensor([[2, 40, 41, 42, 43, 44]])
+    tuned = PeftModel.from_pretrained(load_model(cfg.expert), out / "adapter").eval()
+    merged = load_model(cfg.expert.model_copy(update={"model": str(out / "merged")}))
+    with torch.no_grad():
+        assert torch.allclose(tuned(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-4)
+        assert not torch.allclose(tuned(input_ids=ids).logits, load_model(cfg.expert)(input_ids=ids).logits)
+
+
+def test_kill_and_resume_finishes_same_steps(tiny_models, samples_dir, tmp_path):
+    from transformers import TrainerCallback
+
+    class Kill(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise RuntimeError("killed")
+
+    sets = {"training.max_steps": 5, "training.batch_size": 2, "training.save_steps": 2,
+            "training.save_total_limit": 5}
+    cfg = train_config(tiny_models, **sets)
+    full = train(cfg, samples_dir, tmp_path / "full", progress=False).manifest
+
+    out = tmp_path / "killed"
+    with pytest.raises(RuntimeError, match="killed"):
+        train(cfg, samples_dir, out, progress=False, callbacks=[Kill()])
+    assert not (out / MANIFEST).exists() and not (out / "adapter").exists()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2"]
+    with pytest.raises(LightReasonerError, match="--resume"):
+        train(cfg, samples_dir, out, progress=False)
+
+    resumed = train(cfg, samples_dir, out, resume=True, progress=False).manifest
+    assert resumed["resumed_from"] == "checkpoint-2"
+    assert resumed["steps"] == full["steps"] == 5
+    assert [e["step"] for e in resumed["loss_history"]] == [1, 2, 3, 4, 5]
+    assert resumed["tuned_tokens"] == full["tuned_tokens"]
+    assert resumed["final_loss"] == pytest.approx(full["final_loss"], rel=1e-4)
+    # resuming a finished run returns it; a different config is refused
+    assert train(cfg, samples_dir, out, resume=True, progress=False).manifest["wall_seconds"] == resumed["wall_seconds"]
+    other = train_config(tiny_models, **{**sets, "training.learning_rate": 1e-3})
+    with pytest.raises(LightReasonerError, match="different config"):
+        train(other, samples_dir, out, resume=True, progress=False)
+
+
+def test_cli_train_per_step(tiny_models, samples_dir, tmp_path, capsys):
+    out = tmp_path / "cli"
+    argv = ["train", "--samples", str(samples_dir), "--output", str(out), "--layout", "per-step"]
+    for key, value in {**BETA, "expert.model": tiny_models["llama"], "training.max_steps": 2,
+                       "amateur.model": tiny_models["llama_small"]}.items():
+        argv += ["--set", f"{key}={value}"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "steps=2" in printed and "layout=per-step" in printed
+    m = json.loads((out / MANIFEST).read_text())
+    assert m["layout"] == "per-step" and m["config"]["training"]["layout"] == "per-step"
+    assert m["tuned_tokens"] == 2 * 4  # per-step: one kept step per sequence, 4 sequences per batch
+
+    assert main(["train", "--samples", str(tmp_path / "nowhere"), "--output", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "nowhere" in err and "\n" not in err
+
+
+# --- bad input ---------------------------------------------------------------------------------------
+
+
+def _drop_column(table: pa.Table) -> pa.Table:
+    return table.drop(["target_weights"])
+
+
+def _wrong_type(table: pa.Table) -> pa.Table:
+    return table.set_column(table.column_names.index("position"), "position",
+                            pa.array([f"p{i}" for i in range(table.num_rows)]))
+
+
+def _unnormalised(table: pa.Table) -> pa.Table:
+    weights = table.column("target_weights").to_pylist()
+    weights[3] = [w * 0.9 for w in weights[3]]
+    return table.set_column(table.column_names.index("target_weights"), "target_weights",
+                            pa.array(weights, pa.list_(pa.float32())))
+
+
+def _outside(table: pa.Table) -> pa.Table:
+    positions = table.column("position").to_pylist()
+    positions[0] = 10_000
+    return table.set_column(table.column_names.index("position"), "position", pa.array(positions, pa.int32()))
+
+
+def _beyond_vocab(table: pa.Table) -> pa.Table:
+    ids = table.column("target_token_ids").to_pylist()
+    ids[0] = [10_000] + ids[0][1:]
+    return table.set_column(table.column_names.index("target_token_ids"), "target_token_ids",
+                            pa.array(ids, pa.list_(pa.int32())))
+
+
+def _empty(table: pa.Table) -> pa.Table:
+    return table.slice(0, 0)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (_drop_column, "schema mismatch, missing column(s) target_weights"),
+        (_wrong_type, "schema mismatch, column position"),
+        (_unnormalised, "row 3: target weights sum to"),
+        (_outside, "row 0: position 10000 outside the completion"),
+        (_beyond_vocab, "target id beyond the Expert's vocabulary"),
+        (_empty, "no kept steps, nothing to train"),
+    ],
+    ids=["missing-column", "wrong-type", "weights-sum", "position-outside", "vocabulary", "empty"],
+)
+def test_bad_samples_refused(tiny_models, samples_dir, tmp_path, mutate, message):
+    bad = rewrite_samples(samples_dir, tmp_path / "bad", mutate)
+    out = tmp_path / "out"
+    with pytest.raises(LightReasonerError) as info:
+        train(train_config(tiny_models), bad, out, progress=False)
+    text = str(info.value)
+    assert message in text and str(bad / SAMPLES) in text and "\n" not in text
+    assert not out.exists()  # refused before anything is written: no manifest, no adapter
+
+
+@pytest.mark.parametrize("missing", [TRAJECTORIES, SAMPLES, MANIFEST])
+def test_missing_file_refused(tiny_models, samples_dir, tmp_path, missing):
+    bad = tmp_path / "bad"
+    shutil.copytree(samples_dir, bad)
+    (bad / missing).unlink()
+    with pytest.raises(LightReasonerError, match=f"missing {missing}"):
+        train(train_config(tiny_models), bad, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_changed_file_and_wrong_expert_refused(tiny_models, samples_dir, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(samples_dir, bad)
+    pq.write_table(pq.read_table(bad / TRAJECTORIES).slice(0, 2), bad / TRAJECTORIES)
+    with pytest.raises(LightReasonerError, match="sha256 differs"):
+        train(train_config(tiny_models), bad, tmp_path / "out", progress=False)
+    with pytest.raises(LightReasonerError, match="not the Expert the samples") as info:
+        train(train_config(tiny_models, expert="qwen2"), samples_dir, tmp_path / "out", progress=False)
+    assert str(tiny_models["qwen2"]) in str(info.value)
+    assert not (tmp_path / "out").exists()
