@@ -13,9 +13,9 @@ from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
 
-def prepare_data(config_yaml: str, overrides: str, num_shards: int, run_name: str, kfp_run_id: str,
+def prepare_data(config_yaml: str, overrides: str, run_name: str, kfp_run_id: str,
                  problems: Output[Dataset], metrics: Output[Metrics]) -> NamedTuple(
-                     "PrepareOutputs", [("parent_run_id", str), ("shards", list)]):
+                     "PrepareOutputs", [("parent_run_id", str)]):
     """Load and normalise the training problems; open the MLflow parent run of this pipeline run."""
     import os
     from collections import namedtuple
@@ -34,11 +34,11 @@ def prepare_data(config_yaml: str, overrides: str, num_shards: int, run_name: st
     import pyarrow.parquet as pq
 
     metrics.log_metric("problems", pq.read_metadata(path).num_rows)
-    return namedtuple("PrepareOutputs", ["parent_run_id", "shards"])(parent or "", list(range(max(1, num_shards))))
+    return namedtuple("PrepareOutputs", ["parent_run_id"])(parent or "")
 
 
 def sample_contrastive(config_yaml: str, overrides: str, problems: Input[Dataset], shard_index: int,
-                       num_shards: int, shard: Output[Dataset]):
+                       shards: list, shard: Output[Dataset]):
     """Stage 1 on one shard of the batches (every shard on its own GPU node)."""
     from pathlib import Path
 
@@ -48,7 +48,7 @@ def sample_contrastive(config_yaml: str, overrides: str, problems: Input[Dataset
 
     cfg = load_config_text(config_yaml, overrides.splitlines(), "pipeline config")
     probs = read_problem_file(Path(problems.path) / "problems.parquet")
-    sample(cfg, shard.path, problems=probs, shard=(shard_index, max(1, num_shards)))
+    sample(cfg, shard.path, problems=probs, shard=(shards.index(shard_index), len(shards)))
 
 
 def merge_samples(config_yaml: str, overrides: str, shards: Input[list[Dataset]], parent_run_id: str,

@@ -74,6 +74,12 @@ def _convert(name: str, raw: str, kind: str) -> Any:
         raise LightReasonerError(f"--param {name}={raw!r}: expected {expected}") from None
 
 
+def shard_list(num_shards: int) -> list[int]:
+    if num_shards < 1:
+        raise LightReasonerError(f"num_shards={num_shards}: must be at least 1")
+    return list(range(num_shards))
+
+
 def parse_params(items: list[str] | None) -> dict[str, Any]:
     """``--param name=value`` pairs, checked against the pipeline's parameters and converted to their
     declared types (``learning_rate=5e-05`` is a float, ``expert=...`` stays a string)."""
@@ -85,6 +91,9 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
         if "=" not in item:
             raise LightReasonerError(f"--param {item!r}: expected name=value")
         name, raw = item.split("=", 1)
+        if name == "num_shards":  # the friendly form of sampling_shards
+            params["sampling_shards"] = shard_list(_convert(name, raw, "NUMBER_INTEGER"))
+            continue
         if name not in types:
             raise LightReasonerError(f"--param {name!r}: unknown pipeline parameter")
         params[name] = _convert(name, raw, types[name])
@@ -207,7 +216,7 @@ def run_local(config: Config, workdir: str | Path, *, shards: int = 1, promote: 
     before = set(root.iterdir())
     pipeline = build_pipeline(kubernetes=False)
     try:
-        pipeline(**args, num_shards=shards, promote=promote)
+        pipeline(**args, sampling_shards=shard_list(shards), promote=promote)
     except RuntimeError as exc:
         raise LightReasonerError(f"local pipeline run failed ({_one_line(exc)}); logs above") from None
     runs = sorted(set(root.iterdir()) - before, key=lambda p: p.stat().st_mtime)

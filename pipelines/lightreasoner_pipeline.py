@@ -96,7 +96,7 @@ def build_pipeline(image: "str | None" = None, kubernetes: bool = True):
         beta: str = "0.4",
         max_new_tokens: int = 128,
         sampling_batch_size: int = 64,
-        num_shards: int = 4,
+        sampling_shards: list = [0, 1, 2, 3],  # noqa: B006 - one sampling pod per entry (use num_shards=N)
         lora_r: int = 8,
         lora_alpha: int = 16,
         learning_rate: float = 5e-5,
@@ -132,14 +132,15 @@ def build_pipeline(image: "str | None" = None, kubernetes: bool = True):
             f"registry.min_delta={min_delta}\nregistry.max_p={max_p}\ntracking.experiment={mlflow_experiment}\n"
             f"tracking.tracking_uri={mlflow_tracking_uri}"
         )
-        prep = c.prepare_data(config_yaml=config_yaml, overrides=overrides, num_shards=num_shards,
-                              run_name=run_name, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        prep = c.prepare_data(config_yaml=config_yaml, overrides=overrides, run_name=run_name,
+                              kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         prep.set_display_name("prepare data").set_caching_options(True)
         parent = prep.outputs["parent_run_id"]
-        with dsl.ParallelFor(items=prep.outputs["shards"], name="sampling-shards") as shard_index:
+        # Over a pipeline parameter, not a task output: kfp.local runs only the former.
+        with dsl.ParallelFor(items=sampling_shards, name="sampling-shards") as shard_index:
             shard = c.sample_contrastive(config_yaml=config_yaml, overrides=overrides,
                                          problems=prep.outputs["problems"], shard_index=shard_index,
-                                         num_shards=num_shards)
+                                         shards=sampling_shards)
             shard.set_display_name("contrastive sampling shard").set_caching_options(True)
         merged = c.merge_samples(config_yaml=config_yaml, overrides=overrides,
                                  shards=dsl.Collected(shard.outputs["shard"]), parent_run_id=parent)

@@ -30,7 +30,7 @@ def test_stages_parameters_and_defaults(spec):
     assert {"prepare-data", "merge-samples", "finetune-lora", "evaluate", "register-model"} <= set(tasks)
     loop = next(t for name, t in tasks.items() if name.startswith("for-loop"))
     assert "sample-contrastive" in ir["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
-    assert loop["parameterIterator"]["items"]["inputParameter"]
+    assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--sampling_shards"
     params = ir["root"]["inputDefinitions"]["parameters"]
     assert set(PARAMETERS) <= set(params)
     defaults = {k: v.get("defaultValue") for k, v in params.items()}
@@ -116,11 +116,11 @@ def test_submit_uploads_the_compiled_package_with_parameters(monkeypatch):
 
 def test_schedule_takes_five_field_cron(monkeypatch):
     FakeClient.calls, FakeClient.jobs = [], []
-    job = client.schedule("http://kfp:8888", "0 3 * * *", {"num_shards": 2}, factory=FakeClient)
+    job = client.schedule("http://kfp:8888", "0 3 * * *", client.parse_params(["num_shards=2"]), factory=FakeClient)
     assert job == "job-1"
     kw = FakeClient.calls[-1][1]
     assert kw["cron_expression"] == "0 0 3 * * *" and kw["experiment_id"] == "exp-1"
-    assert kw["params"] == {"num_shards": 2} and kw["pipeline_package_path"] == str(COMPILED)
+    assert kw["params"] == {"sampling_shards": [0, 1]} and kw["pipeline_package_path"] == str(COMPILED)
     client.schedule("http://kfp:8888", "0 4 * * *", {}, factory=FakeClient)  # a second install replaces it
     assert [j.recurring_run_id for j in FakeClient.jobs] == ["job-2"]
 
