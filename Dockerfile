@@ -45,7 +45,7 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     python -m pip install --no-cache-dir --no-deps /wheels/lightreasoner-*.whl \
     && lightreasoner --version
 
-# Example configs (the paper's models, the demo), e.g. --config /opt/lightreasoner/configs/demo.yaml
+# Example configs, e.g. --config /opt/lightreasoner/configs/paper-qwen2.5-math.yaml
 COPY configs /opt/lightreasoner/configs
 
 # Non-root user with a writable home and model cache (HF_HOME); mount a volume there to keep models

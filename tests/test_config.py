@@ -29,7 +29,7 @@ def test_yaml_and_overrides(tmp_path):
         (["sampling.beta=auto:2"], "fraction must be in (0, 1]"),
         (["sampling.beta=lots"], "expected a number or auto"),
         (["sampling.alpha=0"], "sampling.alpha"),
-        (["data.limit=0"], "data.limit"),
+        (["data.limit=-1"], "data.limit"),
         (["novalue"], "expected key=value"),
     ],
 )
