@@ -82,8 +82,10 @@ def finetune_lora(config_yaml: str, overrides: str, samples: Input[Dataset], par
 
 
 def evaluate(config_yaml: str, overrides: str, adapter: Input[Model], parent_run_id: str,
-             evaluation: Output[Dataset], metrics: Output[Metrics]):
-    """Stage 3: base Expert and Expert + adapter on the same held-out problems."""
+             evaluation: Output[Dataset], metrics: Output[Metrics], stage_name: str = "evaluate",
+             close_parent: bool = False):
+    """Stage 3: base Expert and Expert + adapter on the same held-out problems (``stage_name`` evaluate_sft for
+    the SFT baseline's adapter; ``close_parent`` ends the MLflow parent run where no register follows)."""
     import json
     from pathlib import Path
 
@@ -97,7 +99,46 @@ def evaluate(config_yaml: str, overrides: str, adapter: Input[Model], parent_run
     for key in ("accuracy_base", "accuracy_tuned", "delta", "delta_ci_low", "delta_ci_high", "mcnemar_p"):
         if isinstance(values.get(key), int | float):
             metrics.log_metric(key, values[key])
-    tracking.log_stage(cfg, "evaluate", evaluation.path, parent_run_id or None)
+    tracking.log_stage(cfg, stage_name, evaluation.path, parent_run_id or None)
+    if close_parent:
+        tracking.end_pipeline(cfg, parent_run_id or None)
+
+
+def sft_baseline(config_yaml: str, overrides: str, problems: Input[Dataset], parent_run_id: str,
+                 adapter: Output[Model], metrics: Output[Metrics]):
+    """The SFT baseline: rejection sampling by the Expert, LoRA on the correct solutions."""
+    from pathlib import Path
+
+    from lightreasoner import tracking
+    from lightreasoner.config import load_config_text
+    from lightreasoner.data import read_problem_file
+    from lightreasoner.sft import sft
+
+    cfg = load_config_text(config_yaml, overrides.splitlines(), "pipeline config")
+    result = sft(cfg, adapter.path, problems=read_problem_file(Path(problems.path) / "problems.parquet"))
+    for key in ("tuned_tokens", "steps", "final_loss", "generate_seconds", "train_seconds", "wall_seconds"):
+        if isinstance(result.manifest.get(key), int | float):
+            metrics.log_metric(key, result.manifest[key])
+    metrics.log_metric("kept_solutions", result.manifest["counts"]["kept_solutions"])
+    tracking.log_stage(cfg, "sft", adapter.path, parent_run_id or None)
+
+
+def efficiency_report(config_yaml: str, overrides: str, samples: Input[Dataset], lr_adapter: Input[Model],
+                      lr_evaluation: Input[Dataset], sft_adapter: Input[Model], sft_evaluation: Input[Dataset],
+                      parent_run_id: str, report: Output[Dataset], metrics: Output[Metrics]):
+    """LightReasoner vs SFT: time, problems, tuned tokens, accuracy and the ratios; closes the parent run."""
+    from lightreasoner import tracking
+    from lightreasoner.config import load_config_text
+    from lightreasoner.report import efficiency_report as stage
+    from lightreasoner.report import report_metrics
+
+    cfg = load_config_text(config_yaml, overrides.splitlines(), "pipeline config")
+    folders = {"sample": samples.path, "train": lr_adapter.path, "evaluate": lr_evaluation.path,
+               "sft": sft_adapter.path, "evaluate_sft": sft_evaluation.path}
+    result = stage(cfg, report.path, parent_run_id=parent_run_id or None, folders=folders)
+    for key, value in report_metrics(result).items():
+        metrics.log_metric(key.split("/", 1)[1], value)
+    tracking.end_pipeline(cfg, parent_run_id or None)
 
 
 def register_model(config_yaml: str, overrides: str, samples: Input[Dataset], adapter: Input[Model],
@@ -126,9 +167,11 @@ STAGES = {
     "finetune_lora": finetune_lora,
     "evaluate": evaluate,
     "register_model": register_model,
+    "sft_baseline": sft_baseline,
+    "efficiency_report": efficiency_report,
 }
 
 
 def make_components(image: str) -> SimpleNamespace:
-    """The six stage functions as KFP components that run in ``image``."""
+    """The stage functions as KFP components that run in ``image``."""
     return SimpleNamespace(**{name: dsl.component(fn, base_image=image) for name, fn in STAGES.items()})

@@ -223,7 +223,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         return 0
     if action == "run-local":
         cfg = config_from_args(args)
-        run = client.run_local(cfg, args.workdir, shards=args.shards, promote=not args.no_promote)
+        run = client.run_local(cfg, args.workdir, shards=args.shards, promote=not args.no_promote,
+                               method=args.method)
         print(f"local run finished: {run.root}")
         for name, path in sorted(run.outputs.items()):
             print(f"  {name}: {path}")
@@ -248,12 +249,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runner import demo_config, run_all, summary_table
 
     cfg = demo_config(args.config, args.overrides, args.quick)
-    summary = run_all(cfg, args.workdir, promote=not args.no_promote)
+    summary = run_all(cfg, args.workdir, promote=not args.no_promote, method=args.method)
     console = Console()
     console.print(summary_table(summary))
+    if summary.report is not None:
+        from .report import report_table
+
+        console.print(report_table(summary.report))
     console.print(f"outputs: {summary.workdir}")
     if summary.ui_command:
         console.print(f"browse the run: {summary.ui_command}", soft_wrap=True)
+    return 0
+
+
+@command("sft")
+def cmd_sft(args: argparse.Namespace) -> int:
+    from .sft import sft
+
+    cfg = config_from_args(args)
+    with local_output(args.output) as out:
+        result = sft(cfg, out)
+        result.output = args.output
+    m = result.manifest
+    c = m["counts"]
+    loss = m["final_loss"]
+    print(
+        f"problems={c['problems']} samples={c['samples']} kept_solutions={c['kept_solutions']} "
+        f"tuned_tokens={m['tuned_tokens']} steps={m['steps']} final_loss={'n/a' if loss is None else f'{loss:.4f}'} "
+        f"output={result.output}"
+    )
     return 0
 
 
@@ -283,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a tiny run (about 2 minutes on 2 CPU cores)")
     p.add_argument("--workdir", default="lightreasoner-runs", help="outputs and the local MLflow store")
     p.add_argument("--no-promote", action="store_true", help="register only, no promotion check")
+    p.add_argument("--method", choices=["lightreasoner", "sft", "both"], default="lightreasoner",
+                   help="lightreasoner (default), the SFT baseline, or both and the efficiency report")
 
     p = sub.add_parser("config", help="print the resolved config (or the reference of every key)")
     add_config_args(p)
@@ -358,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--workdir", default="lightreasoner-runs", help="folder for outputs and the local MLflow store")
     q.add_argument("--shards", type=int, default=1, help="sampling shards (ParallelFor)")
     q.add_argument("--no-promote", action="store_true", help="register only, no promotion check")
+    q.add_argument("--method", choices=["lightreasoner", "sft", "both"], default="lightreasoner",
+                   help="pipeline branch: lightreasoner (default), the SFT baseline, or both and the report")
     for action, text in (("submit", "submit one run"), ("schedule", "create a recurring run")):
         q = psub.add_parser(action, help=f"{text} on a Kubeflow Pipelines endpoint")
         q.add_argument("--host", required=True, help="Kubeflow Pipelines API URL")
@@ -372,6 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             q.add_argument("--cron", required=True, help='five-field cron, e.g. "0 3 * * *"')
             q.add_argument("--name", default="lightreasoner-nightly", help="recurring run name")
+
+    p = sub.add_parser("sft", help="SFT baseline: rejection sampling by the Expert, LoRA on the correct solutions")
+    add_config_args(p)
+    p.add_argument("--output", required=True, help="output folder for solutions, adapter, tokenizer, manifest")
 
     # Later stages add their sub-parsers above this line, one block each.
     return parser

@@ -136,6 +136,20 @@ class TrainingConfig(_Section):
     )
 
 
+class SFTConfig(_Section):
+    num_problems: int | None = Field(
+        None, ge=1, description="SFT baseline: training problems to sample solutions for (0 or empty: all of data)."
+    )
+    _num_problems = field_validator("num_problems", mode="before")(classmethod(lambda cls, v: _empty_to_none(v)))
+    samples_per_problem: int = Field(4, ge=1, description="Solutions the Expert samples per problem (1: greedy).")
+    temperature: float = Field(0.7, gt=0.0, description="Sampling temperature when samples_per_problem > 1.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling when samples_per_problem > 1.")
+    max_new_tokens: int = Field(512, ge=1, description="Length limit of a sampled solution.")
+    batch_size: int = Field(16, ge=1, description="Problems generated together.")
+    deduplicate: bool = Field(True, description="Keep each distinct correct solution of a problem once.")
+    seed: int = Field(0, description="Sampling seed.")
+
+
 class EvaluationConfig(_Section):
     data: DataConfig = Field(
         default_factory=lambda: DataConfig(split="test"), description="Evaluation problems."
@@ -173,6 +187,7 @@ class Config(_Section):
     prompt: PromptConfig = Field(default_factory=PromptConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)

@@ -575,10 +575,12 @@ class EvalResult:
 
 def evaluate(config: Config, model: str | None, adapter: str | Path | None, output: str | Path, *,
              problems: list[Problem] | None = None, limit: int | None = None,
-             progress: bool = True) -> EvalResult:
+             progress: bool = True, base_predictions: list[Prediction] | None = None) -> EvalResult:
     """Stage 3: score the base Expert and (with ``adapter``) the Expert + adapter on the same problems.
 
-    ``model`` overrides ``expert.model``; ``limit`` overrides ``evaluation.data.limit``. Writes the
+    ``model`` overrides ``expert.model``; ``limit`` overrides ``evaluation.data.limit``;
+    ``base_predictions`` (of the same Expert on the same problems, from an earlier evaluation) are reused
+    instead of generating the base again (how ``run --method both`` scores both adapters against one base). Writes the
     predictions, ``metrics.json``, ``accuracy.png`` and finally ``manifest.json`` to ``output``.
     """
     from .sampling import library_versions
@@ -616,7 +618,11 @@ def evaluate(config: Config, model: str | None, adapter: str | Path | None, outp
     load_seconds = time.perf_counter() - started
 
     t0 = time.perf_counter()
-    if tuned_model is not None:
+    if base_predictions is not None:
+        if [p.problem_id for p in base_predictions] != [p.problem_id for p in problems]:
+            raise LightReasonerError("base predictions: made for other evaluation problems")
+        base_preds = list(base_predictions)
+    elif tuned_model is not None:
         with tuned_model.disable_adapter():
             base_preds = predict(tuned_model, tokenizer, problems, config, progress, "evaluate base")
     else:

@@ -30,7 +30,10 @@ QUICK = [
     "evaluation.max_new_tokens=32",
     "evaluation.batch_size=8",
     "evaluation.bootstrap_samples=1000",
+    "sft.max_new_tokens=32",
+    "sft.batch_size=8",
 ]
+METHODS = ("lightreasoner", "sft", "both")
 
 
 @dataclass
@@ -44,6 +47,10 @@ class RunSummary:
     registered: Any = None
     decision: Any = None
     ui_command: str | None = None
+    method: str = "lightreasoner"
+    sft: dict[str, Any] = field(default_factory=dict)
+    sft_evaluation: dict[str, Any] = field(default_factory=dict)
+    report: dict[str, Any] | None = None
 
 
 def demo_config(path: str | None, overrides: list[str], quick: bool) -> Config:
@@ -52,13 +59,18 @@ def demo_config(path: str | None, overrides: list[str], quick: bool) -> Config:
 
 
 def run_all(config: Config, workdir: str | Path, *, progress: bool = True, promote: bool = True,
-            run_name: str | None = None) -> RunSummary:
+            run_name: str | None = None, method: str = "lightreasoner") -> RunSummary:
+    """``method``: lightreasoner (the default), sft (the baseline alone) or both, from the same prepared
+    problems, each evaluated against the same base predictions, then the efficiency report."""
     from . import registry, tracking
     from .data import prepare_data, read_problem_file
     from .evaluation import evaluate
     from .sampling import sample
+    from .sft import sft
     from .training import train
 
+    if method not in METHODS:
+        raise LightReasonerError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
     workdir = Path(workdir).resolve()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = workdir / "runs" / stamp
@@ -66,7 +78,7 @@ def run_all(config: Config, workdir: str | Path, *, progress: bool = True, promo
     if config.tracking.enabled and config.tracking.tracking_uri is None:
         config = config.model_copy(deep=True)
         config.tracking.workdir = str(workdir)
-    summary = RunSummary(workdir=out, parent_run_id=None)
+    summary = RunSummary(workdir=out, parent_run_id=None, method=method)
 
     def timed(stage: str, fn):
         start = time.perf_counter()
@@ -79,28 +91,45 @@ def run_all(config: Config, workdir: str | Path, *, progress: bool = True, promo
         problems_path = timed("prepare", lambda: prepare_data(config.data, out / "problems"))
         tracking.log_stage(config, "prepare", out / "problems", parent)
         problems = read_problem_file(problems_path)
-        sampled = timed("sample", lambda: sample(config, out / "samples", problems=problems, progress=progress))
-        tracking.log_stage(config, "sample", out / "samples", parent)
-        summary.sampling = sampled.manifest
-        if sampled.manifest["counts"]["selected"] == 0:
-            raise LightReasonerError(
-                f"{out / 'samples'}: no step passed beta {sampled.manifest['effective_beta']:.4g}; "
-                "lower sampling.beta or use auto:<fraction>"
-            )
-        trained = timed("train", lambda: train(config, out / "samples", out / "train", progress=progress))
-        tracking.log_stage(config, "train", out / "train", parent)
-        summary.training = trained.manifest
-        evaluated = timed("evaluate", lambda: evaluate(config, None, out / "train", out / "evaluate",
-                                                        progress=progress))
-        tracking.log_stage(config, "evaluate", out / "evaluate", parent)
-        summary.evaluation = evaluated.metrics
-        if config.tracking.enabled:
-            start = time.perf_counter()
-            summary.registered = registry.register(config, out / "train", out / "evaluate", out / "samples",
-                                                   parent_run_id=parent)
-            if promote:
-                summary.decision = registry.promote(config, echo=False)
-            summary.seconds["register"] = time.perf_counter() - start
+        base = None
+        if method != "sft":
+            sampled = timed("sample", lambda: sample(config, out / "samples", problems=problems, progress=progress))
+            tracking.log_stage(config, "sample", out / "samples", parent)
+            summary.sampling = sampled.manifest
+            if sampled.manifest["counts"]["selected"] == 0:
+                raise LightReasonerError(
+                    f"{out / 'samples'}: no step passed beta {sampled.manifest['effective_beta']:.4g}; "
+                    "lower sampling.beta or use auto:<fraction>"
+                )
+            trained = timed("train", lambda: train(config, out / "samples", out / "train", progress=progress))
+            tracking.log_stage(config, "train", out / "train", parent)
+            summary.training = trained.manifest
+            evaluated = timed("evaluate", lambda: evaluate(config, None, out / "train", out / "evaluate",
+                                                            progress=progress))
+            tracking.log_stage(config, "evaluate", out / "evaluate", parent)
+            summary.evaluation = evaluated.metrics
+            base = evaluated.predictions_base
+            if config.tracking.enabled:
+                start = time.perf_counter()
+                summary.registered = registry.register(config, out / "train", out / "evaluate", out / "samples",
+                                                       parent_run_id=parent)
+                if promote:
+                    summary.decision = registry.promote(config, echo=False)
+                summary.seconds["register"] = time.perf_counter() - start
+        if method != "lightreasoner":
+            tuned = timed("sft", lambda: sft(config, out / "sft", problems=problems, progress=progress))
+            tracking.log_stage(config, "sft", out / "sft", parent)
+            summary.sft = tuned.manifest
+            evaluated = timed("evaluate_sft", lambda: evaluate(config, None, out / "sft", out / "evaluate-sft",
+                                                                progress=progress, base_predictions=base))
+            tracking.log_stage(config, "evaluate_sft", out / "evaluate-sft", parent)
+            summary.sft_evaluation = evaluated.metrics
+        if method == "both":
+            from .report import efficiency_report
+
+            folders = {"sample": out / "samples", "train": out / "train", "evaluate": out / "evaluate",
+                       "sft": out / "sft", "evaluate_sft": out / "evaluate-sft"}
+            summary.report = efficiency_report(config, out / "report", parent_run_id=parent, folders=folders)
     if config.tracking.enabled:
         summary.ui_command = tracking.ui_command(config)
     return summary
@@ -137,6 +166,23 @@ def summary_table(s: RunSummary):
         ("delta [95% CI]", f"{_fmt(ev.get('delta'))} [{_fmt(ev.get('delta_ci_low'))}, {_fmt(ev.get('delta_ci_high'))}]"),
         ("McNemar p", ev.get("mcnemar_p")),
     ]
+    if s.method == "sft":
+        rows = [("problems (eval)", ev.get("n"))] if ev else []
+    if s.sft:
+        sev = s.sft_evaluation
+        c = s.sft.get("counts", {})
+        rows += [
+            ("SFT problems / sampled solutions", f"{c.get('problems')} / {c.get('samples')}"),
+            ("SFT kept solutions", c.get("kept_solutions")),
+            ("SFT tuned tokens", s.sft.get("tuned_tokens")),
+            ("SFT training steps / final loss", f"{s.sft.get('steps')} / {_fmt(s.sft.get('final_loss'))}"),
+            ("SFT problems (eval)", sev.get("n")),
+            ("SFT accuracy base", sev.get("accuracy_base")),
+            ("SFT accuracy tuned", sev.get("accuracy_tuned")),
+            ("SFT delta [95% CI]",
+             f"{_fmt(sev.get('delta'))} [{_fmt(sev.get('delta_ci_low'))}, {_fmt(sev.get('delta_ci_high'))}]"),
+            ("SFT McNemar p", sev.get("mcnemar_p")),
+        ]
     for stage, seconds in s.seconds.items():
         rows.append((f"time {stage} (s)", f"{seconds:.1f}"))
     rows.append(("time total (s)", f"{sum(s.seconds.values()):.1f}"))

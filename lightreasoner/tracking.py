@@ -42,7 +42,7 @@ from .errors import LightReasonerError
 
 log = logging.getLogger(__name__)
 
-STAGES = ("prepare", "sample", "train", "evaluate", "register")
+STAGES = ("prepare", "sample", "train", "evaluate", "register", "sft", "evaluate_sft", "report")
 PARENT_ENV = "LIGHTREASONER_PARENT_RUN_ID"
 MAX_PARAM_VALUE = 6000
 MASK = "***"
@@ -458,7 +458,8 @@ def read_sample(folder: Path, tmp: Path) -> StageRecord:
 
 def read_train(folder: Path, tmp: Path) -> StageRecord:
     manifest = _read_json(folder / "manifest.json", "training")
-    metrics = _metrics("train", {k: manifest.get(k) for k in ("steps", "final_loss", "tuned_tokens", "wall_seconds")})
+    metrics = _metrics("train", {k: manifest.get(k) for k in ("steps", "final_loss", "tuned_tokens", "wall_seconds",
+                                                              "train_seconds")})
     steps = []
     for point in manifest.get("loss_history") or []:
         loss, step = _num(point.get("loss")), point.get("step")
@@ -468,12 +469,28 @@ def read_train(folder: Path, tmp: Path) -> StageRecord:
     return StageRecord(manifest.get("config"), metrics, steps, files, [(folder / "manifest.json", None)], [])
 
 
-def read_evaluate(folder: Path, tmp: Path) -> StageRecord:
+def read_sft(folder: Path, tmp: Path) -> StageRecord:
+    """The SFT baseline (lightreasoner.sft): like a training folder, metrics named ``sft/...``."""
+    manifest = _read_json(folder / "manifest.json", "SFT")
+    counts = manifest.get("counts") or {}
+    metrics = _metrics("sft", {
+        **{k: manifest.get(k) for k in ("steps", "final_loss", "tuned_tokens", "wall_seconds", "train_seconds",
+                                        "generate_seconds")},
+        **{k: counts.get(k) for k in ("problems", "samples", "kept_solutions", "kept_problems", "kept_fraction")},
+    })
+    steps = [("sft/loss", float(p["loss"]), int(p["step"])) for p in manifest.get("loss_history") or []
+             if _num(p.get("loss")) is not None and p.get("step") is not None]
+    files = [(folder / name, name) for name in ("adapter", "tokenizer") if (folder / name).is_dir()]
+    files += [(folder / "solutions.parquet", None)] if (folder / "solutions.parquet").is_file() else []
+    return StageRecord(manifest.get("config"), metrics, steps, files, [(folder / "manifest.json", None)], [])
+
+
+def read_evaluate(folder: Path, tmp: Path, prefix: str = "evaluate") -> StageRecord:
     values = _read_json(folder / "metrics.json", "evaluation")
     manifest = folder / "manifest.json"
     config = json.loads(manifest.read_text()).get("config") if manifest.is_file() else None
     keys = ("n", "accuracy_base", "accuracy_tuned", "delta", "delta_ci_low", "delta_ci_high", "mcnemar_p")
-    metrics = _metrics("evaluate", {k: values.get(k) for k in keys})
+    metrics = _metrics(prefix, {k: values.get(k) for k in keys})
     files = [(folder / n, None) for n in ("predictions_base.parquet", "predictions_tuned.parquet") if (folder / n).is_file()]
     jsons = [(folder / "metrics.json", None)] + ([(manifest, None)] if manifest.is_file() else [])
     if (folder / "accuracy.png").is_file():
@@ -497,7 +514,8 @@ def read_prepare(folder: Path, tmp: Path) -> StageRecord:
     return StageRecord(config, metrics, [], [], [(manifest, None)] if manifest.is_file() else [], [])
 
 
-READERS = {"prepare": read_prepare, "sample": read_sample, "train": read_train, "evaluate": read_evaluate}
+READERS = {"prepare": read_prepare, "sample": read_sample, "train": read_train, "evaluate": read_evaluate,
+           "sft": read_sft, "evaluate_sft": functools.partial(read_evaluate, prefix="evaluate_sft")}
 
 
 # --- runs -------------------------------------------------------------------------------------------

@@ -525,38 +525,19 @@ def check_expert(config: Config, samples: Samples, model=None) -> dict[str, Any]
     return current
 
 
-def train(config: Config, samples_dir: str | Path, output_dir: str | Path, *, resume: bool = False,
-          merge: bool = False, progress: bool = True, callbacks: list | None = None) -> TrainResult:
-    """Stage 2. Trains LoRA adapters on the samples; writes adapter, tokenizer, (merged) and the manifest last.
+@dataclass
+class Fit:
+    trainer: Any
+    history: Any
+    resumed_from: Path | None
+    train_seconds: float
 
-    ``resume`` continues from the last checkpoint in ``output_dir/checkpoints`` (or starts when there is
-    none); ``callbacks`` are extra ``TrainerCallback`` objects.
-    """
-    started = time.perf_counter()
-    out = Path(output_dir)
-    tcfg = config.training
-    samples = load_samples(samples_dir)
-    expert_info = check_expert(config, samples)
-    fingerprint = training_fingerprint(config, samples.sha256)
-    finished = _prepare_output(out, fingerprint, resume)
-    if finished is not None:
-        log.info("%s: this training run is already complete", out)
-        return TrainResult(out, finished)
 
-    from transformers import PrinterCallback, set_seed
-
-    device = resolve_device(config.expert.device)
-    tokenizer = load_tokenizer(config.expert, "expert")
-    model = trainable_expert(config, device)
-    if not expert_info.get("sha256"):  # hub model: its commit is known now
-        expert_info = check_expert(config, samples, model)
-    rows = min(model.get_input_embeddings().weight.shape[0], model.get_output_embeddings().weight.shape[0])
-    check_vocabulary(samples, rows)
-    set_seed(tcfg.seed)
-    model = lora_model(model, tcfg)
-    examples = build_examples(samples.trajectories, tcfg.layout)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    _claim_output(out, fingerprint)
+def fit_lora(config: Config, model, examples: list[dict[str, Any]], out: Path, device: torch.device, pad: int, *,
+             resume: bool = False, progress: bool = True, callbacks: list | None = None) -> Fit:
+    """Train a LoRA-wrapped ``model`` on collated examples (see :func:`build_examples`) with the soft-label
+    trainer; checkpoints go to ``out/checkpoints``. Shared by stage 2 and the SFT baseline."""
+    from transformers import PrinterCallback
 
     SoftLabelTrainer, LossHistoryCallback, CountersCallback = trainer_classes()
     checkpoints = out / CHECKPOINTS
@@ -577,12 +558,13 @@ def train(config: Config, samples_dir: str | Path, output_dir: str | Path, *, re
         log.info("%s: no checkpoint to resume from, starting from the beginning", checkpoints)
     if resume_from is not None and (resume_from / COUNTERS).is_file():
         trainer.counters.update(json.loads((resume_from / COUNTERS).read_text()))
-    log.info("training on %d kept steps in %d trajectories (%s layout, %d sequences)", samples.num_steps,
-             len(samples.trajectories), tcfg.layout, len(examples))
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    train_seconds = time.perf_counter() - t0
+    return Fit(trainer, history, resume_from, time.perf_counter() - t0)
 
+
+def save_outputs(model, tokenizer, out: Path, merge: bool = False) -> None:
+    """``adapter/``, ``tokenizer/`` (and ``merged/``), each written to a temporary folder and renamed."""
     tmp = out / (ADAPTER + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
@@ -598,6 +580,46 @@ def train(config: Config, samples_dir: str | Path, output_dir: str | Path, *, re
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         _replace_dir(tmp, out / MERGED)
+
+
+def train(config: Config, samples_dir: str | Path, output_dir: str | Path, *, resume: bool = False,
+          merge: bool = False, progress: bool = True, callbacks: list | None = None) -> TrainResult:
+    """Stage 2. Trains LoRA adapters on the samples; writes adapter, tokenizer, (merged) and the manifest last.
+
+    ``resume`` continues from the last checkpoint in ``output_dir/checkpoints`` (or starts when there is
+    none); ``callbacks`` are extra ``TrainerCallback`` objects.
+    """
+    started = time.perf_counter()
+    out = Path(output_dir)
+    tcfg = config.training
+    samples = load_samples(samples_dir)
+    expert_info = check_expert(config, samples)
+    fingerprint = training_fingerprint(config, samples.sha256)
+    finished = _prepare_output(out, fingerprint, resume)
+    if finished is not None:
+        log.info("%s: this training run is already complete", out)
+        return TrainResult(out, finished)
+
+    from transformers import set_seed
+
+    device = resolve_device(config.expert.device)
+    tokenizer = load_tokenizer(config.expert, "expert")
+    model = trainable_expert(config, device)
+    if not expert_info.get("sha256"):  # hub model: its commit is known now
+        expert_info = check_expert(config, samples, model)
+    rows = min(model.get_input_embeddings().weight.shape[0], model.get_output_embeddings().weight.shape[0])
+    check_vocabulary(samples, rows)
+    set_seed(tcfg.seed)
+    model = lora_model(model, tcfg)
+    examples = build_examples(samples.trajectories, tcfg.layout)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    _claim_output(out, fingerprint)
+
+    log.info("training on %d kept steps in %d trajectories (%s layout, %d sequences)", samples.num_steps,
+             len(samples.trajectories), tcfg.layout, len(examples))
+    fit = fit_lora(config, model, examples, out, device, pad, resume=resume, progress=progress, callbacks=callbacks)
+    trainer, history, resume_from, train_seconds = fit.trainer, fit.history, fit.resumed_from, fit.train_seconds
+    save_outputs(model, tokenizer, out, merge)
 
     import peft
 

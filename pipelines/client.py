@@ -34,7 +34,7 @@ def arguments_from_config(config: Config) -> dict[str, Any]:
     for name, key in PARAMETERS.items():
         value = _get(config, key)
         if value is None:
-            value = 0 if name in ("amateur_keep_layers", "num_problems", "eval_limit") else ""
+            value = 0 if name in ("amateur_keep_layers", "num_problems", "eval_limit", "sft_num_problems") else ""
         args[name] = str(value) if name == "beta" else value
     args["config_yaml"] = to_yaml(config)
     return args
@@ -200,12 +200,18 @@ class LocalRun:
     outputs: dict[str, Path]  # task/output name -> local folder
 
 
-def run_local(config: Config, workdir: str | Path, *, shards: int = 1, promote: bool = True) -> LocalRun:
-    """The same pipeline end to end through ``kfp.local`` (SubprocessRunner, this environment)."""
+def run_local(config: Config, workdir: str | Path, *, shards: int = 1, promote: bool = True,
+              method: str = "lightreasoner") -> LocalRun:
+    """The same pipeline end to end through ``kfp.local`` (SubprocessRunner, this environment);
+    ``method``: lightreasoner, sft or both (the pipeline's ``dsl.If`` branches, which kfp.local runs)."""
     from kfp import local
 
     from lightreasoner import tracking
 
+    from .lightreasoner_pipeline import METHODS
+
+    if method not in METHODS:
+        raise LightReasonerError(f"method {method!r}: expected one of {', '.join(METHODS)}")
     workdir = Path(workdir).resolve()
     root = workdir / "kfp"
     root.mkdir(parents=True, exist_ok=True)
@@ -216,7 +222,7 @@ def run_local(config: Config, workdir: str | Path, *, shards: int = 1, promote: 
     before = set(root.iterdir())
     pipeline = build_pipeline(kubernetes=False)
     try:
-        pipeline(**args, sampling_shards=shard_list(shards), promote=promote)
+        pipeline(**args, sampling_shards=shard_list(shards), promote=promote, method=method)
     except RuntimeError as exc:
         raise LightReasonerError(f"local pipeline run failed ({_one_line(exc)}); logs above") from None
     runs = sorted(set(root.iterdir()) - before, key=lambda p: p.stat().st_mtime)

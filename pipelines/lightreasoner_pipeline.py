@@ -1,5 +1,9 @@
 """The pipeline DAG: prepare -> sample (N shards in parallel) -> merge -> train -> evaluate -> register.
 
+``method`` picks the branch (``dsl.If``): lightreasoner (the DAG above, the default), sft (the SFT
+baseline: rejection sampling + LoRA -> evaluate) or both (the two from the same prepared problems, then
+the efficiency report LightReasoner / SFT).
+
 Every parameter a user tunes is a pipeline parameter with the paper's default (Qwen2.5-Math-1.5B Expert,
 Qwen2.5-0.5B Amateur, 1,000 GSM8K problems). Each maps to one config key (:data:`PARAMETERS`); the
 components receive the base config YAML plus these values as ``key=value`` lines, so the config every
@@ -48,9 +52,14 @@ PARAMETERS: dict[str, str] = {
     "max_p": "registry.max_p",
     "mlflow_experiment": "tracking.experiment",
     "mlflow_tracking_uri": "tracking.tracking_uri",
+    "sft_num_problems": "sft.num_problems",
+    "sft_samples_per_problem": "sft.samples_per_problem",
+    "sft_temperature": "sft.temperature",
+    "sft_max_new_tokens": "sft.max_new_tokens",
 }
+METHODS = ("lightreasoner", "sft", "both")
 
-GPU_STAGES = ("sample_contrastive", "finetune_lora", "evaluate")
+GPU_STAGES = ("sample_contrastive", "finetune_lora", "evaluate", "sft_baseline")
 HF_CACHE = "/cache/huggingface"
 
 
@@ -113,6 +122,11 @@ def build_pipeline(image: "str | None" = None, kubernetes: bool = True):
         promote: bool = True,
         mlflow_experiment: str = "lightreasoner",
         mlflow_tracking_uri: str = "",
+        method: str = "lightreasoner",
+        sft_num_problems: int = 0,
+        sft_samples_per_problem: int = 4,
+        sft_temperature: float = 0.7,
+        sft_max_new_tokens: int = 512,
         config_yaml: str = "",
         run_name: str = "",
         s3_secret: str = "lightreasoner-s3",
@@ -130,39 +144,72 @@ def build_pipeline(image: "str | None" = None, kubernetes: bool = True):
             f"evaluation.data.split={eval_split}\nevaluation.data.limit={eval_limit}\n"
             f"evaluation.max_new_tokens={eval_max_new_tokens}\nregistry.model_name={registered_model}\n"
             f"registry.min_delta={min_delta}\nregistry.max_p={max_p}\ntracking.experiment={mlflow_experiment}\n"
-            f"tracking.tracking_uri={mlflow_tracking_uri}"
+            f"tracking.tracking_uri={mlflow_tracking_uri}\nsft.num_problems={sft_num_problems}\n"
+            f"sft.samples_per_problem={sft_samples_per_problem}\nsft.temperature={sft_temperature}\n"
+            f"sft.max_new_tokens={sft_max_new_tokens}"
         )
         prep = c.prepare_data(config_yaml=config_yaml, overrides=overrides, run_name=run_name,
                               kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         prep.set_display_name("prepare data").set_caching_options(True)
         parent = prep.outputs["parent_run_id"]
-        # Over a pipeline parameter, not a task output: kfp.local runs only the former.
-        with dsl.ParallelFor(items=sampling_shards, name="sampling-shards") as shard_index:
-            shard = c.sample_contrastive(config_yaml=config_yaml, overrides=overrides,
-                                         problems=prep.outputs["problems"], shard_index=shard_index,
-                                         shards=sampling_shards)
-            shard.set_display_name("contrastive sampling shard").set_caching_options(True)
-        merged = c.merge_samples(config_yaml=config_yaml, overrides=overrides,
-                                 shards=dsl.Collected(shard.outputs["shard"]), parent_run_id=parent)
-        merged.set_display_name("merge samples").set_caching_options(False)
-        tuned = c.finetune_lora(config_yaml=config_yaml, overrides=overrides, samples=merged.outputs["samples"],
+        problems = prep.outputs["problems"]
+
+        def sft_branch(close_parent: bool):
+            baseline = c.sft_baseline(config_yaml=config_yaml, overrides=overrides, problems=problems,
+                                      parent_run_id=parent)
+            baseline.set_display_name("SFT baseline (rejection sampling + LoRA)").set_caching_options(False)
+            scored_sft = c.evaluate(config_yaml=config_yaml, overrides=overrides,
+                                    adapter=baseline.outputs["adapter"], parent_run_id=parent,
+                                    stage_name="evaluate_sft", close_parent=close_parent)
+            scored_sft.set_display_name("evaluate base and SFT").set_caching_options(False)
+            sft_tasks.extend([baseline, scored_sft])
+            return baseline, scored_sft
+
+        sft_tasks: list = []
+        # The LightReasoner branch comes first so that its tasks keep their names (evaluate, not evaluate-2).
+        with dsl.If(method != "sft", name="method-lightreasoner"):
+            # Over a pipeline parameter, not a task output: kfp.local runs only the former.
+            with dsl.ParallelFor(items=sampling_shards, name="sampling-shards") as shard_index:
+                shard = c.sample_contrastive(config_yaml=config_yaml, overrides=overrides,
+                                             problems=problems, shard_index=shard_index,
+                                             shards=sampling_shards)
+                shard.set_display_name("contrastive sampling shard").set_caching_options(True)
+            merged = c.merge_samples(config_yaml=config_yaml, overrides=overrides,
+                                     shards=dsl.Collected(shard.outputs["shard"]), parent_run_id=parent)
+            merged.set_display_name("merge samples").set_caching_options(False)
+            tuned = c.finetune_lora(config_yaml=config_yaml, overrides=overrides, samples=merged.outputs["samples"],
+                                    parent_run_id=parent)
+            tuned.set_display_name("LoRA fine-tuning").set_caching_options(False)
+            scored = c.evaluate(config_yaml=config_yaml, overrides=overrides, adapter=tuned.outputs["adapter"],
                                 parent_run_id=parent)
-        tuned.set_display_name("LoRA fine-tuning").set_caching_options(False)
-        scored = c.evaluate(config_yaml=config_yaml, overrides=overrides, adapter=tuned.outputs["adapter"],
-                            parent_run_id=parent)
-        scored.set_display_name("evaluate base and tuned").set_caching_options(False)
-        reg = c.register_model(config_yaml=config_yaml, overrides=overrides, samples=merged.outputs["samples"],
-                               adapter=tuned.outputs["adapter"], evaluation=scored.outputs["evaluation"],
-                               parent_run_id=parent, promote=promote)
-        reg.set_display_name("register and promote").set_caching_options(False)
-        reg.set_retry(num_retries=2, backoff_duration="30s")
+            scored.set_display_name("evaluate base and tuned").set_caching_options(False)
+            reg = c.register_model(config_yaml=config_yaml, overrides=overrides, samples=merged.outputs["samples"],
+                                   adapter=tuned.outputs["adapter"], evaluation=scored.outputs["evaluation"],
+                                   parent_run_id=parent, promote=promote)
+            reg.set_display_name("register and promote").set_caching_options(False)
+            reg.set_retry(num_retries=2, backoff_duration="30s")
+            with dsl.If(method == "both", name="method-both"):
+                baseline, scored_sft = sft_branch(close_parent=False)
+                report = c.efficiency_report(config_yaml=config_yaml, overrides=overrides,
+                                             samples=merged.outputs["samples"], lr_adapter=tuned.outputs["adapter"],
+                                             lr_evaluation=scored.outputs["evaluation"],
+                                             sft_adapter=baseline.outputs["adapter"],
+                                             sft_evaluation=scored_sft.outputs["evaluation"], parent_run_id=parent)
+                report.set_display_name("efficiency report: LightReasoner vs SFT").set_caching_options(False)
+                report.after(reg)
+        with dsl.If(method == "sft", name="method-sft"):
+            sft_branch(close_parent=True)
         if kubernetes:
             _gpu(shard, gpu_node_selector, gpu_tolerations, memory="48Gi", cpu="8")
             _gpu(tuned, gpu_node_selector, gpu_tolerations, memory="64Gi", cpu="8")
             _gpu(scored, gpu_node_selector, gpu_tolerations, memory="48Gi", cpu="8")
-            for task in (prep, shard, merged, tuned, scored, reg):
+            for task in sft_tasks[0::2]:
+                _gpu(task, gpu_node_selector, gpu_tolerations, memory="64Gi", cpu="8")
+            for task in sft_tasks[1::2]:
+                _gpu(task, gpu_node_selector, gpu_tolerations, memory="48Gi", cpu="8")
+            for task in (prep, shard, merged, tuned, scored, reg, report, *sft_tasks):
                 _secrets(task, s3_secret, mlflow_secret)
-            for task in (prep, merged, reg):
+            for task in (prep, merged, reg, report):
                 task.set_cpu_request("1").set_cpu_limit("2").set_memory_request("4Gi").set_memory_limit("8Gi")
 
     return lightreasoner_pipeline

@@ -24,9 +24,18 @@ def test_committed_yaml_is_current(spec):
     assert fresh == committed, "the committed pipeline is out of date: run `lightreasoner pipeline compile`"
 
 
+def branch_tasks(ir):
+    """The root DAG's tasks and those of its ``dsl.If`` branches (the ``method`` parameter's)."""
+    tasks = dict(ir["root"]["dag"]["tasks"])
+    for task in list(tasks.values()):
+        if "triggerPolicy" in task:
+            tasks.update(ir["components"][task["componentRef"]["name"]]["dag"]["tasks"])
+    return tasks
+
+
 def test_stages_parameters_and_defaults(spec):
     _, ir, _ = spec
-    tasks = ir["root"]["dag"]["tasks"]
+    tasks = branch_tasks(ir)
     assert {"prepare-data", "merge-samples", "finetune-lora", "evaluate", "register-model"} <= set(tasks)
     loop = next(t for name, t in tasks.items() if name.startswith("for-loop"))
     assert "sample-contrastive" in ir["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
