@@ -145,10 +145,9 @@ def contrast_step_reference(expert_logits: torch.Tensor, amateur_logits: torch.T
     pe = torch.softmax(expert_logits.double(), dim=-1)
     pa_ = torch.softmax(amateur_logits.double(), dim=-1)
     kl = float(torch.sum(pe * (torch.log(pe) - torch.log(pa_))))
-    ids = [i for i in range(pe.shape[0]) if pe[i] >= alpha * pe.max()]
-    scores = torch.tensor([math.log(pe[i]) - math.log(pa_[i]) for i in ids], dtype=torch.float64)
-    w = torch.softmax(scores, dim=0)
-    return max(kl, 0.0), np.array(ids, dtype=np.int32), w.numpy().astype(np.float32)
+    ids = torch.nonzero(pe >= alpha * pe.max()).flatten()
+    w = torch.softmax(torch.log(pe[ids]) - torch.log(pa_[ids]), dim=0)
+    return max(kl, 0.0), ids.numpy().astype(np.int32), w.numpy().astype(np.float32)
 
 
 def effective_beta(beta: float | str, all_kl: np.ndarray) -> float:
