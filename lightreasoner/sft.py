@@ -23,7 +23,6 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -48,6 +47,7 @@ from .training import (
     ADAPTER,
     CHECKPOINTS,
     TOKENIZER,
+    TrainResult,
     Trajectory,
     build_examples,
     fit_lora,
@@ -87,14 +87,7 @@ class Solution:
     kept: bool = False
 
 
-@dataclass
-class SFTResult:
-    output: Path
-    manifest: dict[str, Any]
-
-    @property
-    def adapter(self) -> Path:
-        return self.output / ADAPTER
+SFTResult = TrainResult  # an SFT output folder is a training output folder (adapter/, tokenizer/, manifest)
 
 
 # --- rejection sampling ----------------------------------------------------------------------------
