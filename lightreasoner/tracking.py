@@ -191,6 +191,10 @@ def artifact_location(config: Config) -> str | None:
         return config.tracking.artifact_location
     if is_embedded(config):
         return (_workdir(config) / "mlartifacts").as_uri()
+    uri = tracking_uri(config)
+    if uri.startswith("sqlite:///"):
+        # Any local sqlite store: artifacts beside the database, not in ./mlruns of whatever folder this runs in.
+        return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
     return None
 
 
