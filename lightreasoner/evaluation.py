@@ -44,6 +44,7 @@ from .models import (
     resolve_source,
     same_model,
 )
+from .sampling import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -475,10 +476,6 @@ def _atomic_write_bytes(data: bytes, path: Path) -> None:
     tmp.replace(path)
 
 
-def _atomic_write_json(data: dict, path: Path) -> None:
-    _atomic_write_bytes(json.dumps(data, indent=2, sort_keys=True, default=str).encode(), path)
-
-
 def write_predictions(predictions: list[Prediction], path: Path) -> None:
     table = pa.Table.from_pylist(
         [
@@ -649,7 +646,7 @@ def evaluate(config: Config, model: str | None, adapter: str | Path | None, outp
     write_predictions(base_preds, out / PREDICTIONS_BASE)
     if tuned_preds is not None:
         write_predictions(tuned_preds, out / PREDICTIONS_TUNED)
-    _atomic_write_json(metrics, out / METRICS)
+    write_json_atomic(metrics, out / METRICS)
     plot_accuracy(metrics, out / PLOT, title=f"{Path(config.expert.model).name} on {Path(ecfg.data.path).name}")
 
     def _tokens(preds):
@@ -677,7 +674,7 @@ def evaluate(config: Config, model: str | None, adapter: str | Path | None, outp
         },
         "files": sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.endswith(".tmp")),
     }
-    _atomic_write_json(manifest, out / MANIFEST)
+    write_json_atomic(manifest, out / MANIFEST)
     return EvalResult(out, metrics, manifest, base_preds, tuned_preds)
 
 

@@ -280,7 +280,8 @@ def _atomic_write_table(table: pa.Table, path: Path) -> None:
     tmp.replace(path)
 
 
-def _atomic_write_json(data: dict, path: Path) -> None:
+def write_json_atomic(data: dict, path: Path) -> None:
+    """Write JSON under a temporary name, then rename: a reader never sees half a manifest."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
     tmp.replace(path)
@@ -351,7 +352,7 @@ def _prepare_output(out: Path, fingerprint: str, overwrite: bool) -> dict | None
     elif manifest_path.is_file():
         return json.loads(manifest_path.read_text())
     (out / SHARDS).mkdir(parents=True, exist_ok=True)
-    _atomic_write_json({"fingerprint": fingerprint}, state_path)
+    write_json_atomic({"fingerprint": fingerprint}, state_path)
     return None
 
 
@@ -411,7 +412,7 @@ def sample(config: Config, output: str | Path, *, reference: bool = False, overw
                 "num_batches": len(plan_batches([len(p) for p in prompts], batch_size, False)),
                 "batches": [i for i, _ in batches], "models": models_info, "reference": reference,
                 "config": config.dump(), "sampling_seconds": elapsed}
-        _atomic_write_json(info, out / SHARD_INFO)
+        write_json_atomic(info, out / SHARD_INFO)
         return SampleResult(out, info)
     manifest = finalize(out, config, models_info, fingerprint, reference, elapsed, len(problems))
     return SampleResult(out, manifest)
@@ -445,7 +446,7 @@ def merge_shards(config: Config, shard_dirs: list[str | Path], output: str | Pat
     num_problems = sum(pq.read_metadata(b).num_rows for b in (out / SHARDS).glob("batch-*.parquet"))
     manifest = finalize(out, config, infos[0]["models"], fingerprint, infos[0]["reference"], elapsed, num_problems)
     manifest["shards"] = len(infos)
-    _atomic_write_json(manifest, out / MANIFEST)
+    write_json_atomic(manifest, out / MANIFEST)
     return SampleResult(out, manifest)
 
 
@@ -492,7 +493,7 @@ def finalize(out: Path, config: Config, models_info: dict[str, Any], fingerprint
         "timing": {"sampling_seconds": elapsed, "problems_per_second": num_problems / elapsed if elapsed else 0.0},
         "sha256": {TRAJECTORIES: sha256_file(traj_path), SAMPLES: sha256_file(samples_path)},
     }
-    _atomic_write_json(manifest, out / MANIFEST)
+    write_json_atomic(manifest, out / MANIFEST)
     shutil.rmtree(out / SHARDS, ignore_errors=True)
     return manifest
 

@@ -18,7 +18,6 @@ Output (the names of a stage-2 output, so evaluation and the registry take it as
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from .models import (
     prompt_token_ids,
     resolve_device,
 )
-from .sampling import MANIFEST, library_versions, sha256_file
+from .sampling import MANIFEST, library_versions, sha256_file, write_json_atomic
 from .training import (
     ADAPTER,
     CHECKPOINTS,
@@ -284,7 +283,5 @@ def sft(config: Config, output: str | Path, *, problems: list[Problem] | None = 
                     "solutions": SOLUTIONS},
         "versions": {**library_versions(), "peft": peft.__version__},
     }
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
-    tmp.replace(out / MANIFEST)
+    write_json_atomic(manifest, out / MANIFEST)
     return SFTResult(out, manifest)

@@ -47,6 +47,7 @@ from .sampling import (
     library_versions,
     read_manifest,
     sha256_file,
+    write_json_atomic,
 )
 
 log = logging.getLogger(__name__)
@@ -648,7 +649,5 @@ def train(config: Config, samples_dir: str | Path, output_dir: str | Path, *, re
                     "checkpoints": CHECKPOINTS},
         "versions": {**library_versions(), "peft": peft.__version__},
     }
-    tmp_manifest = out / (MANIFEST + ".tmp")
-    tmp_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
-    tmp_manifest.replace(out / MANIFEST)
+    write_json_atomic(manifest, out / MANIFEST)
     return TrainResult(out, manifest)
