@@ -470,12 +470,6 @@ def attach_adapter(model, source: AdapterSource):
 # --- outputs ---------------------------------------------------------------------------------------
 
 
-def _atomic_write_bytes(data: bytes, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
 def write_predictions(predictions: list[Prediction], path: Path) -> None:
     table = pa.Table.from_pylist(
         [
