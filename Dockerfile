@@ -18,6 +18,7 @@ COPY pyproject.toml README.md ./
 COPY lightreasoner ./lightreasoner
 COPY components ./components
 COPY pipelines ./pipelines
+COPY configs ./configs
 RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 # --- runtime ----------------------------------------------------------------------------------------

@@ -1,44 +1,58 @@
 """Kubeflow components, one per stage. Each is thin: it unpacks KFP artifacts, calls the library stage,
-writes outputs and metrics (KFP Metrics and MLflow). No algorithm code lives here.
+writes outputs and metrics. No algorithm code lives here.
+
+Pure stages (prepare, sample shard, merge, train, evaluate, SFT) take only the config sections they read
+(``config``: YAML text from :func:`lightreasoner.parameters.stage_yaml`) and their input artifacts, and
+touch no MLflow run, so Kubeflow may cache them. Everything with a side effect in MLflow is its own
+uncached step: ``configure_run`` opens the parent run, ``log_stage`` records a finished stage under it,
+``register_model`` registers (idempotently), and ``finish_run`` -- the pipeline's exit handler -- ends the
+parent run FINISHED or FAILED.
 
 The functions below are plain Python; :func:`make_components` turns them into KFP components for one
-image (the image name and tag live in :mod:`lightreasoner.images`, overridable at compile time). KFP
-ships each function's source to the container, so every import is inside the function.
+image (compiled without ``pip install kfp``: the image has it). KFP ships each function's source to the
+container, so every import is inside the function.
 """
 
 from types import SimpleNamespace
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Metrics, Model, Output
+from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 
-def prepare_data(config_yaml: str, overrides: str, run_name: str, kfp_run_id: str,
-                 problems: Output[Dataset], metrics: Output[Metrics]) -> NamedTuple(
-                     "PrepareOutputs", [("parent_run_id", str)]):
-    """Load and normalise the training problems; open the MLflow parent run of this pipeline run."""
-    import os
+def configure_run(config_yaml: str, settings: str, run_name: str, kfp_run_id: str) -> NamedTuple(
+        "Configured", [("parent_run_id", str), ("full", str), ("prepare", str), ("sample", str),
+                       ("train", str), ("evaluate", str), ("sft", str)]):
+    """Validate the run's settings once (a bad parameter fails here, in one line), split them per stage,
+    and open the MLflow parent run (found again, not doubled, when Kubeflow retries this step)."""
     from collections import namedtuple
 
-    from lightreasoner import tracking
+    from lightreasoner import parameters, tracking
+
+    cfg = parameters.config_from_settings(config_yaml, settings)
+    parent = tracking.start_pipeline(cfg, run_name or None, kfp_run_id=kfp_run_id or None)
+    stages = {name: parameters.stage_yaml(cfg, name) for name in ("prepare", "sample", "train", "evaluate", "sft")}
+    out = namedtuple("Configured", ["parent_run_id", "full", *stages])
+    return out(parent or "", parameters.full_yaml(cfg), **stages)
+
+
+def prepare_data(config: str, problems: Output[Dataset], metrics: Output[Metrics]):
+    """Load and normalise the training problems."""
+    import os
+
+    import pyarrow.parquet as pq
+
     from lightreasoner.config import load_config_text
     from lightreasoner.data import prepare_data as stage
 
-    cfg = load_config_text(config_yaml, overrides.splitlines(), "pipeline config")
-    if kfp_run_id:
-        os.environ.setdefault("KFP_RUN_ID", kfp_run_id)
+    cfg = load_config_text(config, None, "prepare config")
     os.makedirs(problems.path, exist_ok=True)
     path = stage(cfg.data, problems.path)
-    parent = tracking.start_pipeline(cfg, run_name or None, {"kfp.run_id": kfp_run_id} if kfp_run_id else None)
-    tracking.log_stage(cfg, "prepare", problems.path, parent)
-    import pyarrow.parquet as pq
-
     metrics.log_metric("problems", pq.read_metadata(path).num_rows)
-    return namedtuple("PrepareOutputs", ["parent_run_id"])(parent or "")
 
 
-def sample_contrastive(config_yaml: str, overrides: str, problems: Input[Dataset], shard_index: int,
-                       shards: list, shard: Output[Dataset]):
+def sample_contrastive(config: str, problems: Input[Dataset], shard_index: int, shards: list,
+                       shard: Output[Dataset]):
     """Stage 1 on one shard of the batches (every shard on its own GPU node)."""
     from pathlib import Path
 
@@ -46,132 +60,146 @@ def sample_contrastive(config_yaml: str, overrides: str, problems: Input[Dataset
     from lightreasoner.data import read_problem_file
     from lightreasoner.sampling import sample
 
-    cfg = load_config_text(config_yaml, overrides.splitlines(), "pipeline config")
+    cfg = load_config_text(config, None, "sample config")
     probs = read_problem_file(Path(problems.path) / "problems.parquet")
     sample(cfg, shard.path, problems=probs, shard=(shards.index(shard_index), len(shards)))
 
 
-def merge_samples(config_yaml: str, overrides: str, shards: Input[list[Dataset]], parent_run_id: str,
-                  samples: Output[Dataset], metrics: Output[Metrics]):
-    """Join the shards into one samples folder (equal to a single-shard run) and log stage 1."""
-    from lightreasoner import tracking
+def merge_samples(config: str, shards: Input[list[Dataset]], samples: Output[Dataset], metrics: Output[Metrics]):
+    """Join the shards into one samples folder (equal to a single-shard run)."""
     from lightreasoner.config import load_config_text
     from lightreasoner.sampling import merge_shards
 
-    cfg = load_config_text(config_yaml, overrides.splitlines(), "pipeline config")
+    cfg = load_config_text(config, None, "sample config")
     result = merge_shards(cfg, [s.path for s in shards], samples.path)
     for key, value in result.manifest["counts"].items():
         metrics.log_metric(key, value)
     metrics.log_metric("effective_beta", result.manifest["effective_beta"])
-    tracking.log_stage(cfg, "sample", samples.path, parent_run_id or None)
 
 
-def finetune_lora(config_yaml: str, overrides: str, samples: Input[Dataset], parent_run_id: str,
-                  adapter: Output[Model], metrics: Output[Metrics]):
-    """Stage 2: LoRA on the contrastive soft labels (packed)."""
-    from lightreasoner import tracking
+def finetune_lora(config: str, samples: Input[Dataset], adapter: Output[Model], metrics: Output[Metrics]):
+    """Stage 2: LoRA on the contrastive soft labels (packed); resumes from its checkpoints on a retry."""
     from lightreasoner.config import load_config_text
     from lightreasoner.training import train
 
-    cfg = load_config_text(config_yaml, overrides.splitlines(), "pipeline config")
+    cfg = load_config_text(config, None, "train config")
     result = train(cfg, samples.path, adapter.path, resume=True)
     for key in ("tuned_tokens", "steps", "final_loss", "wall_seconds"):
         if isinstance(result.manifest.get(key), int | float):
             metrics.log_metric(key, result.manifest[key])
-    tracking.log_stage(cfg, "train", adapter.path, parent_run_id or None)
 
 
-def evaluate(config_yaml: str, overrides: str, adapter: Input[Model], parent_run_id: str,
-             evaluation: Output[Dataset], metrics: Output[Metrics], stage_name: str = "evaluate",
-             close_parent: bool = False):
-    """Stage 3: base Expert and Expert + adapter on the same held-out problems (``stage_name`` evaluate_sft for
-    the SFT baseline's adapter; ``close_parent`` ends the MLflow parent run where no register follows)."""
-    import json
-    from pathlib import Path
-
-    from lightreasoner import tracking
+def evaluate(config: str, adapter: Input[Model], evaluation: Output[Dataset], metrics: Output[Metrics],
+             confusion: Output[ClassificationMetrics], summary: Output[Markdown],
+             samples: Input[Dataset] = None):
+    """Stage 3: base Expert and Expert + adapter on the same held-out problems. Besides the evaluation
+    folder: the McNemar table as a confusion matrix (base right/wrong x tuned right/wrong) and a summary
+    page with the accuracy plot and, given ``samples``, the KL histogram (KFP UI)."""
     from lightreasoner.config import load_config_text
     from lightreasoner.evaluation import evaluate as stage
+    from lightreasoner.report import mcnemar_table, summary_markdown
 
-    cfg = load_config_text(config_yaml, overrides.splitlines(), "pipeline config")
-    stage(cfg, None, adapter.path, evaluation.path)
-    values = json.loads((Path(evaluation.path) / "metrics.json").read_text())
+    cfg = load_config_text(config, None, "evaluate config")
+    result = stage(cfg, None, adapter.path, evaluation.path)
     for key in ("accuracy_base", "accuracy_tuned", "delta", "delta_ci_low", "delta_ci_high", "mcnemar_p"):
-        if isinstance(values.get(key), int | float):
-            metrics.log_metric(key, values[key])
-    tracking.log_stage(cfg, stage_name, evaluation.path, parent_run_id or None)
-    if close_parent:
-        tracking.end_pipeline(cfg, parent_run_id or None)
+        if isinstance(result.metrics.get(key), int | float):
+            metrics.log_metric(key, result.metrics[key])
+    table = mcnemar_table(result.metrics)
+    if table is not None:
+        confusion.log_confusion_matrix(["right", "wrong"], table)
+    with open(summary.path, "w") as fh:
+        fh.write(summary_markdown(evaluation.path, samples.path if samples is not None else None))
 
 
-def sft_baseline(config_yaml: str, overrides: str, problems: Input[Dataset], parent_run_id: str,
-                 adapter: Output[Model], metrics: Output[Metrics]):
+def sft_baseline(config: str, problems: Input[Dataset], adapter: Output[Model], metrics: Output[Metrics]):
     """The SFT baseline: rejection sampling by the Expert, LoRA on the correct solutions."""
     from pathlib import Path
 
-    from lightreasoner import tracking
     from lightreasoner.config import load_config_text
     from lightreasoner.data import read_problem_file
     from lightreasoner.sft import sft
 
-    cfg = load_config_text(config_yaml, overrides.splitlines(), "pipeline config")
+    cfg = load_config_text(config, None, "sft config")
     result = sft(cfg, adapter.path, problems=read_problem_file(Path(problems.path) / "problems.parquet"))
     for key in ("tuned_tokens", "steps", "final_loss", "generate_seconds", "train_seconds", "wall_seconds"):
         if isinstance(result.manifest.get(key), int | float):
             metrics.log_metric(key, result.manifest[key])
     metrics.log_metric("kept_solutions", result.manifest["counts"]["kept_solutions"])
-    tracking.log_stage(cfg, "sft", adapter.path, parent_run_id or None)
 
 
-def efficiency_report(config_yaml: str, overrides: str, samples: Input[Dataset], lr_adapter: Input[Model],
-                      lr_evaluation: Input[Dataset], sft_adapter: Input[Model], sft_evaluation: Input[Dataset],
-                      parent_run_id: str, report: Output[Dataset], metrics: Output[Metrics]):
-    """LightReasoner vs SFT: time, problems, tuned tokens, accuracy and the ratios; closes the parent run."""
+def log_stage(config: str, stage: str, output: Input[Artifact], parent_run_id: str):
+    """Record a finished stage's output (metrics, plots, manifest) as a child of the parent MLflow run."""
     from lightreasoner import tracking
     from lightreasoner.config import load_config_text
-    from lightreasoner.report import efficiency_report as stage
-    from lightreasoner.report import report_metrics
 
-    cfg = load_config_text(config_yaml, overrides.splitlines(), "pipeline config")
+    cfg = load_config_text(config, None, "run config")
+    tracking.log_stage(cfg, stage, output.path, parent_run_id or None)
+
+
+def register_model(config: str, samples: Input[Dataset], adapter: Input[Model], evaluation: Input[Dataset],
+                   parent_run_id: str, promote: bool) -> NamedTuple(
+                       "RegisterOutputs", [("version", str), ("promoted", bool)]):
+    """Register the adapter (alias challenger), then try to promote it to champion."""
+    from collections import namedtuple
+
+    from lightreasoner import registry
+    from lightreasoner.config import load_config_text
+
+    cfg = load_config_text(config, None, "run config")
+    registered = registry.register(cfg, adapter.path, evaluation.path, samples.path,
+                                   parent_run_id=parent_run_id or None)
+    promoted = bool(registry.promote(cfg).promoted) if promote else False
+    return namedtuple("RegisterOutputs", ["version", "promoted"])(str(registered.version), promoted)
+
+
+def efficiency_report(config: str, samples: Input[Dataset], lr_adapter: Input[Model],
+                      lr_evaluation: Input[Dataset], sft_adapter: Input[Model], sft_evaluation: Input[Dataset],
+                      parent_run_id: str, report: Output[Dataset], metrics: Output[Metrics],
+                      page: Output[Markdown]):
+    """LightReasoner vs SFT: time, problems, tuned tokens, accuracy and the ratios (MLflow and KFP UI)."""
+    from lightreasoner.config import load_config_text
+    from lightreasoner.report import efficiency_markdown, report_metrics
+    from lightreasoner.report import efficiency_report as stage
+
+    cfg = load_config_text(config, None, "run config")
     folders = {"sample": samples.path, "train": lr_adapter.path, "evaluate": lr_evaluation.path,
                "sft": sft_adapter.path, "evaluate_sft": sft_evaluation.path}
     result = stage(cfg, report.path, parent_run_id=parent_run_id or None, folders=folders)
     for key, value in report_metrics(result).items():
         metrics.log_metric(key.split("/", 1)[1], value)
-    tracking.end_pipeline(cfg, parent_run_id or None)
+    with open(page.path, "w") as fh:
+        fh.write(efficiency_markdown(result, report.path))
 
 
-def register_model(config_yaml: str, overrides: str, samples: Input[Dataset], adapter: Input[Model],
-                   evaluation: Input[Dataset], parent_run_id: str, promote: bool) -> NamedTuple(
-                       "RegisterOutputs", [("version", str), ("promoted", bool)]):
-    """Register the adapter (alias challenger), then try to promote it to champion; close the parent run."""
-    from collections import namedtuple
+def finish_run(config_yaml: str, settings: str, kfp_run_id: str, status: dsl.PipelineTaskFinalStatus):
+    """Exit handler: end the MLflow parent run of this KFP run, FINISHED when every step succeeded,
+    FAILED otherwise. Runs whatever happened before it, so no parent run stays RUNNING."""
+    from lightreasoner import parameters, tracking
 
-    from lightreasoner import registry, tracking
-    from lightreasoner.config import load_config_text
-
-    cfg = load_config_text(config_yaml, overrides.splitlines(), "pipeline config")
-    registered = registry.register(cfg, adapter.path, evaluation.path, samples.path,
-                                   parent_run_id=parent_run_id or None)
-    promoted = False
-    if promote:
-        promoted = bool(registry.promote(cfg).promoted)
-    tracking.end_pipeline(cfg, parent_run_id or None)
-    return namedtuple("RegisterOutputs", ["version", "promoted"])(str(registered.version), promoted)
+    cfg = parameters.config_from_settings(config_yaml, settings)
+    state = "FINISHED" if status.state == "SUCCEEDED" else "FAILED"
+    ended = tracking.end_pipeline_for(cfg, kfp_run_id, state)
+    print(f"pipeline state {status.state}: MLflow parent run {ended or '(none found)'} -> {state}")
 
 
+PURE = ("prepare_data", "sample_contrastive", "merge_samples", "finetune_lora", "evaluate", "sft_baseline")
 STAGES = {
+    "configure_run": configure_run,
     "prepare_data": prepare_data,
     "sample_contrastive": sample_contrastive,
     "merge_samples": merge_samples,
     "finetune_lora": finetune_lora,
     "evaluate": evaluate,
-    "register_model": register_model,
     "sft_baseline": sft_baseline,
+    "log_stage": log_stage,
+    "register_model": register_model,
     "efficiency_report": efficiency_report,
+    "finish_run": finish_run,
 }
 
 
 def make_components(image: str) -> SimpleNamespace:
-    """The stage functions as KFP components that run in ``image``."""
-    return SimpleNamespace(**{name: dsl.component(fn, base_image=image) for name, fn in STAGES.items()})
+    """The stage functions as KFP components that run in ``image`` (which has kfp: nothing is installed
+    at pod start)."""
+    return SimpleNamespace(**{name: dsl.component(fn, base_image=image, install_kfp_package=False)
+                              for name, fn in STAGES.items()})

@@ -212,14 +212,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
 @command("pipeline")
 def cmd_pipeline(args: argparse.Namespace) -> int:
     try:
-        from pipelines import client
-        from pipelines.lightreasoner_pipeline import compile_pipeline
+        from lightreasoner.pipelines import client
+        from lightreasoner.pipelines.lightreasoner_pipeline import COMPILED, compile_pipeline
     except ImportError as exc:
         raise LightReasonerError(f"pipeline commands need kfp and the pipelines package ({exc})") from None
 
     action = args.pipeline_command
     if action == "compile":
-        print(compile_pipeline(args.output, args.image))
+        print(compile_pipeline(args.output or COMPILED, args.image, args.hf_cache_pvc))
         return 0
     if action == "run-local":
         cfg = config_from_args(args)
@@ -233,11 +233,13 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     token = client.read_token(args.token_file)
     if action == "submit":
         run_id = client.submit(args.host, params, experiment=args.experiment, run_name=args.run_name,
-                               namespace=args.namespace, token=token, package=args.package, image=args.image)
+                               namespace=args.namespace, token=token, package=args.package, image=args.image,
+                               hf_cache_pvc=args.hf_cache_pvc)
         print(f"submitted run {run_id} to {args.host} (experiment {args.experiment})")
         return 0
     job = client.schedule(args.host, args.cron, params, experiment=args.experiment, name=args.name,
-                          namespace=args.namespace, token=token, package=args.package, image=args.image)
+                          namespace=args.namespace, token=token, package=args.package, image=args.image,
+                          hf_cache_pvc=args.hf_cache_pvc)
     print(f"scheduled {args.name} ({args.cron}) as recurring run {job} on {args.host} (experiment {args.experiment})")
     return 0
 
@@ -377,8 +379,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pipeline", help="Kubeflow: compile, run locally, submit a run, schedule runs")
     psub = p.add_subparsers(dest="pipeline_command", required=True)
     q = psub.add_parser("compile", help="write the pipeline's IR YAML")
-    q.add_argument("-o", "--output", default="pipelines/lightreasoner_pipeline.yaml")
+    q.add_argument("-o", "--output", default=None,
+                   help="output file (default: the package's pipeline YAML, which submit and schedule read)")
     q.add_argument("--image", help="container image of every component (default: lightreasoner.images)")
+    q.add_argument("--hf-cache-pvc", help="PersistentVolumeClaim mounted as the GPU steps' model cache")
     q = psub.add_parser("run-local", help="run the pipeline end to end here through kfp.local")
     add_config_args(q)
     q.add_argument("--workdir", default="lightreasoner-runs", help="folder for outputs and the local MLflow store")
@@ -395,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--token-file", help="file holding the API token (default: env KFP_TOKEN)")
         q.add_argument("--package", help="compiled pipeline YAML (default: the committed one)")
         q.add_argument("--image", help="compile for this image instead of using the committed YAML")
+        q.add_argument("--hf-cache-pvc", help="compile with this PVC as the GPU steps' model cache")
         if action == "submit":
             q.add_argument("--run-name", help="run name (default: lightreasoner-<time>)")
         else:

@@ -203,3 +203,74 @@ def efficiency_report(config: Config, output: str | Path, *, parent_run_id: str 
     if config.tracking.enabled and parent_run_id:
         log_report(config, parent_run_id, report, out)
     return report
+
+
+# --- pages for the Kubeflow UI (Markdown with the plots embedded) ----------------------------------------
+
+
+def mcnemar_table(metrics: dict[str, Any]) -> list[list[int]] | None:
+    """The paired outcome table of an evaluation: rows base right/wrong, columns tuned right/wrong
+    (its off-diagonal cells are McNemar's b and c). None when no tuned model was scored."""
+    if metrics.get("correct_tuned") is None:
+        return None
+    n, base_only, tuned_only = int(metrics["n"]), int(metrics["base_only_correct"]), int(metrics["tuned_only_correct"])
+    both = int(metrics["correct_base"]) - base_only
+    return [[both, base_only], [tuned_only, n - both - base_only - tuned_only]]
+
+
+def _png(path: Path, alt: str) -> str:
+    import base64
+
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def summary_markdown(evaluation: str | Path, samples: str | Path | None = None) -> str:
+    """The run's summary page: accuracy base/tuned with interval and McNemar p, the paired table, the
+    accuracy plot and (given the samples folder) the KL histogram, as self-contained Markdown."""
+    from .tracking import kl_plots
+
+    evaluation = Path(evaluation)
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    lines = ["# LightReasoner run summary", "", "| what | value |", "| --- | --- |"]
+    rows = [("problems (eval)", metrics.get("n")), ("accuracy base", metrics.get("accuracy_base")),
+            ("accuracy tuned", metrics.get("accuracy_tuned")), ("delta", metrics.get("delta")),
+            ("95% interval", f"[{_fmt(metrics.get('delta_ci_low'))}, {_fmt(metrics.get('delta_ci_high'))}]"),
+            ("McNemar p", metrics.get("mcnemar_p"))]
+    if samples is not None:
+        manifest = json.loads((Path(samples) / "manifest.json").read_text())
+        counts = manifest.get("counts", {})
+        rows = [("problems (train)", counts.get("problems")), ("kept steps", counts.get("selected")),
+                ("effective beta", manifest.get("effective_beta")), *rows]
+    lines += [f"| {name} | {_fmt(value)} |" for name, value in rows]
+    table = mcnemar_table(metrics)
+    if table is not None:
+        lines += ["", "| | tuned right | tuned wrong |", "| --- | --- | --- |",
+                  f"| base right | {table[0][0]} | {table[0][1]} |", f"| base wrong | {table[1][0]} | {table[1][1]} |"]
+    if (evaluation / "accuracy.png").is_file():
+        lines += ["", _png(evaluation / "accuracy.png", "accuracy")]
+    if samples is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            beta = float(manifest.get("effective_beta") or 0.0)
+            histogram = kl_plots(Path(samples) / "trajectories.parquet", beta, Path(tmp))[0]
+            lines += ["", _png(histogram, "KL histogram")]
+    return "\n".join(lines) + "\n"
+
+
+def efficiency_markdown(report: dict[str, Any], folder: str | Path) -> str:
+    """The efficiency report as Markdown with its plot embedded."""
+    lines = ["# LightReasoner vs SFT", "", "| | " + " | ".join(LABELS[m] for m in report["methods"]) + " |",
+             "| --- |" + " --- |" * len(report["methods"])]
+    for key in ("total_seconds", "problems", "tuned_tokens", "accuracy", "delta"):
+        lines.append(f"| {key} | " + " | ".join(_fmt(v[key]) for v in report["methods"].values()) + " |")
+    lines += ["", "| ratio LightReasoner / SFT | value |", "| --- | --- |"]
+    lines += [f"| {key} | {_fmt(value)} |" for key, value in report["ratios"].items()]
+    plot = Path(folder) / REPORT_PLOT
+    if plot.is_file():
+        lines += ["", _png(plot, "accuracy vs tuned tokens")]
+    return "\n".join(lines) + "\n"

@@ -18,6 +18,7 @@ from typing import Any
 
 from .config import Config, load_config
 from .errors import LightReasonerError
+from .parameters import METHODS
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "demo.yaml"
 
@@ -33,7 +34,6 @@ QUICK = [
     "sft.max_new_tokens=32",
     "sft.batch_size=8",
 ]
-METHODS = ("lightreasoner", "sft", "both")
 
 
 @dataclass

@@ -538,16 +538,39 @@ def _log_batch(client, run_id: str, params: Mapping[str, str] | None = None, met
         client.log_batch(run_id, metrics=m[i : i + 100], params=p[i : i + 100], tags=t[i : i + 100])
 
 
-def start_pipeline(config: Config, run_name: str | None = None, tags: Mapping[str, str] | None = None) -> str | None:
+KFP_RUN_TAG = "kfp.run_id"
+
+
+def _pipeline_run_of(client, config: Config, kfp_run_id: str):
+    """The parent run made for a Kubeflow run (tag ``kfp.run_id``), or None."""
+    exp = client.get_experiment_by_name(config.tracking.experiment)
+    if exp is None:
+        return None
+    found = client.search_runs([exp.experiment_id], max_results=1,
+                               filter_string=f"tags.`{KFP_RUN_TAG}` = '{kfp_run_id}' and "
+                                             "tags.`lightreasoner.kind` = 'pipeline'")
+    return found[0] if found else None
+
+
+def start_pipeline(config: Config, run_name: str | None = None, tags: Mapping[str, str] | None = None,
+                   kfp_run_id: str | None = None) -> str | None:
     """Create the parent run of a pipeline run (params: the full config); returns its id (None when
-    tracking is disabled). Stages nest under it with ``parent_run_id`` (or env LIGHTREASONER_PARENT_RUN_ID)."""
+    tracking is disabled). Stages nest under it with ``parent_run_id`` (or env LIGHTREASONER_PARENT_RUN_ID).
+    With ``kfp_run_id`` the run is tagged with it and found again instead of doubled when Kubeflow
+    retries the step that opens it."""
     if not config.tracking.enabled:
         return None
     client = client_for(config)
     uri = client.tracking_uri
-    exp = experiment_id(client, config)
     all_tags = {**run_tags(), "lightreasoner.kind": "pipeline", **(tags or {})}
     with mlflow_errors(uri, "starting the pipeline run"):
+        exp = experiment_id(client, config)
+        if kfp_run_id:
+            all_tags[KFP_RUN_TAG] = kfp_run_id
+            existing = _pipeline_run_of(client, config, kfp_run_id)
+            if existing is not None:
+                log.info("MLflow run %s (Kubeflow run %s) continues", existing.info.run_id, kfp_run_id)
+                return existing.info.run_id
         run = client.create_run(exp, run_name=run_name, tags=clean_tags(all_tags))
         _log_batch(client, run.info.run_id, params=config_params(config))
     log.info("MLflow run %s at %s", run.info.run_id, storage.safe_url(uri))
@@ -560,6 +583,20 @@ def end_pipeline(config: Config, run_id: str | None, status: str = "FINISHED") -
     client = client_for(config)
     with mlflow_errors(client.tracking_uri, f"ending run {run_id}"):
         client.set_terminated(run_id, status)
+
+
+def end_pipeline_for(config: Config, kfp_run_id: str, status: str) -> str | None:
+    """End the parent run of Kubeflow run ``kfp_run_id`` with ``status`` (FINISHED or FAILED); returns its
+    id, or None when tracking is off or no such run was opened (the run failed before it)."""
+    if not config.tracking.enabled or not kfp_run_id:
+        return None
+    client = client_for(config)
+    with mlflow_errors(client.tracking_uri, f"ending the run of Kubeflow run {kfp_run_id}"):
+        run = _pipeline_run_of(client, config, kfp_run_id)
+        if run is None:
+            return None
+        client.set_terminated(run.info.run_id, status)
+    return run.info.run_id
 
 
 @contextmanager
@@ -593,6 +630,15 @@ def start_stage_run(client, config: Config, stage: str, parent_run_id: str | Non
     return run
 
 
+def _stage_sections(config: Config | Mapping[str, Any], stage: str) -> dict[str, Any]:
+    """The config sections a stage reads (its run's params); all of them for other stages."""
+    from .parameters import STAGE_SECTIONS
+
+    data = config.dump() if isinstance(config, Config) else dict(config)
+    sections = STAGE_SECTIONS.get("evaluate" if stage == "evaluate_sft" else stage)
+    return {k: v for k, v in data.items() if k in sections} if sections else data
+
+
 def log_stage(config: Config, stage: str, output: str | Path, parent_run_id: str | None = None,
               *, artifacts: bool = True) -> str | None:
     """Log one finished stage (its output folder, local or s3://) as a child run; returns the run id.
@@ -612,7 +658,7 @@ def log_stage(config: Config, stage: str, output: str | Path, parent_run_id: str
     try:
         with storage.local_input(output) as folder:
             record = READERS[stage](Path(folder), tmp)
-            params = config_params(record.config) if record.config else config_params(config)
+            params = config_params(_stage_sections(record.config or config.dump(), stage))
             run = start_stage_run(client, config, stage, parent_run_id, params=params)
             run_id = run.info.run_id
             try:

@@ -3,6 +3,7 @@ schedule). The CLI's ``lightreasoner pipeline ...`` commands call these function
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
@@ -12,66 +13,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lightreasoner.config import Config, to_yaml
+from lightreasoner import parameters
+from lightreasoner.config import Config
 from lightreasoner.errors import LightReasonerError
 
-from .lightreasoner_pipeline import COMPILED, PARAMETERS, PIPELINE_NAME, build_pipeline, compile_pipeline
+from .lightreasoner_pipeline import COMPILED, PIPELINE_NAME, build_pipeline, compile_pipeline
 
 TOKEN_ENV = "KFP_TOKEN"
 _CRON_FIELD = re.compile(r"^(\*|\?|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?(,(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?)*$")
 
 
-def _get(config: Config, dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        node = getattr(node, part)
-    return node
-
-
 def arguments_from_config(config: Config) -> dict[str, Any]:
-    """Pipeline arguments equal to a config (None becomes the parameter's "not set": "" or 0)."""
-    args: dict[str, Any] = {}
-    for name, key in PARAMETERS.items():
-        value = _get(config, key)
-        if value is None:
-            value = 0 if name in ("amateur_keep_layers", "num_problems", "eval_limit", "sft_num_problems") else ""
-        args[name] = str(value) if name == "beta" else value
-    args["config_yaml"] = to_yaml(config)
-    return args
-
-
-_KINDS = {"String": "STRING", "Integer": "NUMBER_INTEGER", "Float": "NUMBER_DOUBLE", "Boolean": "BOOLEAN",
-          "Dict": "STRUCT", "List": "LIST"}
-
-
-def parameter_types() -> dict[str, str]:
-    """Pipeline parameter -> its kind (STRING, NUMBER_INTEGER, NUMBER_DOUBLE, BOOLEAN, STRUCT, LIST)."""
-    inputs = build_pipeline(kubernetes=False).component_spec.inputs or {}
-    return {name: _KINDS.get(spec.type, "STRING") for name, spec in inputs.items()}
-
-
-def _convert(name: str, raw: str, kind: str) -> Any:
-    import json
-
-    try:
-        if kind == "STRING":
-            return raw
-        if kind == "NUMBER_INTEGER":
-            return int(raw)
-        if kind == "NUMBER_DOUBLE":
-            return float(raw)
-        if kind == "BOOLEAN":
-            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(raw)
-            return raw.lower() in ("true", "1", "yes")
-        value = json.loads(raw)
-        if not isinstance(value, dict if kind == "STRUCT" else list):
-            raise ValueError(raw)
-        return value
-    except ValueError:
-        expected = {"NUMBER_INTEGER": "an integer", "NUMBER_DOUBLE": "a number", "BOOLEAN": "true or false",
-                    "STRUCT": "a JSON object", "LIST": "a JSON list"}[kind]
-        raise LightReasonerError(f"--param {name}={raw!r}: expected {expected}") from None
+    """Pipeline arguments equal to a config (the config-derived parameters, "not set" where it is empty,
+    plus the whole config as ``config_yaml`` for the keys that are not parameters)."""
+    return {**parameters.arguments_from_config(config), "config_yaml": parameters.full_yaml(config)}
 
 
 def shard_list(num_shards: int) -> list[int]:
@@ -82,22 +37,34 @@ def shard_list(num_shards: int) -> list[int]:
 
 def parse_params(items: list[str] | None) -> dict[str, Any]:
     """``--param name=value`` pairs, checked against the pipeline's parameters and converted to their
-    declared types (``learning_rate=5e-05`` is a float, ``expert=...`` stays a string)."""
+    declared types (``learning_rate=5e-05`` is a float, ``expert=...`` stays a string). The config
+    parameters among them must also make a valid config together with the other defaults, so a bad
+    value is refused here, before anything is uploaded."""
     if not items:
         return {}
-    types = parameter_types()
+    rows = parameters.by_name()
     params: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
             raise LightReasonerError(f"--param {item!r}: expected name=value")
         name, raw = item.split("=", 1)
         if name == "num_shards":  # the friendly form of sampling_shards
-            params["sampling_shards"] = shard_list(_convert(name, raw, "NUMBER_INTEGER"))
+            params["sampling_shards"] = shard_list(parameters.convert(name, raw, int))
             continue
-        if name not in types:
+        if name not in rows:
             raise LightReasonerError(f"--param {name!r}: unknown pipeline parameter")
-        params[name] = _convert(name, raw, types[name])
+        params[name] = parameters.convert(name, raw, rows[name].type)
+    if params.get("method", "lightreasoner") not in parameters.METHODS:
+        raise LightReasonerError(f"--param method={params['method']!r}: expected one of {', '.join(parameters.METHODS)}")
+    check_arguments(params)
     return params
+
+
+def check_arguments(params: dict[str, Any]) -> Config:
+    """The Config a run with these arguments (the rest at their defaults) will use; refuses invalid ones."""
+    values = {**parameters.defaults(), **params}
+    return parameters.config_from_settings(values.get("config_yaml", ""), parameters.settings_text(values),
+                                           "--param")
 
 
 def normalise_cron(cron: str) -> str:
@@ -146,26 +113,66 @@ def connect(host: str, token: str | None, namespace: str | None, factory: Callab
         raise LightReasonerError(f"{host}: cannot reach Kubeflow Pipelines ({_one_line(exc)})") from None
 
 
-def _package(package: str | None, image: str | None) -> str:
+def _package(package: str | None, image: str | None, hf_cache_pvc: str | None = None) -> str:
     if package:
         if not Path(package).is_file():
             raise LightReasonerError(f"--package {package}: file not found")
         return package
-    if image:
-        return str(compile_pipeline(Path(tempfile.mkdtemp()) / "lightreasoner_pipeline.yaml", image))
+    if image or hf_cache_pvc:
+        return str(compile_pipeline(Path(tempfile.mkdtemp()) / "lightreasoner_pipeline.yaml", image, hf_cache_pvc))
     return str(COMPILED)
+
+
+def package_version(path: str | Path) -> str:
+    """The version name of a compiled package: its content's digest (same content, same version)."""
+    return "v-" + hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+@dataclass
+class PipelineVersion:
+    pipeline_id: str
+    version_id: str
+    version_name: str
+    uploaded: bool  # False: an identical package was already there
+
+
+def ensure_pipeline_version(client, path: str, name: str = PIPELINE_NAME, namespace: str | None = None) -> PipelineVersion:
+    """Upload the compiled package as pipeline ``name`` (created when missing) and as a new version of
+    it when its content changed; an unchanged package reuses the version it was uploaded as."""
+    version_name = package_version(path)
+    pipeline_id = client.get_pipeline_id(name)
+    if pipeline_id is None:
+        pipeline = client.upload_pipeline(pipeline_package_path=path, pipeline_name=name,
+                                          description="LightReasoner: contrastive sampling, LoRA, evaluation, registry",
+                                          namespace=namespace)
+        pipeline_id = pipeline.pipeline_id
+    token = ""
+    while True:  # look for a version with this content's name
+        page = client.list_pipeline_versions(pipeline_id=pipeline_id, page_token=token, page_size=100)
+        for version in getattr(page, "pipeline_versions", None) or []:
+            if version.display_name == version_name:
+                return PipelineVersion(pipeline_id, version.pipeline_version_id, version_name, False)
+        token = getattr(page, "next_page_token", None) or ""
+        if not token:
+            break
+    version = client.upload_pipeline_version(pipeline_package_path=path, pipeline_version_name=version_name,
+                                             pipeline_id=pipeline_id)
+    return PipelineVersion(pipeline_id, version.pipeline_version_id, version_name, True)
 
 
 def submit(host: str, params: dict[str, Any], *, experiment: str = "lightreasoner", run_name: str | None = None,
            namespace: str | None = None, token: str | None = None, package: str | None = None,
-           image: str | None = None, factory: Callable | None = None) -> str:
-    """One run of the compiled pipeline; returns the run id."""
+           image: str | None = None, hf_cache_pvc: str | None = None, factory: Callable | None = None) -> str:
+    """One run of the pipeline's current version (uploaded first when new); returns the run id."""
+    path = _package(package, image, hf_cache_pvc)
     client = connect(host, token, namespace, factory)
-    path = _package(package, image)
     try:
-        run = client.create_run_from_pipeline_package(
-            pipeline_file=path, arguments=params, run_name=run_name or f"{PIPELINE_NAME}-{time.strftime('%Y%m%d-%H%M%S')}",
-            experiment_name=experiment, namespace=namespace)
+        version = ensure_pipeline_version(client, path, namespace=namespace)
+        exp = client.create_experiment(name=experiment, namespace=namespace)
+        run = client.run_pipeline(
+            experiment_id=exp.experiment_id,
+            job_name=run_name or f"{PIPELINE_NAME}-{time.strftime('%Y%m%d-%H%M%S')}",
+            params=params, pipeline_id=version.pipeline_id, version_id=version.version_id)
     except Exception as exc:  # noqa: BLE001
         raise LightReasonerError(f"{host}: submitting the run failed ({_one_line(exc)})") from None
     return str(getattr(run, "run_id", run))
@@ -173,22 +180,24 @@ def submit(host: str, params: dict[str, Any], *, experiment: str = "lightreasone
 
 def schedule(host: str, cron: str, params: dict[str, Any], *, experiment: str = "lightreasoner",
              name: str = "lightreasoner-nightly", namespace: str | None = None, token: str | None = None,
-             package: str | None = None, image: str | None = None, max_concurrency: int = 1,
-             factory: Callable | None = None) -> str:
-    """A recurring run of the compiled pipeline in ``experiment``; returns the recurring run id."""
+             package: str | None = None, image: str | None = None, hf_cache_pvc: str | None = None,
+             max_concurrency: int = 1, factory: Callable | None = None) -> str:
+    """A recurring run of the pipeline's current version in ``experiment``; returns the recurring run id.
+    One schedule per name: a rerun (a Helm upgrade) replaces it instead of adding a second one."""
     cron6 = normalise_cron(cron)
+    path = _package(package, image, hf_cache_pvc)
     client = connect(host, token, namespace, factory)
-    path = _package(package, image)
     try:
+        version = ensure_pipeline_version(client, path, namespace=namespace)
         exp = client.create_experiment(name=experiment, namespace=namespace)
-        # One schedule per name: a re-run (a Helm upgrade) replaces it instead of adding a second one.
         listing = client.list_recurring_runs(experiment_id=exp.experiment_id, page_size=200)
         for old in getattr(listing, "recurring_runs", None) or []:
             if old.display_name == name:
                 client.delete_recurring_run(old.recurring_run_id)
         job = client.create_recurring_run(
             experiment_id=exp.experiment_id, job_name=name, cron_expression=cron6, params=params,
-            pipeline_package_path=path, max_concurrency=max_concurrency, no_catchup=True)
+            pipeline_id=version.pipeline_id, version_id=version.version_id, max_concurrency=max_concurrency,
+            no_catchup=True)
     except Exception as exc:  # noqa: BLE001
         raise LightReasonerError(f"{host}: creating the schedule failed ({_one_line(exc)})") from None
     return str(getattr(job, "recurring_run_id", job))
@@ -200,29 +209,33 @@ class LocalRun:
     outputs: dict[str, Path]  # task/output name -> local folder
 
 
-def run_local(config: Config, workdir: str | Path, *, shards: int = 1, promote: bool = True,
-              method: str = "lightreasoner") -> LocalRun:
+def run_local(config: Config | None, workdir: str | Path, *, shards: int = 1, promote: bool = True,
+              method: str = "lightreasoner", params: dict[str, Any] | None = None, cache: bool = False) -> LocalRun:
     """The same pipeline end to end through ``kfp.local`` (SubprocessRunner, this environment);
-    ``method``: lightreasoner, sft or both (the pipeline's ``dsl.If`` branches, which kfp.local runs)."""
+    ``method``: lightreasoner, sft or both (the pipeline's ``dsl.If`` branches, which kfp.local runs).
+
+    The arguments are the pipeline's defaults, then ``config``'s values (None: none), then ``params``.
+    ``cache``: kfp.local's task cache (under the workdir), so a rerun reuses the pure steps' outputs."""
     from kfp import local
 
     from lightreasoner import tracking
 
-    from .lightreasoner_pipeline import METHODS
-
-    if method not in METHODS:
-        raise LightReasonerError(f"method {method!r}: expected one of {', '.join(METHODS)}")
+    if method not in parameters.METHODS:
+        raise LightReasonerError(f"method {method!r}: expected one of {', '.join(parameters.METHODS)}")
     workdir = Path(workdir).resolve()
     root = workdir / "kfp"
     root.mkdir(parents=True, exist_ok=True)
-    args = arguments_from_config(config)
-    if config.tracking.enabled:
+    args = arguments_from_config(config) if config is not None else {}
+    if config is not None and config.tracking.enabled:
         args["mlflow_tracking_uri"] = tracking.tracking_uri(config)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    args.update(sampling_shards=shard_list(shards), promote=promote, method=method, **(params or {}))
+    check_arguments(args)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True,
+               enable_caching=cache, cache_root=str(workdir / "kfp-cache"))
     before = set(root.iterdir())
     pipeline = build_pipeline(kubernetes=False)
     try:
-        pipeline(**args, sampling_shards=shard_list(shards), promote=promote, method=method)
+        pipeline(**args)
     except RuntimeError as exc:
         raise LightReasonerError(f"local pipeline run failed ({_one_line(exc)}); logs above") from None
     runs = sorted(set(root.iterdir()) - before, key=lambda p: p.stat().st_mtime)

@@ -1,224 +1,189 @@
-"""The pipeline DAG: prepare -> sample (N shards in parallel) -> merge -> train -> evaluate -> register.
+"""The pipeline DAG, inside an exit handler that always ends the MLflow parent run:
+
+    configure -> prepare -> sample (N shards in parallel) -> merge -> train -> evaluate -> register
+                                            [exit handler: finish_run, FINISHED or FAILED]
 
 ``method`` picks the branch (``dsl.If``): lightreasoner (the DAG above, the default), sft (the SFT
 baseline: rejection sampling + LoRA -> evaluate) or both (the two from the same prepared problems, then
-the efficiency report LightReasoner / SFT).
+the efficiency report LightReasoner / SFT). Each finished stage is recorded in MLflow by its own small
+``log_stage`` step, so the stages themselves stay pure and cacheable.
 
-Every parameter a user tunes is a pipeline parameter with the paper's default (Qwen2.5-Math-1.5B Expert,
-Qwen2.5-0.5B Amateur, 1,000 GSM8K problems). Each maps to one config key (:data:`PARAMETERS`); the
-components receive the base config YAML plus these values as ``key=value`` lines, so the config every
-stage sees (and records in its manifest) is the one validated config of the library.
+The parameters are not written here: :mod:`lightreasoner.parameters` derives them (names, types and
+defaults: the paper's config) from the config models, and this module builds the signature from that table.
 
-    python -m pipelines.lightreasoner_pipeline [-o pipelines/lightreasoner_pipeline.yaml] [--image IMG]
+    python -m lightreasoner.pipelines.lightreasoner_pipeline [-o FILE] [--image IMG] [--hf-cache-pvc NAME]
 """
 
+from __future__ import annotations
 
 import argparse
+import inspect
 from pathlib import Path
 
 from kfp import compiler, dsl
 from kfp import kubernetes as k8s
 
-from components import make_components
+from lightreasoner import parameters
 from lightreasoner.images import image as default_image
+
+from ..components import make_components
 
 COMPILED = Path(__file__).with_name("lightreasoner_pipeline.yaml")
 PIPELINE_NAME = "lightreasoner"
-
-# pipeline parameter -> config key (keep these names: schedules and the Helm chart pass them).
-PARAMETERS: dict[str, str] = {
-    "expert": "expert.model",
-    "amateur": "amateur.model",
-    "amateur_keep_layers": "amateur.keep_layers",
-    "dataset": "data.path",
-    "dataset_split": "data.split",
-    "num_problems": "data.limit",
-    "alpha": "sampling.alpha",
-    "beta": "sampling.beta",
-    "max_new_tokens": "sampling.max_new_tokens",
-    "sampling_batch_size": "sampling.batch_size",
-    "lora_r": "training.lora_r",
-    "lora_alpha": "training.lora_alpha",
-    "learning_rate": "training.learning_rate",
-    "epochs": "training.epochs",
-    "max_steps": "training.max_steps",
-    "train_batch_size": "training.batch_size",
-    "eval_dataset": "evaluation.data.path",
-    "eval_split": "evaluation.data.split",
-    "eval_limit": "evaluation.data.limit",
-    "eval_max_new_tokens": "evaluation.max_new_tokens",
-    "registered_model": "registry.model_name",
-    "min_delta": "registry.min_delta",
-    "max_p": "registry.max_p",
-    "mlflow_experiment": "tracking.experiment",
-    "mlflow_tracking_uri": "tracking.tracking_uri",
-    "sft_num_problems": "sft.num_problems",
-    "sft_samples_per_problem": "sft.samples_per_problem",
-    "sft_temperature": "sft.temperature",
-    "sft_max_new_tokens": "sft.max_new_tokens",
-}
-METHODS = ("lightreasoner", "sft", "both")
-
-GPU_STAGES = ("sample_contrastive", "finetune_lora", "evaluate", "sft_baseline")
 HF_CACHE = "/cache/huggingface"
+METHODS = parameters.METHODS
 
 
-def _gpu(task, node_selector, tolerations, memory: str, cpu: str):
-    """GPU stage: one accelerator, CPU/memory requests and limits, GPU nodes, a scratch model cache."""
+def _gpu(task, p, memory: str, cpu: str, hf_cache_pvc: str | None):
+    """GPU stage: one accelerator, CPU/memory requests and limits, GPU nodes, the model cache (a shared
+    PVC when given, else a scratch volume), HF_TOKEN from an optional Secret."""
     task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
     task.set_cpu_request(cpu).set_cpu_limit(cpu).set_memory_request(memory).set_memory_limit(memory)
-    k8s.add_node_selector_json(task, node_selector)
-    k8s.add_toleration_json(task, tolerations)
-    k8s.empty_dir_mount(task, volume_name="hf-cache", mount_path=HF_CACHE, size_limit="50Gi")
+    k8s.add_node_selector_json(task, p["gpu_node_selector"])
+    k8s.add_toleration_json(task, p["gpu_tolerations"])
+    if hf_cache_pvc:
+        k8s.mount_pvc(task, pvc_name=hf_cache_pvc, mount_path=HF_CACHE)
+    else:
+        k8s.empty_dir_mount(task, volume_name="hf-cache", mount_path=HF_CACHE, size_limit="50Gi")
     task.set_env_variable("HF_HOME", HF_CACHE)
+    k8s.use_secret_as_env(task, p["hf_token_secret"], {"HF_TOKEN": "HF_TOKEN"}, optional=True)
+    # A preempted GPU pod retries; the stages resume from their own checkpoints.
     task.set_retry(num_retries=2, backoff_duration="60s", backoff_factor=2.0)
     return task
 
 
-def _secrets(task, s3_secret, mlflow_secret):
+def _secrets(task, p):
     """S3 and MLflow credentials from Kubernetes Secrets, as environment variables (never parameters)."""
-    k8s.use_secret_as_env(task, s3_secret, {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
-                                            "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"})
-    k8s.use_secret_as_env(task, s3_secret, {"AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL",
-                                            "MLFLOW_S3_ENDPOINT_URL": "MLFLOW_S3_ENDPOINT_URL"}, optional=True)
-    k8s.use_secret_as_env(task, mlflow_secret, {"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI",
-                                                "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
-                                                "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD",
-                                                "MLFLOW_TRACKING_TOKEN": "MLFLOW_TRACKING_TOKEN"}, optional=True)
+    s3, mlflow = p["s3_secret"], p["mlflow_secret"]
+    k8s.use_secret_as_env(task, s3, {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+                                     "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"})
+    k8s.use_secret_as_env(task, s3, {"AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL",
+                                     "MLFLOW_S3_ENDPOINT_URL": "MLFLOW_S3_ENDPOINT_URL"}, optional=True)
+    k8s.use_secret_as_env(task, mlflow, {"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI",
+                                         "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
+                                         "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD",
+                                         "MLFLOW_TRACKING_TOKEN": "MLFLOW_TRACKING_TOKEN"}, optional=True)
     return task
 
 
-def build_pipeline(image: "str | None" = None, kubernetes: bool = True):
+def _small(task):
+    task.set_cpu_request("1").set_cpu_limit("2").set_memory_request("4Gi").set_memory_limit("8Gi")
+    return task
+
+
+def _signature() -> inspect.Signature:
+    return inspect.Signature([
+        inspect.Parameter(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=p.default, annotation=p.type)
+        for p in parameters.table()
+    ])
+
+
+def build_pipeline(image: str | None = None, kubernetes: bool = True, hf_cache_pvc: str | None = None):
     """The pipeline function for ``image``. ``kubernetes=False`` leaves out the platform settings
-    (secrets, GPUs, node selectors), which a local run ignores anyway."""
+    (secrets, GPUs, node selectors, volumes), which a local run ignores anyway. ``hf_cache_pvc``: an
+    existing PersistentVolumeClaim mounted as the Hugging Face cache of every GPU step (models are
+    downloaded once, not per pod); empty: a scratch volume per pod."""
     c = make_components(image or default_image())
+    signature = _signature()
 
-    @dsl.pipeline(name=PIPELINE_NAME, description="LightReasoner: contrastive sampling, LoRA, evaluation, registry")
-    def lightreasoner_pipeline(
-        expert: str = "Qwen/Qwen2.5-Math-1.5B",
-        amateur: str = "Qwen/Qwen2.5-0.5B",
-        amateur_keep_layers: int = 0,
-        dataset: str = "openai/gsm8k",
-        dataset_split: str = "train",
-        num_problems: int = 1000,
-        alpha: float = 0.2,
-        beta: str = "0.4",
-        max_new_tokens: int = 128,
-        sampling_batch_size: int = 64,
-        sampling_shards: list = [0, 1, 2, 3],  # noqa: B006 - one sampling pod per entry (use num_shards=N)
-        lora_r: int = 8,
-        lora_alpha: int = 16,
-        learning_rate: float = 5e-5,
-        epochs: float = 1.0,
-        max_steps: int = -1,
-        train_batch_size: int = 16,
-        eval_dataset: str = "openai/gsm8k",
-        eval_split: str = "test",
-        eval_limit: int = 0,
-        eval_max_new_tokens: int = 512,
-        registered_model: str = "lightreasoner-expert",
-        min_delta: float = 0.0,
-        max_p: float = 0.05,
-        promote: bool = True,
-        mlflow_experiment: str = "lightreasoner",
-        mlflow_tracking_uri: str = "",
-        method: str = "lightreasoner",
-        sft_num_problems: int = 0,
-        sft_samples_per_problem: int = 4,
-        sft_temperature: float = 0.7,
-        sft_max_new_tokens: int = 512,
-        config_yaml: str = "",
-        run_name: str = "",
-        s3_secret: str = "lightreasoner-s3",
-        mlflow_secret: str = "lightreasoner-mlflow",
-        gpu_node_selector: dict = {"nvidia.com/gpu.present": "true"},  # noqa: B006 - KFP reads the default
-        gpu_tolerations: list = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],  # noqa: B006
-    ):
-        overrides = (
-            f"expert.model={expert}\namateur.model={amateur}\namateur.keep_layers={amateur_keep_layers}\n"
-            f"data.path={dataset}\ndata.split={dataset_split}\ndata.limit={num_problems}\n"
-            f"sampling.alpha={alpha}\nsampling.beta={beta}\nsampling.max_new_tokens={max_new_tokens}\n"
-            f"sampling.batch_size={sampling_batch_size}\ntraining.lora_r={lora_r}\ntraining.lora_alpha={lora_alpha}\n"
-            f"training.learning_rate={learning_rate}\ntraining.epochs={epochs}\ntraining.max_steps={max_steps}\n"
-            f"training.batch_size={train_batch_size}\nevaluation.data.path={eval_dataset}\n"
-            f"evaluation.data.split={eval_split}\nevaluation.data.limit={eval_limit}\n"
-            f"evaluation.max_new_tokens={eval_max_new_tokens}\nregistry.model_name={registered_model}\n"
-            f"registry.min_delta={min_delta}\nregistry.max_p={max_p}\ntracking.experiment={mlflow_experiment}\n"
-            f"tracking.tracking_uri={mlflow_tracking_uri}\nsft.num_problems={sft_num_problems}\n"
-            f"sft.samples_per_problem={sft_samples_per_problem}\nsft.temperature={sft_temperature}\n"
-            f"sft.max_new_tokens={sft_max_new_tokens}"
-        )
-        prep = c.prepare_data(config_yaml=config_yaml, overrides=overrides, run_name=run_name,
+    def lightreasoner_pipeline(*args, **kwargs):
+        p = signature.bind(*args, **kwargs).arguments  # KFP passes the parameters' channels positionally
+        settings = parameters.settings_text(p)  # name={{placeholder}} lines: filled in by Kubeflow
+        finish = c.finish_run(config_yaml=p["config_yaml"], settings=settings,
                               kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
-        prep.set_display_name("prepare data").set_caching_options(True)
-        parent = prep.outputs["parent_run_id"]
-        problems = prep.outputs["problems"]
+        finish.set_display_name("end the MLflow run").set_caching_options(False)
+        pure, side, gpu = [], [], []  # tasks by kind, for the platform settings below
+        with dsl.ExitHandler(finish, name="lightreasoner-run"):
+            conf = c.configure_run(config_yaml=p["config_yaml"], settings=settings, run_name=p["run_name"],
+                                   kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+            conf.set_display_name("check settings, open the MLflow run")
+            parent, full = conf.outputs["parent_run_id"], conf.outputs["full"]
+            side.append(conf)
 
-        def sft_branch(close_parent: bool):
-            baseline = c.sft_baseline(config_yaml=config_yaml, overrides=overrides, problems=problems,
-                                      parent_run_id=parent)
-            baseline.set_display_name("SFT baseline (rejection sampling + LoRA)").set_caching_options(False)
-            scored_sft = c.evaluate(config_yaml=config_yaml, overrides=overrides,
-                                    adapter=baseline.outputs["adapter"], parent_run_id=parent,
-                                    stage_name="evaluate_sft", close_parent=close_parent)
-            scored_sft.set_display_name("evaluate base and SFT").set_caching_options(False)
-            sft_tasks.extend([baseline, scored_sft])
-            return baseline, scored_sft
+            def logged(task, stage: str, output: str):
+                log = c.log_stage(config=full, stage=stage, output=task.outputs[output], parent_run_id=parent)
+                log.set_display_name(f"log {stage} to MLflow")
+                side.append(log)
+                return log
 
-        sft_tasks: list = []
-        # The LightReasoner branch comes first so that its tasks keep their names (evaluate, not evaluate-2).
-        with dsl.If(method != "sft", name="method-lightreasoner"):
-            # Over a pipeline parameter, not a task output: kfp.local runs only the former.
-            with dsl.ParallelFor(items=sampling_shards, name="sampling-shards") as shard_index:
-                shard = c.sample_contrastive(config_yaml=config_yaml, overrides=overrides,
-                                             problems=problems, shard_index=shard_index,
-                                             shards=sampling_shards)
-                shard.set_display_name("contrastive sampling shard").set_caching_options(True)
-            merged = c.merge_samples(config_yaml=config_yaml, overrides=overrides,
-                                     shards=dsl.Collected(shard.outputs["shard"]), parent_run_id=parent)
-            merged.set_display_name("merge samples").set_caching_options(False)
-            tuned = c.finetune_lora(config_yaml=config_yaml, overrides=overrides, samples=merged.outputs["samples"],
-                                    parent_run_id=parent)
-            tuned.set_display_name("LoRA fine-tuning").set_caching_options(False)
-            scored = c.evaluate(config_yaml=config_yaml, overrides=overrides, adapter=tuned.outputs["adapter"],
-                                parent_run_id=parent)
-            scored.set_display_name("evaluate base and tuned").set_caching_options(False)
-            reg = c.register_model(config_yaml=config_yaml, overrides=overrides, samples=merged.outputs["samples"],
-                                   adapter=tuned.outputs["adapter"], evaluation=scored.outputs["evaluation"],
-                                   parent_run_id=parent, promote=promote)
-            reg.set_display_name("register and promote").set_caching_options(False)
-            reg.set_retry(num_retries=2, backoff_duration="30s")
-            with dsl.If(method == "both", name="method-both"):
-                baseline, scored_sft = sft_branch(close_parent=False)
-                report = c.efficiency_report(config_yaml=config_yaml, overrides=overrides,
-                                             samples=merged.outputs["samples"], lr_adapter=tuned.outputs["adapter"],
-                                             lr_evaluation=scored.outputs["evaluation"],
-                                             sft_adapter=baseline.outputs["adapter"],
-                                             sft_evaluation=scored_sft.outputs["evaluation"], parent_run_id=parent)
-                report.set_display_name("efficiency report: LightReasoner vs SFT").set_caching_options(False)
-                report.after(reg)
-        with dsl.If(method == "sft", name="method-sft"):
-            sft_branch(close_parent=True)
+            prep = c.prepare_data(config=conf.outputs["prepare"])
+            prep.set_display_name("prepare data")
+            pure.append(prep)
+            logged(prep, "prepare", "problems")
+            problems = prep.outputs["problems"]
+
+            def sft_branch():
+                baseline = c.sft_baseline(config=conf.outputs["sft"], problems=problems)
+                baseline.set_display_name("SFT baseline (rejection sampling + LoRA)")
+                scored_sft = c.evaluate(config=conf.outputs["evaluate"], adapter=baseline.outputs["adapter"])
+                scored_sft.set_display_name("evaluate base and SFT")
+                pure.extend([baseline, scored_sft])
+                gpu.extend([(baseline, "64Gi"), (scored_sft, "48Gi")])
+                logs = [logged(baseline, "sft", "adapter"), logged(scored_sft, "evaluate_sft", "evaluation")]
+                return baseline, scored_sft, logs
+
+            # The LightReasoner branch comes first so that its tasks keep their names (evaluate, not evaluate-2).
+            with dsl.If(p["method"] != "sft", name="method-lightreasoner"):
+                # Over a pipeline parameter, not a task output: kfp.local runs only the former.
+                with dsl.ParallelFor(items=p["sampling_shards"], name="sampling-shards") as shard_index:
+                    shard = c.sample_contrastive(config=conf.outputs["sample"], problems=problems,
+                                                 shard_index=shard_index, shards=p["sampling_shards"])
+                    shard.set_display_name("contrastive sampling shard")
+                merged = c.merge_samples(config=conf.outputs["sample"], shards=dsl.Collected(shard.outputs["shard"]))
+                merged.set_display_name("merge samples")
+                samples = merged.outputs["samples"]
+                tuned = c.finetune_lora(config=conf.outputs["train"], samples=samples)
+                tuned.set_display_name("LoRA fine-tuning")
+                scored = c.evaluate(config=conf.outputs["evaluate"], adapter=tuned.outputs["adapter"],
+                                    samples=samples)
+                scored.set_display_name("evaluate base and tuned")
+                pure.extend([shard, merged, tuned, scored])
+                gpu.extend([(shard, "48Gi"), (tuned, "64Gi"), (scored, "48Gi")])
+                lr_logs = [logged(merged, "sample", "samples"), logged(tuned, "train", "adapter")]
+                log_eval = logged(scored, "evaluate", "evaluation")
+                reg = c.register_model(config=full, samples=samples, adapter=tuned.outputs["adapter"],
+                                       evaluation=scored.outputs["evaluation"], parent_run_id=parent,
+                                       promote=p["promote"])
+                reg.set_display_name("register and promote").after(log_eval)
+                # register is idempotent (a retry finds the version it made), so it may retry.
+                reg.set_retry(num_retries=2, backoff_duration="30s")
+                side.append(reg)
+                with dsl.If(p["method"] == "both", name="method-both"):
+                    baseline, scored_sft, sft_logs = sft_branch()
+                    report = c.efficiency_report(
+                        config=full, samples=samples, lr_adapter=tuned.outputs["adapter"],
+                        lr_evaluation=scored.outputs["evaluation"], sft_adapter=baseline.outputs["adapter"],
+                        sft_evaluation=scored_sft.outputs["evaluation"], parent_run_id=parent)
+                    # The report reads the stages' metrics from the MLflow run: after every log step.
+                    report.set_display_name("efficiency report: LightReasoner vs SFT")
+                    for task in (reg, *lr_logs, *sft_logs):
+                        report.after(task)
+                    side.append(report)
+            with dsl.If(p["method"] == "sft", name="method-sft"):
+                sft_branch()
+
+        for task in pure:
+            task.set_caching_options(True)
+        for task in side:
+            task.set_caching_options(False)
         if kubernetes:
-            _gpu(shard, gpu_node_selector, gpu_tolerations, memory="48Gi", cpu="8")
-            _gpu(tuned, gpu_node_selector, gpu_tolerations, memory="64Gi", cpu="8")
-            _gpu(scored, gpu_node_selector, gpu_tolerations, memory="48Gi", cpu="8")
-            for task in sft_tasks[0::2]:
-                _gpu(task, gpu_node_selector, gpu_tolerations, memory="64Gi", cpu="8")
-            for task in sft_tasks[1::2]:
-                _gpu(task, gpu_node_selector, gpu_tolerations, memory="48Gi", cpu="8")
-            for task in (prep, shard, merged, tuned, scored, reg, report, *sft_tasks):
-                _secrets(task, s3_secret, mlflow_secret)
-            for task in (prep, merged, reg, report):
-                task.set_cpu_request("1").set_cpu_limit("2").set_memory_request("4Gi").set_memory_limit("8Gi")
+            for task, memory in gpu:
+                _gpu(task, p, memory=memory, cpu="8", hf_cache_pvc=hf_cache_pvc)
+            for task in (*pure, *side, finish):
+                _secrets(task, p)
+            for task in (*side, finish, prep, merged):
+                _small(task)
 
-    return lightreasoner_pipeline
+    lightreasoner_pipeline.__signature__ = signature
+    return dsl.pipeline(name=PIPELINE_NAME,
+                        description="LightReasoner: contrastive sampling, LoRA, evaluation, registry")(
+        lightreasoner_pipeline)
 
 
-def compile_pipeline(output: str | Path = COMPILED, image: str | None = None) -> Path:
+def compile_pipeline(output: str | Path = COMPILED, image: str | None = None, hf_cache_pvc: str | None = None) -> Path:
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(image), str(output))
+    compiler.Compiler().compile(build_pipeline(image, hf_cache_pvc=hf_cache_pvc), str(output))
     return output
 
 
@@ -226,8 +191,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output", default=str(COMPILED))
     parser.add_argument("--image", default=None, help="container image (default: lightreasoner.images)")
+    parser.add_argument("--hf-cache-pvc", default=None, help="PVC mounted as the GPU steps' model cache")
     args = parser.parse_args(argv)
-    print(compile_pipeline(args.output, args.image))
+    print(compile_pipeline(args.output, args.image, args.hf_cache_pvc))
 
 
 if __name__ == "__main__":

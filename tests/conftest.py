@@ -58,6 +58,32 @@ def build_model(kind: str, tok, seed: int = 0, layers: int = 2, vocab_pad: int =
     return model
 
 
+def build_answering_model(tok, answer: str, system_prompt: str = "Please reason step by step.", seed: int = 0):
+    """A tiny llama that, after any chat prompt, writes " The answer is <answer>" and stops: a controlled
+    Expert that is right exactly on the problems whose gold answer is ``answer`` (so rejection sampling
+    keeps something, through the real generation code). Its attention and MLP outputs are zero, so each
+    next token depends on the current token alone; the chain prompt end -> answer tokens -> eos is written
+    into the embeddings and the output head."""
+    from lightreasoner.models import prompt_token_ids
+
+    model = build_model("llama", tok, seed)
+    start = prompt_token_ids(tok, "Q?", system_prompt)[-1]
+    chain = [start, *tok(f" The answer is {answer}", add_special_tokens=False)["input_ids"], tok.eos_token_id]
+    assert len(set(chain)) == len(chain), "the chain must not repeat a token"
+    hidden = model.config.hidden_size
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        emb, head = model.model.embed_tokens.weight, model.lm_head.weight
+        head.zero_()
+        for i, token in enumerate(chain[:-1]):
+            emb[token] = torch.zeros(hidden)
+            emb[token, i] = 1.0
+            head[chain[i + 1], i] = 50.0
+    return model
+
+
 def save_model(folder: Path, kind: str, tok, seed: int = 0, layers: int = 2, vocab_pad: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     build_model(kind, tok, seed, layers, vocab_pad).save_pretrained(folder)
@@ -65,10 +91,16 @@ def save_model(folder: Path, kind: str, tok, seed: int = 0, layers: int = 2, voc
     return folder
 
 
+# The answer the "answering" Expert always gives: the most frequent gold answer of the first 16 synthetic
+# training problems (2 of them), so rejection sampling on them keeps solutions.
+ANSWER = "4"
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """Folders of tiny random models sharing one tokenizer: llama (expert), llama_small (amateur),
-    qwen2 (expert), qwen2_small (amateur), and llama_othertok (a different tokenizer)."""
+    qwen2 (expert), qwen2_small (amateur), answering (a controlled Expert, see
+    :func:`build_answering_model`) and llama_othertok (a different tokenizer)."""
     root = tmp_path_factory.mktemp("tiny-models")
     tok = build_tokenizer()
     paths = {
@@ -77,6 +109,11 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
         "qwen2": save_model(root / "qwen2", "qwen2", tok, seed=2, vocab_pad=16),
         "qwen2_small": save_model(root / "qwen2_small", "qwen2", tok, seed=3, layers=1, vocab_pad=16),
     }
+    answering = build_answering_model(tok, ANSWER)
+    (root / "answering").mkdir()
+    answering.save_pretrained(root / "answering")
+    tok.save_pretrained(root / "answering")
+    paths["answering"] = root / "answering"
     other = build_tokenizer(vocab_size=300, extra_special=("<extra>",))
     paths["llama_othertok"] = save_model(root / "llama_othertok", "llama", other, seed=4)
     return paths

@@ -182,10 +182,11 @@ def test_schedule_job_passes_cron_experiment_parameters_and_gpu_placement(helm):
 
 
 def test_default_values_leave_null_parameters_and_empty_gpu_out(helm):
-    (job,) = by_kind(render(helm), "Job")
+    (job,) = by_kind(render(helm, "--set", "schedule.parameters.eval_limit=null"), "Job")
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     names = {args[i + 1].split("=", 1)[0] for i, a in enumerate(args) if a == "--param"}
     assert "eval_limit" not in names  # null: the pipeline's default
+    assert "--hf-cache-pvc" not in args  # no model cache PVC: a scratch volume per pod
     assert not {n for n in names if n.startswith("gpu_")}
     assert "--namespace" not in args  # standalone KFP: no profile namespace
 
@@ -193,7 +194,8 @@ def test_default_values_leave_null_parameters_and_empty_gpu_out(helm):
 @pytest.mark.parametrize("values", list(VALUE_SETS))
 def test_schedule_args_are_accepted_by_the_cli(helm, values):
     """The Job's arguments parse with the real CLI and every --param is a known pipeline parameter."""
-    client = pytest.importorskip("pipelines.client")
+    client = pytest.importorskip("lightreasoner.pipelines.client")
+    from lightreasoner import parameters
     from lightreasoner.cli import build_parser
 
     (job,) = by_kind(render(helm, *VALUE_SETS[values]), "Job")
@@ -203,6 +205,22 @@ def test_schedule_args_are_accepted_by_the_cli(helm, values):
     for name in ("alpha", "learning_rate", "max_p"):
         assert isinstance(params[name], float), (name, params[name])
     client.normalise_cron(args[args.index("--cron") + 1])
+    # The run these arguments start has a valid config (the bug users met: amateur.keep_layers=0).
+    config = client.check_arguments(params)
+    if values == "default":  # the chart's defaults are the pipeline's: the paper's setting
+        paper = parameters.paper_config().dump()
+        paper["tracking"]["tracking_uri"] = "http://lr-lightreasoner-mlflow.ml.svc:5000"
+        assert config.dump() == paper
+    else:
+        assert config.training.max_steps == 1000 and config.evaluation.data.limit == 1319
+
+
+def test_model_cache_pvc_and_hf_token_secret(helm):
+    (job,) = by_kind(render(helm, "--set", "schedule.modelCachePvc=hf-models",
+                            "--set", "schedule.pipelineSecrets.hfToken=my-hf"), "Job")
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--hf-cache-pvc") + 1] == "hf-models"
+    assert "hf_token_secret=my-hf" in args
 
 
 def test_token_from_secret_mode(helm):

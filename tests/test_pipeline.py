@@ -1,13 +1,16 @@
 """The Kubeflow pipeline: compiled spec, committed YAML up to date, submission and schedules."""
 
+from pathlib import Path
+
 import pytest
 import yaml
+from lightreasoner.pipelines import client
+from lightreasoner.pipelines.lightreasoner_pipeline import COMPILED, compile_pipeline
 
+from lightreasoner import parameters
 from lightreasoner.cli import main
 from lightreasoner.config import load_config
 from lightreasoner.errors import LightReasonerError
-from pipelines import client
-from pipelines.lightreasoner_pipeline import COMPILED, PARAMETERS, compile_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -25,30 +28,83 @@ def test_committed_yaml_is_current(spec):
 
 
 def branch_tasks(ir):
-    """The root DAG's tasks and those of its ``dsl.If`` branches (the ``method`` parameter's)."""
-    tasks = dict(ir["root"]["dag"]["tasks"])
-    for task in list(tasks.values()):
-        if "triggerPolicy" in task:
-            tasks.update(ir["components"][task["componentRef"]["name"]]["dag"]["tasks"])
+    """Every task of the DAG: the root's, those inside the exit handler, its ``dsl.If`` branches and loops."""
+    tasks, todo = {}, [ir["root"]["dag"]["tasks"]]
+    while todo:
+        for name, task in todo.pop().items():
+            tasks[name] = task
+            dag = ir["components"].get(task["componentRef"]["name"], {}).get("dag")
+            if dag:
+                todo.append(dag["tasks"])
     return tasks
+
+
+PURE = {"prepare-data", "sample-contrastive", "merge-samples", "finetune-lora", "evaluate", "evaluate-2",
+        "evaluate-3", "sft-baseline", "sft-baseline-2"}
 
 
 def test_stages_parameters_and_defaults(spec):
     _, ir, _ = spec
     tasks = branch_tasks(ir)
-    assert {"prepare-data", "merge-samples", "finetune-lora", "evaluate", "register-model"} <= set(tasks)
+    assert {"configure-run", "prepare-data", "merge-samples", "finetune-lora", "evaluate", "register-model",
+            "finish-run", "sample-contrastive", "efficiency-report", "log-stage"} <= set(tasks)
     loop = next(t for name, t in tasks.items() if name.startswith("for-loop"))
-    assert "sample-contrastive" in ir["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
     assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--sampling_shards"
     params = ir["root"]["inputDefinitions"]["parameters"]
-    assert set(PARAMETERS) <= set(params)
+    assert set(params) == {p.name for p in parameters.table()}
     defaults = {k: v.get("defaultValue") for k, v in params.items()}
     assert defaults["expert"] == "Qwen/Qwen2.5-Math-1.5B" and defaults["amateur"] == "Qwen/Qwen2.5-0.5B"
     assert defaults["dataset"] == "openai/gsm8k" and defaults["num_problems"] == 1000.0
     assert defaults["alpha"] == 0.2 and defaults["beta"] == "0.4" and defaults["max_new_tokens"] == 128.0
     assert defaults["lora_r"] == 8.0 and defaults["lora_alpha"] == 16.0 and defaults["learning_rate"] == 5e-5
-    caching = {name: t.get("cachingOptions", {}).get("enableCache", False) for name, t in tasks.items()}
-    assert caching["prepare-data"] and not caching["finetune-lora"] and not caching["register-model"]
+
+
+def test_only_pure_steps_are_cached_and_the_run_id_never_enters_a_cache_key(spec):
+    _, ir, _ = spec
+    tasks = branch_tasks(ir)
+    for name, task in tasks.items():
+        if task["componentRef"]["name"].startswith(("comp-condition", "comp-for-loop", "comp-exit-handler")):
+            continue
+        cached = task.get("cachingOptions", {}).get("enableCache", False)
+        assert cached == (name in PURE), name
+        if cached:  # a cached step's inputs: its settings and artifacts, never the KFP run id
+            assert "pipeline_job" not in str(task.get("inputs")) and "kfp_run_id" not in str(task.get("inputs"))
+            assert "configure-run" in str(task["inputs"]["parameters"]["config"])  # its stage's settings
+    # register retries, and is idempotent (tests/test_registry.py); the GPU stages retry and resume.
+    assert tasks["register-model"]["retryPolicy"]["maxRetryCount"] == 2
+
+
+def test_the_exit_handler_ends_the_mlflow_run_whatever_happened(spec):
+    _, ir, _ = spec
+    root = ir["root"]["dag"]["tasks"]
+    assert root["finish-run"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert root["finish-run"]["dependentTasks"] == ["exit-handler-1"]
+    inputs = ir["components"]["comp-finish-run"]["inputDefinitions"]["parameters"]
+    assert inputs["status"]["parameterType"] == "TASK_FINAL_STATUS"
+
+
+def test_components_install_nothing_at_start(spec):
+    _, ir, _ = spec
+    for name, executor in ir["deploymentSpec"]["executors"].items():
+        command = " ".join(executor["container"]["command"])
+        assert "pip install" not in command and "pip3 install" not in command, name
+
+
+def test_compiling_twice_gives_the_same_package(tmp_path):
+    a = compile_pipeline(tmp_path / "a.yaml")
+    b = compile_pipeline(tmp_path / "b.yaml")
+    assert a.read_bytes() == b.read_bytes()
+    assert client.package_version(a) == client.package_version(b)
+
+
+def test_model_cache_pvc_is_mounted_on_every_gpu_step(tmp_path):
+    path = compile_pipeline(tmp_path / "p.yaml", hf_cache_pvc="hf-models")
+    platform = list(yaml.safe_load_all(path.read_text()))[1]["platforms"]["kubernetes"]["deploymentSpec"]
+    for stage in ("sample-contrastive", "finetune-lora", "evaluate", "sft-baseline"):
+        executor = platform["executors"][f"exec-{stage}"]
+        assert executor["pvcMount"][0]["mountPath"] == "/cache/huggingface"
+        assert "emptyDirMounts" not in executor
+        assert any(e["envVar"] == "HF_TOKEN" for s in executor["secretAsEnv"] for e in s["keyToEnv"])
 
 
 def test_gpu_stages_request_accelerators_and_secrets_are_env(spec):
@@ -73,65 +129,129 @@ def test_image_is_overridable(tmp_path):
 
 
 def test_arguments_follow_the_config():
-    cfg = load_config("configs/paper-qwen2.5-math.yaml")
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "paper-qwen2.5-math.yaml")
     args = client.arguments_from_config(cfg)
     assert args["expert"] == "Qwen/Qwen2.5-Math-1.5B" and args["num_problems"] == 1000
     assert args["eval_limit"] == 0 and args["beta"] == "0.4" and "expert:" in args["config_yaml"]
 
 
+def obj(**kw):
+    return type("Obj", (), kw)()
+
+
 class FakeClient:
+    """The kfp.Client calls submit/schedule make, with a pipeline store (uploads are recorded)."""
+
     calls: list = []
     jobs: list = []
+    pipelines: dict = {}  # name -> (id, {version name: version id})
 
     def __init__(self, host, existing_token, namespace):
         self.calls.append(("init", host, existing_token, namespace))
 
-    def create_run_from_pipeline_package(self, **kw):
+    @classmethod
+    def reset(cls):
+        cls.calls, cls.jobs, cls.pipelines = [], [], {}
+
+    def get_pipeline_id(self, name):
+        return self.pipelines[name][0] if name in self.pipelines else None
+
+    def upload_pipeline(self, pipeline_package_path, pipeline_name, description=None, namespace=None):
+        self.calls.append(("upload_pipeline", pipeline_name))
+        self.pipelines[pipeline_name] = (f"pipe-{len(self.pipelines) + 1}", {})
+        return obj(pipeline_id=self.pipelines[pipeline_name][0])
+
+    def list_pipeline_versions(self, pipeline_id, page_token="", page_size=10):
+        versions = next(v for pid, v in self.pipelines.values() if pid == pipeline_id)
+        return obj(pipeline_versions=[obj(display_name=k, pipeline_version_id=v) for k, v in versions.items()],
+                   next_page_token="")
+
+    def upload_pipeline_version(self, pipeline_package_path, pipeline_version_name, pipeline_id):
+        self.calls.append(("upload_version", pipeline_version_name))
+        versions = next(v for pid, v in self.pipelines.values() if pid == pipeline_id)
+        versions[pipeline_version_name] = f"ver-{len(versions) + 1}"
+        return obj(pipeline_version_id=versions[pipeline_version_name])
+
+    def run_pipeline(self, **kw):
         self.calls.append(("run", kw))
-        return type("Run", (), {"run_id": "run-1"})()
+        return obj(run_id="run-1")
 
     def create_experiment(self, name, namespace=None):
-        return type("Exp", (), {"experiment_id": "exp-1"})()
+        return obj(experiment_id="exp-1")
 
     def create_recurring_run(self, **kw):
         self.calls.append(("schedule", kw))
         n = sum(1 for c in self.calls if c[0] == "schedule")
-        self.jobs.append(type("Job", (), {"recurring_run_id": f"job-{n}",
-                                          "display_name": kw["job_name"]})())
+        self.jobs.append(obj(recurring_run_id=f"job-{n}", display_name=kw["job_name"]))
         return self.jobs[-1]
 
     def list_recurring_runs(self, experiment_id, page_size):
-        return type("List", (), {"recurring_runs": list(self.jobs)})()
+        return obj(recurring_runs=list(self.jobs))
 
     def delete_recurring_run(self, recurring_run_id):
         self.jobs[:] = [j for j in self.jobs if j.recurring_run_id != recurring_run_id]
 
 
-def test_submit_uploads_the_compiled_package_with_parameters(monkeypatch):
-    FakeClient.calls = []
+def uploads():
+    return [c for c in FakeClient.calls if c[0].startswith("upload")]
+
+
+def test_submit_runs_a_named_pipeline_version_with_parameters(monkeypatch):
+    FakeClient.reset()
     monkeypatch.setenv("KFP_TOKEN", "s3cr3t-token")
     params = client.parse_params(["num_problems=50", "beta=auto:0.2", "expert=Qwen/Qwen2.5-Math-1.5B",
                                   "learning_rate=5e-05", "promote=false"])
     run_id = client.submit("http://kfp.local:8888", params, token=client.read_token(None), factory=FakeClient)
     assert run_id == "run-1"
-    init, (_, kw) = FakeClient.calls
-    assert init[2] == "s3cr3t-token"
-    assert kw["pipeline_file"] == str(COMPILED)
-    assert kw["arguments"] == {"num_problems": 50, "beta": "auto:0.2", "expert": "Qwen/Qwen2.5-Math-1.5B",
-                               "learning_rate": 5e-05, "promote": False}
+    assert FakeClient.calls[0][2] == "s3cr3t-token"
+    version = client.package_version(COMPILED)
+    assert uploads() == [("upload_pipeline", "lightreasoner"), ("upload_version", version)]
+    kw = FakeClient.calls[-1][1]
+    assert kw["pipeline_id"] == "pipe-1" and kw["version_id"] == "ver-1" and "pipeline_package_path" not in kw
+    assert kw["params"] == {"num_problems": 50, "beta": "auto:0.2", "expert": "Qwen/Qwen2.5-Math-1.5B",
+                            "learning_rate": 5e-05, "promote": False}
     with pytest.raises(LightReasonerError, match="num_problems='many': expected an integer"):
         client.parse_params(["num_problems=many"])
 
 
-def test_schedule_takes_five_field_cron(monkeypatch):
-    FakeClient.calls, FakeClient.jobs = [], []
+def test_an_unchanged_package_is_not_uploaded_again(tmp_path):
+    FakeClient.reset()
+    client.submit("http://kfp:8888", {}, factory=FakeClient)
+    client.submit("http://kfp:8888", {}, factory=FakeClient)
+    client.schedule("http://kfp:8888", "0 3 * * *", {}, factory=FakeClient)
+    assert len(uploads()) == 2  # the pipeline and its one version
+    # Another image is another package: a new version of the same pipeline.
+    client.submit("http://kfp:8888", {}, image="registry.example/lr:2", factory=FakeClient)
+    assert [c[0] for c in uploads()] == ["upload_pipeline", "upload_version", "upload_version"]
+    assert FakeClient.calls[-1][1]["version_id"] == "ver-2"
+
+
+def test_schedule_takes_five_field_cron_and_a_pipeline_version(monkeypatch):
+    FakeClient.reset()
     job = client.schedule("http://kfp:8888", "0 3 * * *", client.parse_params(["num_shards=2"]), factory=FakeClient)
     assert job == "job-1"
     kw = FakeClient.calls[-1][1]
     assert kw["cron_expression"] == "0 0 3 * * *" and kw["experiment_id"] == "exp-1"
-    assert kw["params"] == {"sampling_shards": [0, 1]} and kw["pipeline_package_path"] == str(COMPILED)
+    assert kw["params"] == {"sampling_shards": [0, 1]} and kw["version_id"] == "ver-1"
     client.schedule("http://kfp:8888", "0 4 * * *", {}, factory=FakeClient)  # a second install replaces it
     assert [j.recurring_run_id for j in FakeClient.jobs] == ["job-2"]
+
+
+@pytest.mark.parametrize(
+    "items, message",
+    [
+        (["nope=1"], "--param 'nope': unknown pipeline parameter"),
+        (["num_problems=many"], "--param num_problems='many': expected an integer"),
+        (["alpha=2"], "sampling.alpha: Input should be less than or equal to 1"),
+        (["method=fast"], "--param method='fast': expected one of lightreasoner, sft, both"),
+        (["amateur=", "amateur_keep_layers=0"], "set amateur.model or amateur.keep_layers"),
+    ],
+)
+def test_bad_parameters_are_refused_before_anything_is_uploaded(items, message):
+    FakeClient.reset()
+    with pytest.raises(LightReasonerError, match=message) as info:
+        client.submit("http://kfp:8888", client.parse_params(items), factory=FakeClient)
+    assert "\n" not in str(info.value) and FakeClient.calls == []
 
 
 @pytest.mark.parametrize(
@@ -140,6 +260,7 @@ def test_schedule_takes_five_field_cron(monkeypatch):
         (["pipeline", "schedule", "--host", "http://127.0.0.1:9", "--cron", "0 3 * *"], "--cron '0 3 * *': expected 5 fields"),
         (["pipeline", "submit", "--host", "127.0.0.1:9"], "expected an http(s):// URL"),
         (["pipeline", "submit", "--host", "http://127.0.0.1:9", "--param", "nope=1"], "unknown pipeline parameter"),
+        (["pipeline", "submit", "--host", "http://127.0.0.1:9", "--param", "lora_r=two"], "expected an integer"),
         (["pipeline", "submit", "--host", "http://127.0.0.1:9", "--token-file", "/no/such"], "file not found"),
         (["pipeline", "submit", "--host", "http://127.0.0.1:9"], "cannot reach Kubeflow Pipelines"),
     ],

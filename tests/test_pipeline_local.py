@@ -1,41 +1,113 @@
-"""The pipeline end to end through kfp.local (SubprocessRunner) on tiny models and synthetic problems."""
+"""The pipeline end to end through kfp.local (SubprocessRunner) on tiny models and synthetic problems.
+
+The runs use the pipeline's own defaults (the paper's setting: 1,000 problems, 128 sampling tokens, 512
+evaluation tokens, 4 shards, ...) except the model and data names; the synthetic data set has 16
+problems per split, so "1,000 problems" takes all 16. The Expert is the controlled tiny model of
+conftest (it answers "4", right on some problems), so rejection sampling keeps solutions for real.
+"""
 
 import json
 
 import pyarrow.parquet as pq
-from conftest import tiny_config
+import pytest
+import yaml
+from lightreasoner.pipelines.client import run_local
 from mlflow.tracking import MlflowClient
 
-from pipelines.client import run_local
+pytestmark = pytest.mark.slow
+
+SYNTHETIC = yaml.safe_dump({"data": {"synthetic_size": 16}, "evaluation": {"data": {"synthetic_size": 16}}})
 
 
-def test_local_pipeline_run_with_two_shards(tiny_models, tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = tiny_config(tiny_models, **{"tracking.enabled": "true", "tracking.tracking_uri": uri,
-                                      "tracking.experiment": "kfp-local", "data.limit": 6,
-                                      "sampling.batch_size": 2, "sampling.beta": "auto:0.5",
-                                      "training.max_steps": 2, "evaluation.data.limit": 4,
-                                      "evaluation.bootstrap_samples": 200, "registry.model_name": "tiny-local"})
-    run = run_local(cfg, tmp_path / "work", shards=2)
-    out = run.outputs
-    problems = pq.read_table(out["prepare-data/problems"] / "problems.parquet")
-    assert problems.num_rows == 6
-    samples = out["merge-samples/samples"]
-    manifest = json.loads((samples / "manifest.json").read_text())
-    assert manifest["shards"] == 2 and manifest["counts"]["problems"] == 6
-    assert json.loads((out["finetune-lora/adapter"] / "manifest.json").read_text())["steps"] == 2
-    metrics = json.loads((out["evaluate/evaluation"] / "metrics.json").read_text())
-    assert metrics["n"] == 4 and metrics["accuracy_tuned"] is not None
+def names(tiny_models, uri, experiment, **extra):
+    """The model and data names (and where to log); everything else stays at the pipeline's defaults."""
+    return {"expert": str(tiny_models["answering"]), "amateur": str(tiny_models["llama_small"]),
+            "dataset": "synthetic", "eval_dataset": "synthetic", "config_yaml": SYNTHETIC,
+            "mlflow_tracking_uri": uri, "mlflow_experiment": experiment, "registered_model": experiment, **extra}
 
+
+def runs_of(uri, experiment):
     client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("kfp-local")
-    runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if r.data.tags.get("lightreasoner.kind") == "pipeline"]
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    parents = sorted((r for r in runs if r.data.tags.get("lightreasoner.kind") == "pipeline"),
+                     key=lambda r: r.info.start_time, reverse=True)
+    children = {r.data.tags.get("lightreasoner.stage"): r for r in runs
+                if parents and r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
+    return client, parents, children
+
+
+STAGES = {
+    "lightreasoner": {"prepare", "sample", "train", "evaluate", "register"},
+    "sft": {"prepare", "sft", "evaluate_sft"},
+    "both": {"prepare", "sample", "train", "evaluate", "register", "sft", "evaluate_sft"},
+}
+
+
+def check_run(run, method: str, uri: str, experiment: str, shards: int) -> None:
+    """Every stage's outputs and MLflow records of a finished local run."""
+    out = run.outputs
+    assert pq.read_table(out["prepare-data/problems"] / "problems.parquet").num_rows == 16
+    if method != "sft":
+        manifest = json.loads((out["merge-samples/samples"] / "manifest.json").read_text())
+        assert manifest["shards"] == shards and manifest["counts"]["problems"] == 16
+        assert manifest["config"]["sampling"]["max_new_tokens"] == 128  # the paper's default
+        train = json.loads((out["finetune-lora/adapter"] / "manifest.json").read_text())
+        assert train["config"]["training"]["learning_rate"] == 5e-5 and train["steps"] >= 1
+        metrics = json.loads((out["evaluate/evaluation"] / "metrics.json").read_text())
+        assert metrics["n"] == 16 and metrics["accuracy_tuned"] is not None
+        page = (run.root / "evaluate" / "summary").read_text()
+        assert "accuracy tuned" in page and "data:image/png;base64," in page and "KL histogram" in page
+    if method != "lightreasoner":
+        sft_adapter = next(path for name, path in out.items() if name.startswith("sft-baseline") and
+                           name.endswith("/adapter"))
+        sft_manifest = json.loads((sft_adapter / "manifest.json").read_text())
+        assert sft_manifest["counts"]["kept_solutions"] >= 1  # the answering Expert was right somewhere
+    client, parents, children = runs_of(uri, experiment)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    children = {r.data.tags.get("lightreasoner.stage") for r in runs
-                if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
-    assert {"prepare", "sample", "train", "evaluate", "register"} <= children
-    assert parents[0].data.params["sampling.beta"] == "auto:0.5"
-    versions = client.search_model_versions("name='tiny-local'")
-    assert len(versions) == 1
-    assert client.get_model_version_by_alias("tiny-local", "challenger").version == versions[0].version
+    assert parents[0].data.tags["kfp.run_id"]
+    assert STAGES[method] <= set(children)
+    assert all(r.info.status == "FINISHED" for r in children.values())
+    # A stage's run records the settings it used, not the other stages'.
+    if method != "sft":
+        assert "sampling.beta" in children["sample"].data.params
+        assert not any(k.startswith("evaluation.") for k in children["sample"].data.params)
+        versions = client.search_model_versions(f"name='{experiment}'")
+        assert len(versions) == 1
+    if method == "both":
+        assert "report/ratio_tuned_tokens" in parents[0].data.metrics
+
+
+@pytest.mark.parametrize("method", ["sft", "both"])  # lightreasoner: the cache test below
+def test_pipeline_defaults_run_end_to_end(method, tiny_models, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = run_local(None, tmp_path / "work", shards=2, method=method,
+                    params=names(tiny_models, uri, f"kfp-{method}"))
+    check_run(run, method, uri, f"kfp-{method}", shards=2)
+
+
+def test_failed_stage_marks_the_parent_run_failed(tiny_models, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    params = names(tiny_models, uri, "kfp-fail", eval_dataset=str(tmp_path / "no-such-file.jsonl"))
+    with pytest.raises(Exception, match="local pipeline run failed"):
+        run_local(None, tmp_path / "work", shards=1, params=params)
+    _, parents, children = runs_of(uri, "kfp-fail")
+    assert len(parents) == 1 and parents[0].info.status == "FAILED"
+    assert {"prepare", "sample", "train"} <= set(children) and "evaluate" not in children
+
+
+def test_changing_an_evaluation_setting_keeps_the_sampling_cache(tiny_models, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    work = tmp_path / "work"
+    first = run_local(None, work, shards=1, cache=True, params=names(tiny_models, uri, "kfp-cache"))
+    check_run(first, "lightreasoner", uri, "kfp-cache", shards=1)
+    second = run_local(None, work, shards=1, cache=True,
+                       params=names(tiny_models, uri, "kfp-cache", eval_max_new_tokens=24))
+    # prepare, sampling, merge and training came from the cache; evaluation ran again.
+    assert not {"prepare-data/problems", "sample-contrastive/shard", "merge-samples/samples",
+                "finetune-lora/adapter"} & set(second.outputs)
+    assert "evaluate/evaluation" in second.outputs
+    metrics = json.loads((second.outputs["evaluate/evaluation"] / "manifest.json").read_text())
+    assert metrics["config"]["evaluation"]["max_new_tokens"] == 24
+    _, parents, _ = runs_of(uri, "kfp-cache")
+    assert len(parents) == 2 and {p.info.status for p in parents} == {"FINISHED"}
+    assert len(MlflowClient(uri).search_model_versions("name='kfp-cache'")) == 2

@@ -146,7 +146,7 @@ def test_report_ratios_come_from_the_logged_values(tmp_path):
 
 
 def test_pipeline_has_the_method_parameter_and_the_sft_branch(tmp_path):
-    from pipelines.lightreasoner_pipeline import compile_pipeline
+    from lightreasoner.pipelines.lightreasoner_pipeline import compile_pipeline
 
     ir = next(yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml").read_text()))
     params = ir["root"]["inputDefinitions"]["parameters"]
@@ -156,7 +156,7 @@ def test_pipeline_has_the_method_parameter_and_the_sft_branch(tmp_path):
     def tasks_of(name):
         return comps[name]["dag"]["tasks"]
 
-    root = ir["root"]["dag"]["tasks"]
+    root = tasks_of("comp-exit-handler-1")  # everything runs inside the exit handler that ends the MLflow run
     conditions = {t["triggerPolicy"]["condition"]: name for name, t in root.items() if "triggerPolicy" in t}
     assert any("== 'sft'" in c for c in conditions) and any("!= 'sft'" in c for c in conditions)
     sft_only = tasks_of(root[next(n for c, n in conditions.items() if "== 'sft'" in c)]["componentRef"]["name"])
