@@ -44,11 +44,12 @@ def prepare_data(config: str, problems: Output[Dataset], metrics: Output[Metrics
 
     from lightreasoner.config import load_config_text
     from lightreasoner.data import prepare_data as stage
+    from lightreasoner.report import log_kfp_metrics
 
     cfg = load_config_text(config, None, "prepare config")
     os.makedirs(problems.path, exist_ok=True)
     path = stage(cfg.data, problems.path)
-    metrics.log_metric("problems", pq.read_metadata(path).num_rows)
+    log_kfp_metrics(metrics, {"problems": pq.read_metadata(path).num_rows})
 
 
 def sample_contrastive(config: str, problems: Input[Dataset], shard_index: int, shards: list,
@@ -68,25 +69,23 @@ def sample_contrastive(config: str, problems: Input[Dataset], shard_index: int, 
 def merge_samples(config: str, shards: Input[list[Dataset]], samples: Output[Dataset], metrics: Output[Metrics]):
     """Join the shards into one samples folder (equal to a single-shard run)."""
     from lightreasoner.config import load_config_text
+    from lightreasoner.report import log_kfp_metrics
     from lightreasoner.sampling import merge_shards
 
     cfg = load_config_text(config, None, "sample config")
     result = merge_shards(cfg, [s.path for s in shards], samples.path)
-    for key, value in result.manifest["counts"].items():
-        metrics.log_metric(key, value)
-    metrics.log_metric("effective_beta", result.manifest["effective_beta"])
+    log_kfp_metrics(metrics, {**result.manifest["counts"], "effective_beta": result.manifest["effective_beta"]})
 
 
 def finetune_lora(config: str, samples: Input[Dataset], adapter: Output[Model], metrics: Output[Metrics]):
     """Stage 2: LoRA on the contrastive soft labels (packed); resumes from its checkpoints on a retry."""
     from lightreasoner.config import load_config_text
+    from lightreasoner.report import log_kfp_metrics
     from lightreasoner.training import train
 
     cfg = load_config_text(config, None, "train config")
     result = train(cfg, samples.path, adapter.path, resume=True)
-    for key in ("tuned_tokens", "steps", "final_loss", "wall_seconds"):
-        if isinstance(result.manifest.get(key), int | float):
-            metrics.log_metric(key, result.manifest[key])
+    log_kfp_metrics(metrics, {k: result.manifest.get(k) for k in ("tuned_tokens", "steps", "final_loss", "wall_seconds")})
 
 
 def evaluate(config: str, adapter: Input[Model], evaluation: Output[Dataset], metrics: Output[Metrics],
@@ -97,16 +96,16 @@ def evaluate(config: str, adapter: Input[Model], evaluation: Output[Dataset], me
     page with the accuracy plot and, given ``samples``, the KL histogram (KFP UI)."""
     from lightreasoner.config import load_config_text
     from lightreasoner.evaluation import evaluate as stage
-    from lightreasoner.report import mcnemar_table, summary_markdown
+    from lightreasoner.report import log_kfp_metrics, mcnemar_table, summary_markdown, write_kfp_file
 
     cfg = load_config_text(config, None, "evaluate config")
     result = stage(cfg, None, adapter.path, evaluation.path)
-    for key in ("accuracy_base", "accuracy_tuned", "delta", "delta_ci_low", "delta_ci_high", "mcnemar_p"):
-        if isinstance(result.metrics.get(key), int | float):
-            metrics.log_metric(key, result.metrics[key])
+    keys = ("accuracy_base", "accuracy_tuned", "delta", "delta_ci_low", "delta_ci_high", "mcnemar_p")
+    log_kfp_metrics(metrics, {k: result.metrics.get(k) for k in keys})
     table = mcnemar_table(result.metrics)
     if table is not None:
         confusion.log_confusion_matrix(["right", "wrong"], table)
+    write_kfp_file(confusion)
     with open(summary.path, "w") as fh:
         fh.write(summary_markdown(evaluation.path, samples.path if samples is not None else None))
 
@@ -117,14 +116,14 @@ def sft_baseline(config: str, problems: Input[Dataset], adapter: Output[Model], 
 
     from lightreasoner.config import load_config_text
     from lightreasoner.data import read_problem_file
+    from lightreasoner.report import log_kfp_metrics
     from lightreasoner.sft import sft
 
     cfg = load_config_text(config, None, "sft config")
     result = sft(cfg, adapter.path, problems=read_problem_file(Path(problems.path) / "problems.parquet"))
-    for key in ("tuned_tokens", "steps", "final_loss", "generate_seconds", "train_seconds", "wall_seconds"):
-        if isinstance(result.manifest.get(key), int | float):
-            metrics.log_metric(key, result.manifest[key])
-    metrics.log_metric("kept_solutions", result.manifest["counts"]["kept_solutions"])
+    keys = ("tuned_tokens", "steps", "final_loss", "generate_seconds", "train_seconds", "wall_seconds")
+    log_kfp_metrics(metrics, {**{k: result.manifest.get(k) for k in keys},
+                              "kept_solutions": result.manifest["counts"]["kept_solutions"]})
 
 
 def log_stage(config: str, stage: str, output: Input[Artifact], parent_run_id: str):
@@ -158,15 +157,14 @@ def efficiency_report(config: str, samples: Input[Dataset], lr_adapter: Input[Mo
                       page: Output[Markdown]):
     """LightReasoner vs SFT: time, problems, tuned tokens, accuracy and the ratios (MLflow and KFP UI)."""
     from lightreasoner.config import load_config_text
-    from lightreasoner.report import efficiency_markdown, report_metrics
+    from lightreasoner.report import efficiency_markdown, log_kfp_metrics, report_metrics
     from lightreasoner.report import efficiency_report as stage
 
     cfg = load_config_text(config, None, "run config")
     folders = {"sample": samples.path, "train": lr_adapter.path, "evaluate": lr_evaluation.path,
                "sft": sft_adapter.path, "evaluate_sft": sft_evaluation.path}
     result = stage(cfg, report.path, parent_run_id=parent_run_id or None, folders=folders)
-    for key, value in report_metrics(result).items():
-        metrics.log_metric(key.split("/", 1)[1], value)
+    log_kfp_metrics(metrics, {key.split("/", 1)[1]: value for key, value in report_metrics(result).items()})
     with open(page.path, "w") as fh:
         fh.write(efficiency_markdown(result, report.path))
 

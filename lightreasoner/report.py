@@ -274,3 +274,19 @@ def efficiency_markdown(report: dict[str, Any], folder: str | Path) -> str:
     if plot.is_file():
         lines += ["", _png(plot, "accuracy vs tuned tokens")]
     return "\n".join(lines) + "\n"
+
+
+def log_kfp_metrics(artifact: Any, values: dict[str, Any]) -> None:
+    """Log the numeric ``values`` on a KFP ``Metrics`` output (the UI reads its metadata) and write them
+    to the artifact's file as well: an output artifact without a file makes a cached step miss."""
+    numbers = {k: float(v) for k, v in values.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    for key, value in numbers.items():
+        artifact.log_metric(key, value)
+    write_kfp_file(artifact)
+
+
+def write_kfp_file(artifact: Any) -> None:
+    """Write a metadata-only KFP artifact's (Metrics, ClassificationMetrics) metadata to its file."""
+    path = Path(artifact.path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(artifact.metadata, sort_keys=True, default=str))
