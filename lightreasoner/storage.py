@@ -555,9 +555,10 @@ def local_output(uri_or_path: str | Path, *, resume: bool = False) -> Iterator[P
 
     Local paths: the folder itself (created when missing; removed again when the stage fails and leaves it
     empty). s3:// URIs: the prefix is checked for writability first, the stage works in :func:`work_dir`
-    (kept on failure so the rerun resumes), and the result is uploaded with :func:`upload_dir` (manifest
-    last) when the block succeeds. ``resume``: a finished prefix (with a manifest) is downloaded so that
-    the stage can recognise it, and is never uploaded again when the stage changed nothing."""
+    (kept on failure so that a ``resume`` rerun continues it), and the result is uploaded with
+    :func:`upload_dir` (manifest last) when the block succeeds. A finished prefix (with a manifest) is
+    downloaded first, so that the stage treats it as it would a local folder, and is never uploaded again
+    when the stage changed nothing."""
     if not is_s3(str(uri_or_path)):
         path = Path(uri_or_path)
         with output_lock(path):
@@ -580,12 +581,12 @@ def local_output(uri_or_path: str | Path, *, resume: bool = False) -> Iterator[P
         manifest_key = "/".join(p for p in (prefix.rstrip("/"), MANIFEST) if p)
         finished = any(o["Key"] == manifest_key for o in list_objects(uri))
         unchanged = None
-        if not resume:
-            shutil.rmtree(work, ignore_errors=True)
-        elif finished:
+        if finished:  # the stage sees it as it would a local folder (returns it, or refuses to overwrite)
             shutil.rmtree(work, ignore_errors=True)
             download_dir(uri, work)
             unchanged = _snapshot(work)
+        elif not resume:
+            shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True, exist_ok=True)
         with _name_the_output(work, uri):
             yield work

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from fake_outputs import make_config, make_evaluation, make_samples, make_training
-from killer import kill_at_call, kill_when, run_cli
+from killer import file_appears, kill_at_call, kill_when, run_cli
 from servers import paused
 
 from lightreasoner import registry, storage
@@ -449,3 +449,23 @@ def test_concurrent_second_run_is_refused_cleanly(tiny_models, tmp_path, capsys)
         one_line_error(state["err"])
     assert first.killed
     assert run_cli(args).returncode == 0 and (out / "manifest.json").is_file()
+
+
+@pytest.mark.slow
+def test_4_s3_training_resumes_from_its_checkpoint(tiny_models, cli_samples, full_training, aws_env, tmp_path,
+                                                   monkeypatch):
+    uri = f"s3://{aws_env.bucket}/faults-{uuid.uuid4().hex[:8]}/train"
+    monkeypatch.setenv("LIGHTREASONER_CACHE", str(tmp_path / "cache"))
+    args = ["train", *common(tiny_models, *TRAIN), "--samples", cli_samples, "--output", uri, "--resume"]
+    work = storage.work_dir(uri)
+    killed = kill_when(args, file_appears(work, "checkpoints/checkpoint-4/lightreasoner-counters.json"))
+    assert killed.killed
+    done = run_cli(args)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads(aws_env.client().get_object(
+        Bucket=aws_env.bucket, Key=uri[len(f"s3://{aws_env.bucket}/"):] + "/manifest.json")["Body"].read())
+    assert manifest["resumed_from"] == "checkpoint-4" and manifest["steps"] == 6
+    assert not work.exists()
+    # a rerun without --resume into the finished prefix is refused and changes nothing
+    again = run_cli(args[:-1])
+    assert again.returncode == 2 and uri in one_line_error(again)
