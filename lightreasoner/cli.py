@@ -428,6 +428,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        # Disk full, a read-only or missing folder ...: one line naming the file, not a traceback.
+        where = exc.filename or "output"
+        print(f"error: {where}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
 def print_json(data) -> None:

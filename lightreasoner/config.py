@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -105,6 +106,8 @@ class SamplingConfig(_Section):
                 value = float(text)
             except ValueError:
                 raise ValueError(f"beta {value!r}: expected a number or auto:<fraction>") from None
+        if not math.isfinite(value):
+            raise ValueError(f"beta {value}: must be a finite number (or auto:<fraction>)")
         if value < 0:
             raise ValueError(f"beta {value}: must be >= 0")
         return float(value)

@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from . import storage
 from .config import Config
 from .data import Problem, load_problems
 from .errors import LightReasonerError
@@ -605,6 +606,7 @@ def evaluate(config: Config, model: str | None, adapter: str | Path | None, outp
     if source is not None:
         check_adapter_base(source, config, expert_info, expert)
         tuned_model = attach_adapter(expert, source)
+    adapter_sha256 = storage.folder_sha256(source.folder) if source is not None else None
     _prepare_output(out)
     load_seconds = time.perf_counter() - started
 
@@ -636,6 +638,8 @@ def evaluate(config: Config, model: str | None, adapter: str | Path | None, outp
     metrics["problems_sha256"] = problems_digest(problems)
     metrics["expert"] = expert_info
     metrics["adapter"] = str(source.given) if source is not None else None
+    # The identity of the adapter scored here: `register` refuses to pair these metrics with another one.
+    metrics["adapter_sha256"] = adapter_sha256
 
     write_predictions(base_preds, out / PREDICTIONS_BASE)
     if tuned_preds is not None:
@@ -654,6 +658,7 @@ def evaluate(config: Config, model: str | None, adapter: str | Path | None, outp
             "path": str(source.given),
             "adapter_folder": str(source.folder),
             "training_manifest": source.training_manifest is not None,
+            "sha256": adapter_sha256,
         } if source is not None else None,
         "metrics": metrics,
         "versions": library_versions(),

@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 CORRECTNESS = "evaluation/correctness.json"
+REGISTRATION_KEY = "lightreasoner.registration_key"
 METRIC_KEYS = ("n", "accuracy_base", "accuracy_tuned", "delta", "delta_ci_low", "delta_ci_high", "mcnemar_p")
 
 
@@ -84,11 +86,7 @@ def _data_name(data: Mapping[str, Any] | None) -> str:
 
 
 def folder_sha256(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(folder).as_posix().encode())
-        digest.update(storage.file_digests(path)[0].encode())
-    return digest.hexdigest()
+    return storage.folder_sha256(folder)
 
 
 def read_correctness(evaluation: Path) -> dict[str, bool] | None:
@@ -98,7 +96,11 @@ def read_correctness(evaluation: Path) -> dict[str, bool] | None:
         return None
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # noqa: BLE001 - a corrupt file is bad input
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise LightReasonerError(f"{path}: not a readable Parquet file ({reason})") from None
     if "problem_id" not in table.column_names or "correct" not in table.column_names:
         raise LightReasonerError(f"{path}: expected columns problem_id and correct")
     ids, correct = table.column("problem_id").to_pylist(), table.column("correct").to_pylist()
@@ -201,18 +203,130 @@ def _ensure_registered_model(client, name: str) -> None:
             raise
 
 
+def verify_adapter(adapter: Path, given: str | Path) -> None:
+    """The adapter folder must load: ``adapter_config.json`` readable, ``adapter_model.safetensors`` a valid
+    safetensors file (header and data) holding LoRA A/B matrices whose shapes match the configured rank."""
+    try:
+        cfg = json.loads((adapter / "adapter_config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise LightReasonerError(f"{given}: adapter/adapter_config.json is unreadable ({exc})") from None
+    if not isinstance(cfg, dict):
+        raise LightReasonerError(f"{given}: adapter/adapter_config.json is not a JSON object")
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise LightReasonerError(f"{given}: missing adapter/adapter_model.safetensors (not a training output)")
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(weights))
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a corrupt file
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise LightReasonerError(f"{given}: adapter/adapter_model.safetensors does not load ({reason})") from None
+    rank = cfg.get("r")
+    pattern = cfg.get("rank_pattern") or {}
+    lora = {k: t for k, t in tensors.items() if ".lora_A." in k or ".lora_B." in k}
+    if not lora:
+        raise LightReasonerError(f"{given}: adapter/adapter_model.safetensors holds no LoRA weights")
+    for key, tensor in lora.items():
+        if tensor.dim() != 2 or not bool(tensor.isfinite().all()):
+            raise LightReasonerError(f"{given}: adapter weight {key} is not a finite matrix")
+        r = next((v for k, v in pattern.items() if k in key), rank)
+        got = tensor.shape[0] if ".lora_A." in key else tensor.shape[1]
+        if isinstance(r, int) and got != r:
+            raise LightReasonerError(f"{given}: adapter weight {key} has rank {got}, adapter_config.json says r={r}")
+    for key in lora:
+        twin = key.replace(".lora_A.", ".lora_B.") if ".lora_A." in key else key.replace(".lora_B.", ".lora_A.")
+        if twin not in lora:
+            raise LightReasonerError(f"{given}: adapter weight {key} has no matching {twin}")
+        if ".lora_A." in key and lora[key].shape[0] != lora[twin].shape[1]:
+            raise LightReasonerError(f"{given}: adapter weights {key} and {twin} have inconsistent shapes")
+
+
+def check_binding(metrics: Mapping[str, Any], adapter_sha: str, training: str | Path, evaluation: str | Path) -> None:
+    """The evaluation must have scored exactly this adapter (``metrics.json`` records its sha256)."""
+    recorded = metrics.get("adapter_sha256")
+    if not recorded:
+        raise LightReasonerError(f"{evaluation}: metrics.json records no adapter_sha256, so it cannot be tied to "
+                                 f"the adapter of {training} (evaluate that adapter with this version)")
+    if recorded != adapter_sha:
+        raise LightReasonerError(f"{evaluation}: scored another adapter (sha256 {str(recorded)[:12]}), not the one "
+                                 f"in {training} ({adapter_sha[:12]}); evaluate this adapter")
+
+
+def registration_key(name: str, adapter_sha: str, metrics_sha: str, samples_sha: str,
+                     parent_run_id: str | None) -> str:
+    """What makes two register calls the same registration (a retry): model, adapter, evaluation, samples
+    and the pipeline run. A retry finds the version the first call made instead of creating another."""
+    text = "\n".join([name, adapter_sha, metrics_sha, samples_sha, parent_run_id or ""])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _versions_with_key(client, name: str, key: str) -> list:
+    found = client.search_model_versions(f"name = '{name}'")
+    return sorted((v for v in found if (v.tags or {}).get(REGISTRATION_KEY) == key), key=lambda v: int(v.version))
+
+
+def _fail_stale_runs(client, experiment: str, key: str, keep: set[str]) -> None:
+    """Register runs of this registration left RUNNING by a killed or failed call: marked FAILED."""
+    runs = client.search_runs([experiment], filter_string=f"tags.`{REGISTRATION_KEY}` = '{key}' and "
+                                                          "attributes.status = 'RUNNING'", max_results=100)
+    for run in runs:
+        if run.info.run_id not in keep:
+            client.set_terminated(run.info.run_id, "FAILED")
+            log.info("marked the unfinished register run %s FAILED", run.info.run_id)
+
+
+def _finish(client, name: str, version) -> None:
+    """The last steps of a registration, each safe to repeat: alias challenger, run tag, run FINISHED."""
+    run = client.get_run(version.run_id) if version.run_id else None
+    if run is not None and run.info.status == "FINISHED":
+        return  # completed before: a rerun changes nothing (the alias may have moved on since)
+    client.set_registered_model_alias(name, CHALLENGER, version.version)
+    if run is not None:
+        client.set_tag(version.run_id, "registered_version", version.version)
+        client.set_terminated(version.run_id, "FINISHED")
+
+
+def _log_model(client, run, folder: Path) -> None:
+    """The pyfunc folder into the run's artifacts with ``MLmodel`` strictly last (adapter and tokenizer
+    first), also through MLflow's artifact proxy, so a failed upload never leaves a folder that loads."""
+    if storage.is_s3(run.info.artifact_uri):
+        tracking.log_artifact(client, run, folder, "model", last="MLmodel")
+        return
+    with tracking.mlflow_errors(client.tracking_uri, "logging the model"):
+        for entry in sorted(folder.iterdir()):
+            if entry.name == "MLmodel":
+                continue
+            if entry.is_dir():
+                client.log_artifacts(run.info.run_id, str(entry), f"model/{entry.name}")
+            else:
+                client.log_artifact(run.info.run_id, str(entry), "model")
+        client.log_artifact(run.info.run_id, str(folder / "MLmodel"), "model")
+
+
 def register(config: Config, training: str | Path, evaluation: str | Path, samples: str | Path | None = None,
              *, parent_run_id: str | None = None) -> RegisteredVersion:
     """Log the adapter (pyfunc) in a ``register`` run, register it under ``registry.model_name`` with lineage
-    tags and point the alias ``challenger`` at the new version (set last). Inputs: local folders or s3://."""
+    tags and point the alias ``challenger`` at the new version (set last). Inputs: local folders or s3://.
+
+    Every input is checked before anything is created: the evaluation must have scored this very adapter
+    (its recorded sha256) and the adapter must load (safetensors header, LoRA shapes). Idempotent: a retry
+    of the same registration (same model, adapter, evaluation, samples and pipeline run) finds the version
+    the first call made and completes it instead of creating another; register runs a killed call left
+    RUNNING are marked FAILED. Order: artifacts (MLmodel last), version, alias, run FINISHED; a failure
+    deletes the version it made and marks the run FAILED (or, with the server gone, the next call resumes)."""
     if not config.tracking.enabled:
         raise LightReasonerError("tracking.enabled is false: registering needs MLflow (set tracking.enabled=true)")
     name = config.registry.model_name
+    parent_run_id = parent_run_id or os.environ.get(tracking.PARENT_ENV) or None
     with contextlib.ExitStack() as stack:
         train_dir = stack.enter_context(storage.local_input(training))
         eval_dir = stack.enter_context(storage.local_input(evaluation))
         samples_dir = stack.enter_context(storage.local_input(samples)) if samples is not None else None
         train_manifest = _read_json(train_dir / "manifest.json", "training")
+        if train_manifest.get("stage") not in (None, "train", "sft"):
+            raise LightReasonerError(f"{training}: holds the output of stage {train_manifest.get('stage')!r}, "
+                                     "not a training output")
         adapter = train_dir / "adapter"
         if not (adapter / "adapter_config.json").is_file():
             raise LightReasonerError(f"{training}: missing adapter/adapter_config.json (not a training output)")
@@ -220,6 +334,9 @@ def register(config: Config, training: str | Path, evaluation: str | Path, sampl
         missing = [k for k in ("accuracy_base", "accuracy_tuned", "delta", "mcnemar_p") if metrics.get(k) is None]
         if missing:
             raise LightReasonerError(f"{evaluation}: metrics.json has no {', '.join(missing)} (evaluate the adapter)")
+        adapter_sha = folder_sha256(adapter)
+        check_binding(metrics, adapter_sha, training, evaluation)
+        verify_adapter(adapter, training)
         samples_manifest = _read_json(samples_dir / "manifest.json", "samples") if samples_dir else None
         if samples_manifest is not None:
             recorded = train_manifest.get("samples_sha256")
@@ -228,14 +345,32 @@ def register(config: Config, training: str | Path, evaluation: str | Path, sampl
                 raise LightReasonerError(f"{samples}: samples.parquet sha256 differs from the one the adapter was "
                                          f"trained on ({recorded[:12]})")
         correctness = read_correctness(eval_dir)
-        tags = lineage_tags(train_manifest, metrics, samples_manifest, correctness, folder_sha256(adapter),
+        tags = lineage_tags(train_manifest, metrics, samples_manifest, correctness, adapter_sha,
                             str(training), str(evaluation))
+        key = registration_key(name, adapter_sha, storage.file_digests(eval_dir / "metrics.json")[0],
+                               str(train_manifest.get("samples_sha256") or ""), parent_run_id)
+        tags[REGISTRATION_KEY] = key
         client = tracking.client_for(config)
         uri = client.tracking_uri
+        with tracking.mlflow_errors(uri, f"registering {name!r}"):
+            done = _versions_with_key(client, name, key)
+            if done:  # a retry: complete the version the first call made
+                version = done[0]
+                _finish(client, name, version)
+                experiment = client.get_run(version.run_id).info.experiment_id if version.run_id else None
+                if experiment:
+                    _fail_stale_runs(client, experiment, key, keep={version.run_id})
+                log.info("%s version %s was already registered for this adapter and evaluation", name,
+                         version.version)
+                return RegisteredVersion(name, str(version.version), version.run_id, version.source, CHALLENGER,
+                                         dict(version.tags))
+            experiment = (client.get_run(parent_run_id).info.experiment_id if parent_run_id
+                          else tracking.experiment_id(client, config))
+            _fail_stale_runs(client, experiment, key, keep=set())
         train_cfg = train_manifest.get("config") or config.dump()
         run = tracking.start_stage_run(client, config, "register", parent_run_id,
                                        params=tracking.config_params(train_cfg),
-                                       tags={"registered_model": name})
+                                       tags={"registered_model": name, REGISTRATION_KEY: key})
         run_id = run.info.run_id
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lightreasoner-register-")))
         version = None
@@ -264,21 +399,19 @@ def register(config: Config, training: str | Path, evaluation: str | Path, sampl
                                                                         config.evaluation.max_new_tokens),
                 }
                 save_pyfunc(tmp / "model", artifacts, model_config, _pip_requirements(), {"lightreasoner": tags})
-                tracking.log_artifact(client, run, tmp / "model", "model", last="MLmodel")
+                _log_model(client, run, tmp / "model")
                 source = storage.join(run.info.artifact_uri, "model")
                 _ensure_registered_model(client, name)
                 version = client.create_model_version(name, source, run_id=run_id, tags=tags,
                                                       description=f"LightReasoner adapter on {tags['expert']}")
-                client.set_tag(run_id, "registered_version", version.version)
-                client.set_registered_model_alias(name, CHALLENGER, version.version)
+                _finish(client, name, version)
         except BaseException:
             with contextlib.suppress(Exception):
                 if version is not None:
                     client.delete_model_version(name, version.version)
+            with contextlib.suppress(Exception):
                 client.set_terminated(run_id, "FAILED")
             raise
-        with tracking.mlflow_errors(uri, "ending the register run"):
-            client.set_terminated(run_id, "FINISHED")
     result = RegisteredVersion(name, str(version.version), run_id, source, CHALLENGER, tags)
     log.info("registered %s version %s (alias %s)", name, result.version, CHALLENGER)
     return result

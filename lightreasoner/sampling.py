@@ -47,6 +47,7 @@ from .models import (
     position_ids_from_mask,
     prompt_token_ids,
 )
+from .storage import output_lock
 
 log = logging.getLogger(__name__)
 
@@ -281,10 +282,16 @@ def _atomic_write_table(table: pa.Table, path: Path) -> None:
 
 
 def write_json_atomic(data: dict, path: Path) -> None:
-    """Write JSON under a temporary name, then rename: a reader never sees half a manifest."""
+    """Write JSON under a temporary name, then rename: a reader never sees half a manifest. Passwords in
+    URLs (``tracking.tracking_uri`` = ``http://user:pw@host``) are masked: manifests never hold credentials."""
+    from .tracking import redact_uris
+
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(redact_uris(data), indent=2, sort_keys=True, default=str))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _shard_table(batch: list[tuple[int, Scored]]) -> pa.Table:
@@ -330,15 +337,46 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def _prepare_output(out: Path, fingerprint: str, overwrite: bool) -> dict | None:
-    """Returns the finished manifest when the same job is already complete; refuses foreign samples."""
+def _json_or_none(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _prepare_output(out: Path, fingerprint: str, overwrite: bool) -> tuple[dict | None, bool]:
+    """Check the output folder; writes nothing. Returns (the finished manifest when the same job is already
+    complete, whether the folder must be cleared before the run claims it). Refuses foreign content."""
+    if out.exists() and not out.is_dir():
+        raise LightReasonerError(f"{out}: output exists and is not a folder")
     manifest_path = out / MANIFEST
     state_path = out / SHARDS / "state.json"
+    batches = any((out / SHARDS).glob("batch-*.parquet")) if (out / SHARDS).is_dir() else False
     recorded = None
     if manifest_path.is_file():
-        recorded = json.loads(manifest_path.read_text()).get("fingerprint")
-    elif state_path.is_file():
-        recorded = json.loads(state_path.read_text()).get("fingerprint")
+        data = _json_or_none(manifest_path)
+        if data is None or data.get("stage", "sample") != "sample":
+            if overwrite:
+                return None, True
+            what = "is not valid JSON" if data is None else f"belongs to stage {data.get('stage')!r}"
+            raise LightReasonerError(f"{manifest_path}: {what}, not a samples manifest (use --overwrite to replace "
+                                     "the folder)")
+        recorded = data.get("fingerprint")
+    elif state_path.is_file() and batches:
+        data = _json_or_none(state_path)
+        if data is None:
+            if overwrite:
+                return None, True
+            raise LightReasonerError(f"{state_path}: not valid JSON (damaged work in progress; use --overwrite to "
+                                     "start again)")
+        recorded = data.get("fingerprint")
+    elif state_path.is_file() or (out / SHARDS).is_dir():
+        # A run that stopped before its first batch: nothing worth keeping, whatever its config.
+        others = [p for p in out.iterdir() if p.name != SHARDS]
+        if others and not overwrite:
+            raise LightReasonerError(f"{out}: output folder is not empty and holds no samples (use --overwrite)")
+        return None, True
     elif out.exists() and any(out.iterdir()) and not overwrite:
         raise LightReasonerError(f"{out}: output folder is not empty and holds no samples (use --overwrite)")
     if recorded is not None and recorded != fingerprint:
@@ -346,14 +384,28 @@ def _prepare_output(out: Path, fingerprint: str, overwrite: bool) -> dict | None
             raise LightReasonerError(
                 f"{out}: holds samples of a different config (use --overwrite to replace them)"
             )
+        return None, True
+    if overwrite and out.exists():
+        return None, True
+    if manifest_path.is_file():
+        return json.loads(manifest_path.read_text()), False
+    return None, False
+
+
+def _claim_output(out: Path, fingerprint: str, clear: bool) -> None:
+    """Take the output folder once every input check passed: a refused run leaves nothing behind."""
+    if clear and out.exists():
         shutil.rmtree(out)
-    elif overwrite and out.exists():
-        shutil.rmtree(out)
-    elif manifest_path.is_file():
-        return json.loads(manifest_path.read_text())
     (out / SHARDS).mkdir(parents=True, exist_ok=True)
-    write_json_atomic({"fingerprint": fingerprint}, state_path)
-    return None
+    write_json_atomic({"fingerprint": fingerprint}, out / SHARDS / "state.json")
+
+
+def _batch_ok(path: Path, rows: int) -> bool:
+    """A finished batch file: readable Parquet with one row per problem (a damaged one is recomputed)."""
+    try:
+        return pq.read_table(path).num_rows == rows
+    except Exception:  # noqa: BLE001 - any read failure means the file must be made again
+        return False
 
 
 def sample(config: Config, output: str | Path, *, reference: bool = False, overwrite: bool = False,
@@ -368,8 +420,14 @@ def sample(config: Config, output: str | Path, *, reference: bool = False, overw
     out = Path(output)
     if shard is not None and not 0 <= shard[0] < shard[1]:
         raise LightReasonerError(f"shard {shard[0]} of {shard[1]}: index must be in [0, {shard[1]})")
+    with output_lock(out):
+        return _sample(config, out, reference, overwrite, problems, pair, progress, shard)
+
+
+def _sample(config: Config, out: Path, reference: bool, overwrite: bool, problems: list[Problem] | None,
+            pair: ModelPair | None, progress: bool, shard: tuple[int, int] | None) -> SampleResult:
     fingerprint = sampling_fingerprint(config, reference)
-    finished = _prepare_output(out, fingerprint, overwrite)
+    finished, clear = _prepare_output(out, fingerprint, overwrite)
     if finished is not None:
         log.info("%s: samples for this config are already complete", out)
         return SampleResult(out, finished)
@@ -379,6 +437,7 @@ def sample(config: Config, output: str | Path, *, reference: bool = False, overw
     tok = pair.tokenizer
     prompts = [prompt_token_ids(tok, p.question, config.prompt.system_prompt, config.prompt.chat_template)
                for p in problems]
+    _claim_output(out, fingerprint, clear)
     floor = None if isinstance(scfg.beta, str) else float(scfg.beta)
     batch_size = 1 if reference else scfg.batch_size
     batches = plan_batches([len(p) for p in prompts], batch_size, scfg.sort_by_length and not reference)
@@ -392,8 +451,11 @@ def sample(config: Config, output: str | Path, *, reference: bool = False, overw
     for index, members in batches:
         shard_file = out / SHARDS / f"batch-{index:05d}.parquet"
         if shard_file.is_file():
-            bar.update(len(members))
-            continue
+            if _batch_ok(shard_file, len(members)):
+                bar.update(len(members))
+                continue
+            log.warning("%s: damaged batch file, computing it again", shard_file)
+            shard_file.unlink()
         batch_prompts = [prompts[i] for i in members]
         completions, logits = generate_greedy(pair.expert, tok, batch_prompts, scfg.max_new_tokens, return_logits=True)
         ids = [problems[i].problem_id for i in members]
@@ -436,9 +498,10 @@ def merge_shards(config: Config, shard_dirs: list[str | Path], output: str | Pat
     seen = sorted(b for i in infos for b in i["batches"])
     if seen != list(range(expected)):
         raise LightReasonerError(f"{output}: shards cover batches {seen}, expected 0..{expected - 1} once each")
-    finished = _prepare_output(out, fingerprint, overwrite)
+    finished, clear = _prepare_output(out, fingerprint, overwrite)
     if finished is not None:
         return SampleResult(out, finished)
+    _claim_output(out, fingerprint, clear)
     for folder in shard_dirs:
         for batch in sorted((Path(folder) / SHARDS).glob("batch-*.parquet")):
             shutil.copyfile(batch, out / SHARDS / batch.name)

@@ -230,6 +230,17 @@ def file_digests(path: Path, part: int | None = None) -> tuple[str, str, str]:
     return sha.hexdigest(), md5.hexdigest(), multipart
 
 
+def folder_sha256(folder: Path) -> str:
+    """sha256 over a folder's files (relative names and contents): the identity of an adapter folder,
+    recorded by ``evaluate`` and checked by ``register``."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode())
+        digest.update(file_digests(path)[0].encode())
+    return digest.hexdigest()
+
+
 def _upload_part_size(size: int) -> int:
     chunk = part_size()
     while -(-size // chunk) > _MAX_PARTS:
@@ -279,6 +290,7 @@ def upload_file(local: str | Path, uri: str, *, s3=None) -> str:
 
 
 def _cache_dir() -> Path:
+    """``<cache>/s3``: downloads; ``<cache>/outputs``: work folders of s3:// outputs (:func:`work_dir`)."""
     root = os.environ.get("LIGHTREASONER_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lightreasoner"
     )
@@ -451,25 +463,135 @@ def local_input(uri_or_path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+_HELD_LOCKS: dict[str, int] = {}
+_HELD_LOCKS_GUARD = threading.Lock()
+
+
+def _lock_dir() -> Path:
+    folder = Path(tempfile.gettempdir()) / "lightreasoner-locks"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+@contextmanager
+def output_lock(target: str | os.PathLike) -> Iterator[None]:
+    """Exclusive use of one output (a local folder or an s3:// prefix) on this machine: a second process
+    writing to the same output is refused with a one-line error instead of corrupting the first one's
+    files. Re-entrant within a process (the CLI and the stage function both take it)."""
+    import fcntl
+
+    key = str(target).rstrip("/") if is_s3(str(target)) else str(Path(target).expanduser().resolve())
+    with _HELD_LOCKS_GUARD:
+        if key in _HELD_LOCKS:
+            _HELD_LOCKS[key] += 1
+            held = True
+        else:
+            held = False
+    if held:
+        try:
+            yield
+        finally:
+            with _HELD_LOCKS_GUARD:
+                _HELD_LOCKS[key] -= 1
+        return
+    path = _lock_dir() / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".lock")
+    fh = open(path, "a+")  # noqa: SIM115 - held for the whole block
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LightReasonerError(f"{target}: another lightreasoner process is writing this output; wait for "
+                                     "it to finish or choose another output") from None
+        with _HELD_LOCKS_GUARD:
+            _HELD_LOCKS[key] = 1
+        try:
+            yield
+        finally:
+            with _HELD_LOCKS_GUARD:
+                _HELD_LOCKS.pop(key, None)
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    finally:
+        fh.close()
+
+
+def check_writable(uri: str) -> None:
+    """Write and delete a probe object under the prefix: an unusable output (no such bucket, no permission)
+    is refused before any compute."""
+    bucket, prefix = split_s3(uri)
+    key = "/".join(p for p in (prefix.rstrip("/"), f".lightreasoner-write-check-{os.getpid()}") if p)
+    s3 = client()
+    with _s3_errors(uri, "writing the output"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"")
+        s3.delete_object(Bucket=bucket, Key=key)
+
+
+def work_dir(uri: str) -> Path:
+    """The stable local folder where a stage builds the output for ``uri``: kept when the stage fails or is
+    killed, so that the rerun resumes it; removed once the output is uploaded. Under the cache folder
+    (``LIGHTREASONER_CACHE``; on Kubernetes, mount a volume there to survive a pod restart)."""
+    return _cache_dir().parent / "outputs" / hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:32] / "output"
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {p.relative_to(folder).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in folder.rglob("*") if p.is_file()}
+
+
+@contextmanager
+def _name_the_output(work: Path, shown: str) -> Iterator[None]:
+    """Errors of the stage name the output the user gave, not the local work folder."""
+    try:
+        yield
+    except LightReasonerError as exc:
+        text = str(exc)
+        if str(work) in text:
+            raise LightReasonerError(text.replace(str(work), shown)) from None
+        raise
+
+
 @contextmanager
 def local_output(uri_or_path: str | Path, *, resume: bool = False) -> Iterator[Path]:
-    """A local folder for a stage output. For s3:// a temporary folder, uploaded with :func:`upload_dir`
-    when the block succeeds (nothing is uploaded on failure). ``resume``: first download what the prefix
-    already holds, so that a stage can skip finished work."""
+    """A local folder for a stage output, held under :func:`output_lock`.
+
+    Local paths: the folder itself (created when missing; removed again when the stage fails and leaves it
+    empty). s3:// URIs: the prefix is checked for writability first, the stage works in :func:`work_dir`
+    (kept on failure so that a ``resume`` rerun continues it), and the result is uploaded with
+    :func:`upload_dir` (manifest last) when the block succeeds. A finished prefix (with a manifest) is
+    downloaded first, so that the stage treats it as it would a local folder, and is never uploaded again
+    when the stage changed nothing."""
     if not is_s3(str(uri_or_path)):
         path = Path(uri_or_path)
-        path.mkdir(parents=True, exist_ok=True)
-        yield path
+        with output_lock(path):
+            if path.exists() and not path.is_dir():
+                raise LightReasonerError(f"{path}: output exists and is not a folder")
+            created = not path.exists()
+            path.mkdir(parents=True, exist_ok=True)
+            try:
+                yield path
+            except BaseException:
+                if created and path.is_dir() and not any(path.iterdir()):
+                    path.rmdir()
+                raise
         return
     uri = str(uri_or_path)
-    split_s3(uri)
-    tmp = Path(tempfile.mkdtemp(prefix="lightreasoner-out-"))
-    try:
-        work = tmp / "output"
-        work.mkdir()
-        if resume and list_objects(uri):
+    bucket, prefix = split_s3(uri)
+    with output_lock(uri):
+        check_writable(uri)
+        work = work_dir(uri)
+        manifest_key = "/".join(p for p in (prefix.rstrip("/"), MANIFEST) if p)
+        finished = any(o["Key"] == manifest_key for o in list_objects(uri))
+        unchanged = None
+        if finished:  # the stage sees it as it would a local folder (returns it, or refuses to overwrite)
+            shutil.rmtree(work, ignore_errors=True)
             download_dir(uri, work)
-        yield work
-        upload_dir(work, uri)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            unchanged = _snapshot(work)
+        elif not resume:
+            shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True, exist_ok=True)
+        with _name_the_output(work, uri):
+            yield work
+        if unchanged is not None and _snapshot(work) == unchanged:
+            log.info("%s: already complete, nothing to upload", uri)
+        else:
+            upload_dir(work, uri)
+        shutil.rmtree(work.parent, ignore_errors=True)

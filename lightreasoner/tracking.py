@@ -98,6 +98,18 @@ def redact(data: Any, secrets: list[str] | None = None) -> Any:
     return data
 
 
+def redact_uris(data: Any) -> Any:
+    """A copy of nested data (a manifest) with the password of every URL's userinfo masked
+    (``http://user:***@host``); keys and every other value stay as they are."""
+    if isinstance(data, Mapping):
+        return {k: redact_uris(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [redact_uris(v) for v in data]
+    if isinstance(data, str) and "@" in data:
+        return _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", data)
+    return data
+
+
 def clean_tags(tags: Mapping[str, Any]) -> dict[str, str]:
     """Tags without secret-looking keys, values redacted."""
     return {str(k): redact_text(str(v)) for k, v in tags.items() if not is_secret_key(k)}
@@ -261,6 +273,9 @@ def client_for(config: Config):
     uri = tracking_uri(config)
     if is_embedded(config):
         _workdir(config).mkdir(parents=True, exist_ok=True)
+    if _URL_USERINFO.search(uri):
+        # MLflow prints "View run ... at: <url>" with the URI's password in it: never print those links.
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     check_server(uri)
     with mlflow_errors(uri, "connecting"):
         return MlflowClient(tracking_uri=uri, registry_uri=uri)

@@ -150,6 +150,9 @@ def load_samples(folder: str | Path) -> Samples:
         if not (folder / name).is_file():
             raise LightReasonerError(f"{folder}: missing {name} (not a finished samples folder)")
     manifest = read_manifest(folder)
+    if manifest.get("stage", "sample") != "sample":
+        raise LightReasonerError(f"{folder}: holds the output of stage {manifest.get('stage')!r}, not samples "
+                                 "(give the folder written by `sample`)")
     recorded = manifest.get("sha256") or {}
     sha = {}
     for name in (TRAJECTORIES, SAMPLES):
@@ -372,6 +375,27 @@ def trainer_classes():
             self.loss_is_scaled_for_ga = False  # per-batch mean: the Trainer divides by the accumulation
             self.counters = {"tuned_tokens": 0, "input_tokens": 0, "padded_tokens": 0, "sequences": 0}
 
+        def _save_checkpoint(self, model, trial):
+            """A checkpoint is complete once its counters file (written atomically, last) exists; older
+            checkpoints are rotated out only after that, so a kill inside a save never loses the last
+            complete one."""
+            limit = self.args.save_total_limit
+            self.args.save_total_limit = None
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self.args.save_total_limit = limit
+            run_dir = Path(self._get_output_dir(trial=trial))
+            write_json_atomic(self.counters, run_dir / f"checkpoint-{self.state.global_step}" / COUNTERS)
+            if limit:
+                try:
+                    from transformers.trainer_utils import rotate_checkpoints
+                except ImportError:  # older transformers: the Trainer's own method
+                    self._rotate_checkpoints(use_mtime=False, output_dir=str(run_dir))
+                else:
+                    rotate_checkpoints(output_dir=str(run_dir), save_total_limit=limit,
+                                       best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             loss = batch_loss(model, inputs)
             if model.training:
@@ -404,20 +428,62 @@ def trainer_classes():
 
         def on_save(self, args, state, control, **kwargs):
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if folder.is_dir():
-                (folder / COUNTERS).write_text(json.dumps(self.trainer_ref[0].counters))
+            if folder.is_dir() and not (folder / COUNTERS).is_file():
+                write_json_atomic(self.trainer_ref[0].counters, folder / COUNTERS)
 
     return SoftLabelTrainer, LossHistoryCallback, CountersCallback
 
 
+def _json_file(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def checkpoint_complete(folder: Path) -> bool:
+    """Written to the end: the counters file (the last one written) and the trainer state both parse."""
+    return _json_file(folder / COUNTERS) is not None and _json_file(folder / "trainer_state.json") is not None
+
+
 def last_checkpoint(folder: Path) -> Path | None:
-    """The checkpoint with the highest step that holds a complete trainer state."""
+    """The complete checkpoint with the highest step (one a kill interrupted is skipped)."""
     found = []
     for p in folder.glob("checkpoint-*") if folder.is_dir() else []:
         suffix = p.name.split("-", 1)[1]
-        if suffix.isdigit() and (p / "trainer_state.json").is_file():
+        if suffix.isdigit() and checkpoint_complete(p):
             found.append((int(suffix), p))
     return max(found)[1] if found else None
+
+
+def _drop_incomplete_checkpoints(folder: Path) -> None:
+    for p in folder.glob("checkpoint-*") if folder.is_dir() else []:
+        if p.is_dir() and not checkpoint_complete(p):
+            log.warning("%s: incomplete checkpoint (interrupted save), removed", p)
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _restore_final(trainer, model, checkpoint: Path, history) -> bool:
+    """Resuming from a checkpoint that already reached the planned number of steps: load its weights and
+    state instead of training (the Trainer would take one more step). True when that was the case."""
+    from transformers import TrainerState
+
+    state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    if not (state.max_steps and state.max_steps > 0 and state.global_step >= state.max_steps):
+        return False
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = checkpoint / "adapter_model.safetensors"
+    if not weights.is_file():
+        return False
+    set_peft_model_state_dict(model, load_file(str(weights)))
+    trainer.state = state
+    history.history = [{"step": int(e["step"]), "loss": float(e["loss"])}
+                       for e in state.log_history if "loss" in e and "step" in e]
+    log.info("%s: training had already reached step %d, nothing left to train", checkpoint, state.global_step)
+    return True
 
 
 def training_arguments(config: Config, output_dir: Path, device: torch.device, progress: bool):
@@ -554,13 +620,16 @@ def fit_lora(config: Config, model, examples: list[dict[str, Any]], out: Path, d
     ref.append(trainer)
     if not progress:
         trainer.remove_callback(PrinterCallback)
+    if resume:
+        _drop_incomplete_checkpoints(checkpoints)
     resume_from = last_checkpoint(checkpoints) if resume else None
     if resume and resume_from is None:
         log.info("%s: no checkpoint to resume from, starting from the beginning", checkpoints)
-    if resume_from is not None and (resume_from / COUNTERS).is_file():
-        trainer.counters.update(json.loads((resume_from / COUNTERS).read_text()))
+    if resume_from is not None:
+        trainer.counters.update(_json_file(resume_from / COUNTERS) or {})
     t0 = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if resume_from is None or not _restore_final(trainer, model, resume_from, history):
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     return Fit(trainer, history, resume_from, time.perf_counter() - t0)
 
 

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from lightreasoner.config import load_config
 from lightreasoner.registry import mcnemar_exact
+from lightreasoner.storage import folder_sha256
 
 
 def sha256(path: Path) -> str:
@@ -53,13 +54,29 @@ def make_samples(folder: Path, config, *, extra_manifest: dict | None = None) ->
     return folder
 
 
+def write_lora_weights(path: Path, rank: int = 8, hidden: int = 64, layers: int = 2) -> Path:
+    """A real (random) peft LoRA safetensors file for q_proj/v_proj of a tiny model."""
+    import torch
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+    tensors = {}
+    for layer in range(layers):
+        for module in ("q_proj", "v_proj"):
+            stem = f"base_model.model.model.layers.{layer}.self_attn.{module}"
+            tensors[f"{stem}.lora_A.weight"] = torch.randn(rank, hidden, generator=gen)
+            tensors[f"{stem}.lora_B.weight"] = torch.randn(hidden, rank, generator=gen)
+    save_file(tensors, str(path))
+    return path
+
+
 def make_training(folder: Path, config, samples: Path | None = None, *, extra_manifest: dict | None = None) -> Path:
     (folder / "adapter").mkdir(parents=True, exist_ok=True)
     (folder / "tokenizer").mkdir(exist_ok=True)
     (folder / "adapter" / "adapter_config.json").write_text(json.dumps({
         "peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"],
         "base_model_name_or_path": config.expert.model, "task_type": "CAUSAL_LM"}))
-    (folder / "adapter" / "adapter_model.safetensors").write_bytes(os.urandom(4096))
+    write_lora_weights(folder / "adapter" / "adapter_model.safetensors", rank=8)
     (folder / "tokenizer" / "tokenizer.json").write_text("{}")
     samples_sha = sha256(samples / "samples.parquet") if samples else "s" * 64
     manifest = {
@@ -72,7 +89,9 @@ def make_training(folder: Path, config, samples: Path | None = None, *, extra_ma
     return folder
 
 
-def make_evaluation(folder: Path, config, base: list[bool], tuned: list[bool], *, with_png: bool = False) -> Path:
+def make_evaluation(folder: Path, config, base: list[bool], tuned: list[bool], *, with_png: bool = False,
+                    training: Path | None = None) -> Path:
+    """``training``: the training folder whose adapter this evaluation scored (its sha256 is recorded)."""
     folder.mkdir(parents=True, exist_ok=True)
     ids = [f"q{i:03d}" for i in range(len(base))]
     for name, correct in (("base", base), ("tuned", tuned)):
@@ -87,7 +106,8 @@ def make_evaluation(folder: Path, config, base: list[bool], tuned: list[bool], *
                "delta_ci_low": delta - 0.05, "delta_ci_high": delta + 0.05, "mcnemar_p": mcnemar_exact(b_only, t_only),
                "correct_base": sum(base), "correct_tuned": sum(tuned),
                "data": {"path": "synthetic", "split": "test", "limit": n},
-               "expert": {"model": config.expert.model}, "adapter": "train-out"}
+               "expert": {"model": config.expert.model}, "adapter": "train-out",
+               "adapter_sha256": folder_sha256(training / "adapter") if training else None}
     (folder / "metrics.json").write_text(json.dumps(metrics))
     (folder / "manifest.json").write_text(json.dumps({"stage": "evaluate", "config": config.dump()}))
     if with_png:

@@ -29,7 +29,7 @@ def aliases(client, name):
 def fabricate(tmp_path, cfg, tuned, tag):
     samples = make_samples(tmp_path / f"samples-{tag}", cfg)
     training = make_training(tmp_path / f"train-{tag}", cfg, samples)
-    evaluation = make_evaluation(tmp_path / f"eval-{tag}", cfg, BASE, tuned)
+    evaluation = make_evaluation(tmp_path / f"eval-{tag}", cfg, BASE, tuned, training=training)
     return samples, training, evaluation
 
 
@@ -134,7 +134,7 @@ def test_register_fails_cleanly(mlflow_server, aws_env, tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", aws_env.secret)
 
     # Bad inputs.
-    with pytest.raises(LightReasonerError, match="missing adapter/adapter_config.json"):
+    with pytest.raises(LightReasonerError, match="not a training output"):
         registry.register(cfg, evaluation, evaluation)
     other = make_samples(tmp_path / "other", cfg)
     (other / "manifest.json").write_text((other / "manifest.json").read_text().replace(
@@ -165,6 +165,7 @@ def test_registered_model_loads_and_answers(mlflow_server, aws_env, tiny_models,
         f.unlink()
     peft_model.save_pretrained(training / "adapter")
     AutoTokenizer.from_pretrained(tiny_models["llama"]).save_pretrained(training / "tokenizer")
+    evaluation = make_evaluation(tmp_path / "eval-real", cfg, BASE, V1, training=training)
     registry.register(cfg, training, evaluation, samples)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)  # models:/ URIs resolve on this server
     model = mlflow.pyfunc.load_model(f"models:/{name}@challenger")

@@ -1,0 +1,471 @@
+"""Faults lose nothing (issue 15): one test per numbered fault, real SIGKILLs (tests/killer.py) and real
+moto and MLflow servers (tests/servers.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from fake_outputs import make_config, make_evaluation, make_samples, make_training
+from killer import file_appears, kill_at_call, kill_when, run_cli
+from servers import paused
+
+from lightreasoner import registry, storage
+from lightreasoner.cli import main
+from lightreasoner.errors import LightReasonerError
+
+pytestmark = pytest.mark.filterwarnings("ignore:Add type hints:UserWarning")
+
+N = 40
+BASE = [i < 20 for i in range(N)]
+TUNED = [i < 30 for i in range(N)]
+
+
+def common(tiny_models, *extra: str) -> list[str]:
+    sets = [f"expert.model={tiny_models['llama']}", "amateur.keep_layers=1", "data.limit=6",
+            "sampling.max_new_tokens=8", "sampling.batch_size=2", "sampling.beta=auto:0.5",
+            "tracking.enabled=false", "training.lora_dropout=0.0", *extra]
+    return [arg for s in sets for arg in ("--set", s)]
+
+
+def one_line_error(outcome_or_err) -> str:
+    err = outcome_or_err if isinstance(outcome_or_err, str) else outcome_or_err.stderr
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert "Traceback" not in err, err
+    assert lines and lines[-1].startswith("error: "), err
+    return lines[-1]
+
+
+def fabricate(tmp_path, cfg, tag):
+    samples = make_samples(tmp_path / f"samples-{tag}", cfg)
+    training = make_training(tmp_path / f"train-{tag}", cfg, samples)
+    evaluation = make_evaluation(tmp_path / f"eval-{tag}", cfg, BASE, TUNED, training=training)
+    return samples, training, evaluation
+
+
+def versions(client, name):
+    return client.search_model_versions(f"name = '{name}'")
+
+
+@pytest.fixture
+def registry_setup(mlflow_server, aws_env, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    name = f"lr-{uuid.uuid4().hex[:8]}"
+    cfg = make_config(mlflow_server.uri, experiment=f"faults-{name}", model_name=name)
+    return name, cfg, MlflowClient(mlflow_server.uri)
+
+
+# --- (a) the registry -------------------------------------------------------------------------------
+
+
+def test_1_register_refuses_an_evaluation_of_another_adapter(registry_setup, tmp_path):
+    name, cfg, client = registry_setup
+    samples, training, _ = fabricate(tmp_path, cfg, "a")
+    _, other_training, other_eval = fabricate(tmp_path, cfg, "b")
+    with pytest.raises(LightReasonerError, match="scored another adapter"):
+        registry.register(cfg, training, other_eval, samples)
+    legacy = make_evaluation(tmp_path / "legacy", cfg, BASE, TUNED)  # no adapter digest recorded
+    with pytest.raises(LightReasonerError, match="records no adapter_sha256"):
+        registry.register(cfg, training, legacy, samples)
+    assert versions(client, name) == [] and client.get_experiment_by_name(f"faults-{name}") is None
+    # evaluate records the digest of the adapter it scored (here: a real evaluation's metrics)
+    assert json.loads((other_eval / "metrics.json").read_text())["adapter_sha256"] == \
+        storage.folder_sha256(other_training / "adapter")
+
+
+def test_1_evaluate_records_the_adapter_digest(tiny_models, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from lightreasoner.config import load_config
+    from lightreasoner.evaluation import evaluate
+
+    adapter = tmp_path / "adapter"
+    base = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
+    get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])).save_pretrained(adapter)
+    cfg = load_config(None, [f"expert.model={tiny_models['llama']}", "evaluation.max_new_tokens=4",
+                             "evaluation.data.limit=2", "evaluation.bootstrap_samples=100", "tracking.enabled=false"])
+    result = evaluate(cfg, None, adapter, tmp_path / "eval", progress=False)
+    assert result.metrics["adapter_sha256"] == storage.folder_sha256(adapter)
+    assert json.loads((tmp_path / "eval" / "manifest.json").read_text())["adapter"]["sha256"] == \
+        storage.folder_sha256(adapter)
+
+
+def test_2_register_refuses_a_corrupt_adapter(registry_setup, tmp_path):
+    name, cfg, client = registry_setup
+    samples, training, _ = fabricate(tmp_path, cfg, "c")
+    (training / "adapter" / "adapter_model.safetensors").write_bytes(os.urandom(4096))
+    evaluation = make_evaluation(tmp_path / "eval-c2", cfg, BASE, TUNED, training=training)  # digest matches
+    with pytest.raises(LightReasonerError, match="adapter_model.safetensors does not load"):
+        registry.register(cfg, training, evaluation, samples)
+    # shapes that contradict adapter_config.json's rank are refused too
+    from fake_outputs import write_lora_weights
+
+    write_lora_weights(training / "adapter" / "adapter_model.safetensors", rank=4)
+    evaluation = make_evaluation(tmp_path / "eval-c3", cfg, BASE, TUNED, training=training)
+    with pytest.raises(LightReasonerError, match="has rank 4, adapter_config.json says r=8"):
+        registry.register(cfg, training, evaluation, samples)
+    assert versions(client, name) == [] and client.get_experiment_by_name(f"faults-{name}") is None
+
+
+@pytest.mark.slow
+def test_8_server_dies_after_the_version_is_created_and_the_retry_completes(registry_setup, mlflow_server,
+                                                                           tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    name, cfg, client = registry_setup
+    samples, training, evaluation = fabricate(tmp_path, cfg, "d")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    original = MlflowClient.create_model_version
+    with paused(mlflow_server.proc) as pause:
+        def create_then_die(self, *args, **kwargs):
+            version = original(self, *args, **kwargs)
+            pause.stop()  # the server stops answering right after the version exists
+            return version
+
+        monkeypatch.setattr(MlflowClient, "create_model_version", create_then_die)
+        with pytest.raises(LightReasonerError):
+            registry.register(cfg, training, evaluation, samples)
+    monkeypatch.setattr(MlflowClient, "create_model_version", original)
+    left = versions(client, name)
+    assert len(left) == 1 and dict(client.get_registered_model(name).aliases) == {}
+    assert client.get_run(left[0].run_id).info.status == "RUNNING"
+
+    # The retry (a Kubeflow retry of the register step) completes that version instead of making another.
+    again = registry.register(cfg, training, evaluation, samples)
+    assert again.version == left[0].version and len(versions(client, name)) == 1
+    assert dict(client.get_registered_model(name).aliases) == {"challenger": again.version}
+    assert client.get_run(again.run_id).info.status == "FINISHED"
+    # and a third call changes nothing
+    assert registry.register(cfg, training, evaluation, samples).version == again.version
+    assert len(versions(client, name)) == 1
+
+
+@pytest.mark.slow
+def test_8_killed_register_run_is_marked_failed_on_the_next_call(registry_setup, mlflow_server, tmp_path):
+    name, cfg, client = registry_setup
+    samples, training, evaluation = fabricate(tmp_path, cfg, "e")
+    args = ["register", "--set", f"tracking.tracking_uri={mlflow_server.uri}", "--set",
+            f"tracking.experiment=faults-{name}", "--set", f"registry.model_name={name}",
+            "--training", training, "--evaluation", evaluation, "--samples", samples]
+    killed = kill_at_call(args, "lightreasoner.registry:save_pyfunc", mode="before")
+    assert killed.killed, killed.stderr
+    exp = client.get_experiment_by_name(f"faults-{name}").experiment_id
+    assert [r.info.status for r in client.search_runs([exp])] == ["RUNNING"]
+    done = run_cli(args)
+    assert done.returncode == 0, done.stderr
+    statuses = sorted(r.info.status for r in client.search_runs([exp]))
+    assert statuses == ["FAILED", "FINISHED"] and len(versions(client, name)) == 1
+
+
+def test_13_mlmodel_is_logged_after_the_adapter_and_tokenizer(tmp_path, monkeypatch, aws_env):
+    """A store whose artifacts go through MLflow (not our S3 writer): MLmodel strictly last, and a failed
+    tokenizer upload leaves no MLmodel and no version."""
+    from mlflow.tracking import MlflowClient
+
+    name = f"lr-{uuid.uuid4().hex[:8]}"
+    cfg = make_config(f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="proxied", model_name=name)
+    samples, training, evaluation = fabricate(tmp_path, cfg, "f")
+    calls = []
+    log_artifacts, log_artifact = MlflowClient.log_artifacts, MlflowClient.log_artifact
+
+    def spy_dir(self, run_id, local_dir, artifact_path=None):
+        calls.append(artifact_path)
+        if artifact_path == "model/artifacts" and fail["on"]:
+            raise OSError("connection reset while uploading the tokenizer")
+        return log_artifacts(self, run_id, local_dir, artifact_path)
+
+    def spy_file(self, run_id, local_path, artifact_path=None):
+        calls.append(f"{artifact_path}/{Path(local_path).name}")
+        return log_artifact(self, run_id, local_path, artifact_path)
+
+    fail = {"on": True}
+    monkeypatch.setattr(MlflowClient, "log_artifacts", spy_dir)
+    monkeypatch.setattr(MlflowClient, "log_artifact", spy_file)
+    with pytest.raises((LightReasonerError, OSError)):
+        registry.register(cfg, training, evaluation, samples)
+    assert "model/MLmodel" not in calls
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert versions(client, name) == []
+    fail["on"] = False
+    calls.clear()
+    registry.register(cfg, training, evaluation, samples)
+    model_calls = [c for c in calls if c and c.startswith("model")]
+    assert model_calls[-1] == "model/MLmodel" and "model/artifacts" in model_calls[:-1]
+
+
+# --- (b) bad input, secrets, leftovers, messages ------------------------------------------------------
+
+
+def test_9_beta_nan_and_inf_are_refused(tiny_models, tmp_path, capsys):
+    for beta in ("nan", "inf", "-inf"):
+        out = tmp_path / f"s-{beta}"
+        args = common(tiny_models)
+        args[args.index("sampling.beta=auto:0.5")] = f"sampling.beta={beta}"
+        assert main(["sample", *args, "--output", str(out)]) == 2
+        assert "must be a finite number" in one_line_error(capsys.readouterr().err)
+        assert not out.exists()
+
+
+def test_11_credentials_in_the_tracking_uri_are_never_written_or_printed(registry_setup, mlflow_server,
+                                                                        tiny_models, tmp_path, capsys):
+    name, cfg, client = registry_setup
+    secret = "hunter2-not-for-logs"
+    uri = mlflow_server.uri.replace("http://", f"http://alice:{secret}@")
+    out = tmp_path / "samples"
+    assert main(["sample", *common(tiny_models, f"tracking.tracking_uri={uri}"), "--output", str(out)]) == 0
+    manifest = (out / "manifest.json").read_text()
+    assert secret not in manifest and "alice:***@" in manifest
+    samples, training, evaluation = fabricate(tmp_path, cfg, "g")
+    assert main(["register", "--set", f"tracking.tracking_uri={uri}", "--set", f"tracking.experiment=faults-{name}",
+                 "--set", f"registry.model_name={name}", "--training", str(training), "--evaluation",
+                 str(evaluation)]) == 0
+    captured = capsys.readouterr()
+    assert secret not in captured.out + captured.err
+    assert len(versions(client, name)) == 1
+
+
+def test_12_refused_runs_leave_nothing_that_blocks_the_corrected_rerun(tiny_models, tmp_path, capsys):
+    out = tmp_path / "samples"
+    assert main(["sample", *common(tiny_models, "data.path=/no/such/problems.jsonl"), "--output", str(out)]) == 2
+    one_line_error(capsys.readouterr().err)
+    assert not out.exists()
+    # A run of another config that died before its first batch left shards/state.json: not in the way.
+    (out / "shards").mkdir(parents=True)
+    (out / "shards" / "state.json").write_text(json.dumps({"fingerprint": "0" * 64}))
+    assert main(["sample", *common(tiny_models), "--output", str(out)]) == 0
+    assert (out / "manifest.json").is_file()
+
+
+def test_10_one_line_errors(registry_setup, tiny_models, tmp_path, capsys):
+    out = tmp_path / "samples"
+    args = common(tiny_models)
+    # invalid manifest.json: refused in one line; --overwrite replaces it
+    out.mkdir()
+    (out / "manifest.json").write_text("{not json")
+    assert main(["sample", *args, "--output", str(out)]) == 2
+    assert "not valid JSON" in one_line_error(capsys.readouterr().err)
+    assert main(["sample", *args, "--output", str(out), "--overwrite"]) == 0
+    capsys.readouterr()
+    # invalid shards/state.json beside finished batches: one line; --overwrite starts again
+    other = tmp_path / "other"
+    (other / "shards").mkdir(parents=True)
+    (other / "shards" / "state.json").write_text("")
+    (other / "shards" / "batch-00000.parquet").write_bytes(b"PAR1 torn")
+    assert main(["sample", *args, "--output", str(other)]) == 2
+    assert "state.json: not valid JSON" in one_line_error(capsys.readouterr().err)
+    assert main(["sample", *args, "--output", str(other), "--overwrite"]) == 0
+    # a damaged batch file in a resumable run is computed again
+    third = tmp_path / "third"
+    from lightreasoner.config import load_config
+    from lightreasoner.sampling import sampling_fingerprint
+
+    cfg = load_config(None, [a for a in args if a != "--set"])
+    (third / "shards").mkdir(parents=True)
+    (third / "shards" / "state.json").write_text(json.dumps({"fingerprint": sampling_fingerprint(cfg, False)}))
+    (third / "shards" / "batch-00000.parquet").write_bytes(b"garbage")
+    assert main(["sample", *args, "--output", str(third)]) == 0
+    assert (third / "samples.parquet").read_bytes() == (other / "samples.parquet").read_bytes()
+    capsys.readouterr()
+    # an output below a file (like a read-only or full disk: an OSError): one line naming the path
+    (tmp_path / "afile").write_text("x")
+    assert main(["prepare-data", "--set", "data.path=synthetic", "--set", "data.limit=3", "--output",
+                 str(tmp_path / "afile" / "sub")]) == 2
+    assert "afile" in one_line_error(capsys.readouterr().err)
+    # register with a corrupt predictions file
+    name, rcfg, _ = registry_setup
+    samples, training, evaluation = fabricate(tmp_path, rcfg, "h")
+    (evaluation / "predictions_tuned.parquet").write_bytes(b"not parquet")
+    with pytest.raises(LightReasonerError, match="predictions_tuned.parquet: not a readable Parquet file"):
+        registry.register(rcfg, training, evaluation, samples)
+
+
+def test_14_misleading_messages(tiny_models, aws_env, tmp_path, capsys):
+    from lightreasoner.training import load_samples
+
+    samples = tmp_path / "samples"
+    assert main(["sample", *common(tiny_models), "--output", str(samples)]) == 0
+    manifest = json.loads((samples / "manifest.json").read_text())
+    (samples / "manifest.json").write_text(json.dumps({**manifest, "stage": "train"}))
+    with pytest.raises(LightReasonerError, match="holds the output of stage 'train', not samples"):
+        load_samples(samples)
+    # an error about an s3:// output names the URI, not the local work folder
+    uri = f"s3://{aws_env.bucket}/faults-{uuid.uuid4().hex[:8]}/samples"
+    storage.upload_dir(samples, uri)
+    capsys.readouterr()
+    assert main(["sample", *common(tiny_models), "--output", uri]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert line.startswith(f"error: {uri}/manifest.json: belongs to stage 'train'") and "/tmp" not in line
+
+
+# --- (c) checkpoints --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cli_samples(tiny_models, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("fault-samples") / "samples"
+    assert main(["sample", *common(tiny_models), "--output", str(out)]) == 0
+    return out
+
+
+TRAIN = ("training.max_steps=6", "training.batch_size=1", "training.save_steps=2", "training.save_total_limit=1")
+
+
+@pytest.fixture(scope="module")
+def full_training(tiny_models, cli_samples, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("fault-train") / "full"
+    assert main(["train", *common(tiny_models, *TRAIN), "--samples", str(cli_samples), "--output", str(out)]) == 0
+    return out
+
+
+def adapter_tensors(folder: Path):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter" / "adapter_model.safetensors"))
+
+
+def same_adapter(a: Path, b: Path) -> bool:
+    import torch
+
+    ta, tb = adapter_tensors(a), adapter_tensors(b)
+    return ta.keys() == tb.keys() and all(torch.allclose(ta[k], tb[k], atol=1e-5) for k in ta)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target, mode", [
+    ("transformers.trainer_callback:TrainerState.save_to_json", "torn"),  # an empty trainer_state.json
+    ("lightreasoner.training:write_json_atomic", "before"),  # killed just before the counters file
+])
+def test_6_kill_inside_a_checkpoint_save_resumes_from_the_last_complete_one(
+        tiny_models, cli_samples, full_training, tmp_path, target, mode):
+    out = tmp_path / "train"
+    args = ["train", *common(tiny_models, *TRAIN), "--samples", cli_samples, "--output", out]
+    killed = kill_at_call(args, target, nth=2, mode=mode)  # the save at step 4 is interrupted
+    assert killed.killed, killed.stderr
+    assert (out / "checkpoints" / "checkpoint-2").is_dir()  # not rotated away before step 4 was complete
+    resumed = run_cli([*args, "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    done = json.loads((out / "manifest.json").read_text())
+    full = json.loads((full_training / "manifest.json").read_text())
+    assert done["resumed_from"] == "checkpoint-2"
+    assert done["steps"] == full["steps"] == 6 and done["tuned_tokens"] == full["tuned_tokens"]
+    assert same_adapter(out, full_training)
+
+
+@pytest.mark.slow
+def test_7_resuming_at_the_final_step_adds_no_step(tiny_models, cli_samples, full_training, tmp_path):
+    out = tmp_path / "train"
+    args = ["train", *common(tiny_models, *TRAIN), "--samples", cli_samples, "--output", out]
+    killed = kill_at_call(args, "lightreasoner.training:save_outputs", mode="before")  # after checkpoint-6
+    assert killed.killed and (out / "checkpoints" / "checkpoint-6").is_dir()
+    resumed = run_cli([*args, "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    done = json.loads((out / "manifest.json").read_text())
+    full = json.loads((full_training / "manifest.json").read_text())
+    assert done["steps"] == 6 and done["tuned_tokens"] == full["tuned_tokens"]
+    assert [e["step"] for e in done["loss_history"]] == [e["step"] for e in full["loss_history"]]
+    assert same_adapter(out, full_training)
+
+
+# --- (d) s3:// outputs ------------------------------------------------------------------------------
+
+
+def _s3_args(tiny_models, uri):
+    return ["sample", *common(tiny_models), "--output", uri]
+
+
+@pytest.mark.slow
+def test_3_a_rerun_never_touches_a_finished_s3_output(tiny_models, aws_env):
+    uri = f"s3://{aws_env.bucket}/faults-{uuid.uuid4().hex[:8]}/samples"
+    first = run_cli(_s3_args(tiny_models, uri))
+    assert first.returncode == 0, first.stderr
+    key = uri[len(f"s3://{aws_env.bucket}/"):] + "/manifest.json"
+    before = aws_env.client().head_object(Bucket=aws_env.bucket, Key=key)
+    # Any upload or delete in the rerun kills it: a finished output must not be written at all.
+    rerun = kill_at_call(_s3_args(tiny_models, uri), "lightreasoner.storage:upload_dir", mode="before")
+    assert not rerun.killed and rerun.returncode == 0, rerun.stderr
+    after = aws_env.client().head_object(Bucket=aws_env.bucket, Key=key)
+    assert after["ETag"] == before["ETag"] and after["LastModified"] == before["LastModified"]
+
+
+@pytest.mark.slow
+def test_4_s3_sampling_resumes_after_a_kill_in_compute_and_in_upload(tiny_models, aws_env, tmp_path):
+    uri = f"s3://{aws_env.bucket}/faults-{uuid.uuid4().hex[:8]}/samples"
+    env = {"LIGHTREASONER_CACHE": str(tmp_path / "cache")}
+    # 6 problems in batches of 2: killed before the second batch is generated.
+    first = kill_at_call(_s3_args(tiny_models, uri), "lightreasoner.sampling:generate_greedy", nth=2, env=env)
+    assert first.killed
+    # The rerun generates only the 2 batches left (a third generation would kill it) ...
+    second = kill_at_call(_s3_args(tiny_models, uri), "lightreasoner.sampling:generate_greedy", nth=3, env=env)
+    assert not second.killed and second.returncode == 0, second.stderr
+    keys = aws_env.keys(uri[len(f"s3://{aws_env.bucket}/"):] + "/")
+    assert any(k.endswith("/manifest.json") for k in keys) and not any("/shards/" in k for k in keys)
+    # ... and a kill in the middle of the upload is resumed without --overwrite.
+    uri2 = uri + "-2"
+    killed = kill_at_call(_s3_args(tiny_models, uri2), "lightreasoner.storage:upload_file", nth=2, env=env)
+    assert killed.killed
+    done = run_cli(_s3_args(tiny_models, uri2), env=env)
+    assert done.returncode == 0, done.stderr
+    s3 = aws_env.client()
+    body = {u: s3.get_object(Bucket=aws_env.bucket, Key=u[len(f"s3://{aws_env.bucket}/"):] + "/samples.parquet")
+            ["Body"].read() for u in (uri, uri2)}
+    assert body[uri] == body[uri2]
+
+
+@pytest.mark.slow
+def test_5_unusable_s3_output_fails_before_compute(tiny_models, cli_samples, aws_env):
+    for command in (["train", "--samples", cli_samples], ["evaluate", "--limit", "2"]):
+        args = [command[0], *common(tiny_models, "training.max_steps=1"), *command[1:],
+                "--output", "s3://no-such-bucket-lightreasoner/out"]
+        target = "lightreasoner.training:fit_lora" if command[0] == "train" else "lightreasoner.evaluation:predict"
+        outcome = kill_at_call(args, target, mode="before")  # reaching the compute would kill it
+        assert not outcome.killed and outcome.returncode == 2
+        assert "bucket does not exist" in one_line_error(outcome)
+
+
+# --- (e) two runs into one output --------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_concurrent_second_run_is_refused_cleanly(tiny_models, tmp_path, capsys):
+    out = tmp_path / "samples"
+    args = _s3_args(tiny_models, str(out))
+    state = {}
+
+    def second_run_while_first_works() -> bool:
+        if not (out / "shards" / "state.json").is_file():
+            return False
+        state["rc"] = main(args)
+        state["err"] = capsys.readouterr().err
+        return True
+
+    first = kill_when(args, second_run_while_first_works)
+    assert state["rc"] == 2 and "another lightreasoner process is writing this output" in \
+        one_line_error(state["err"])
+    assert first.killed
+    assert run_cli(args).returncode == 0 and (out / "manifest.json").is_file()
+
+
+@pytest.mark.slow
+def test_4_s3_training_resumes_from_its_checkpoint(tiny_models, cli_samples, full_training, aws_env, tmp_path,
+                                                   monkeypatch):
+    uri = f"s3://{aws_env.bucket}/faults-{uuid.uuid4().hex[:8]}/train"
+    monkeypatch.setenv("LIGHTREASONER_CACHE", str(tmp_path / "cache"))
+    args = ["train", *common(tiny_models, *TRAIN), "--samples", cli_samples, "--output", uri, "--resume"]
+    work = storage.work_dir(uri)
+    killed = kill_when(args, file_appears(work, "checkpoints/checkpoint-4/lightreasoner-counters.json"))
+    assert killed.killed
+    done = run_cli(args)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads(aws_env.client().get_object(
+        Bucket=aws_env.bucket, Key=uri[len(f"s3://{aws_env.bucket}/"):] + "/manifest.json")["Body"].read())
+    assert manifest["resumed_from"] == "checkpoint-4" and manifest["steps"] == 6
+    assert not work.exists()
+    # a rerun without --resume into the finished prefix is refused and changes nothing
+    again = run_cli(args[:-1])
+    assert again.returncode == 2 and uri in one_line_error(again)
