@@ -306,3 +306,25 @@ def test_sharded_run_merged_equals_single_run(tiny_models, tmp_path):
         assert pq.read_table(tmp_path / "single" / name).equals(pq.read_table(tmp_path / "merged" / name))
     with pytest.raises(LightReasonerError, match="index must be in"):
         sample(cfg, tmp_path / "bad", pair=pair, shard=(2, 2))
+
+
+def test_generation_is_greedy_even_when_the_models_own_config_samples(tiny_models):
+    """DeepSeek-R1-Distill's generation config samples (temperature 0.6, top_p 0.95): the Expert still
+    writes the greedy trajectory."""
+    from lightreasoner.config import ModelConfig
+    from lightreasoner.models import generate_greedy, load_model
+
+    cfg = ModelConfig(model=str(tiny_models["llama"]))
+    model, tok = load_model(cfg), load_tokenizer(cfg)
+    prompt = [tok.bos_token_id, 40, 41, 42]
+    greedy, _ = generate_greedy(model, tok, [prompt], 8, stop_at_eos=False)
+    model.generation_config.do_sample, model.generation_config.temperature = True, 5.0
+    model.generation_config.top_p, model.generation_config.top_k = 0.95, 0
+    for seed in range(3):
+        torch.manual_seed(seed)
+        assert generate_greedy(model, tok, [prompt], 8, stop_at_eos=False)[0] == greedy
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(8):
+            ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+    assert greedy[0] == ids[len(prompt):]
