@@ -88,6 +88,9 @@ class SamplingConfig(_Section):
     max_new_tokens: int = Field(128, ge=1, description="Length of the Expert's greedy trajectory.")
     batch_size: int = Field(16, ge=1, description="Problems generated together.")
     sort_by_length: bool = Field(True, description="Batch problems of similar prompt length together.")
+    skip_first_step: bool = Field(
+        True, description="Never keep the first generated token (t = 0) as a step, as the authors' script."
+    )
 
     @field_validator("beta")
     @classmethod
@@ -121,7 +124,26 @@ class TrainingConfig(_Section):
     learning_rate: float = Field(5e-5, gt=0.0, description="Peak learning rate.")
     epochs: float = Field(1.0, gt=0.0, description="Passes over the samples (ignored when max_steps > 0).")
     max_steps: int = Field(-1, description="Optimizer steps; -1: use epochs.")
-    batch_size: int = Field(4, ge=1, description="Trajectories per device batch (packed layout).")
+    batch_size: int = Field(
+        4, ge=1, description="Trajectories per device batch (packed layout; unused when samples_per_step is set)."
+    )
+    samples_per_step: int | None = Field(
+        None,
+        ge=1,
+        description="Kept samples per optimizer step (paper: 16): trajectories are packed into a step until it "
+        "holds this many, split across steps when needed; each step is gradient_accumulation_steps forward "
+        "passes of samples_per_step / gradient_accumulation_steps samples. 0 or empty: batch_size trajectories.",
+    )
+    _samples_per_step = field_validator("samples_per_step", mode="before")(
+        classmethod(lambda cls, v: _empty_to_none(v))
+    )
+    holdout_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Share of the problems whose kept samples are held out of training; the soft-label KL on "
+        "them is reported before and after training (0: none).",
+    )
     gradient_accumulation_steps: int = Field(1, ge=1, description="Batches per optimizer step.")
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="Linear warm-up fraction.")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
@@ -138,10 +160,22 @@ class TrainingConfig(_Section):
         "linear", description="Learning-rate schedule after warm-up."
     )
 
+    @model_validator(mode="after")
+    def _step_divisible(self) -> TrainingConfig:
+        if self.samples_per_step is not None and self.samples_per_step % self.gradient_accumulation_steps:
+            raise ValueError(
+                f"samples_per_step {self.samples_per_step} must be a multiple of gradient_accumulation_steps "
+                f"{self.gradient_accumulation_steps}"
+            )
+        return self
+
 
 class SFTConfig(_Section):
     num_problems: int | None = Field(
-        None, ge=1, description="SFT baseline: training problems to sample solutions for (0 or empty: all of data)."
+        None,
+        ge=1,
+        description="SFT baseline: sample solutions for the first N problems of data.path/data.split, "
+        "independent of data.limit (0 or empty: the same problems as LightReasoner).",
     )
     _num_problems = field_validator("num_problems", mode="before")(classmethod(lambda cls, v: _empty_to_none(v)))
     samples_per_problem: int = Field(4, ge=1, description="Solutions the Expert samples per problem (1: greedy).")

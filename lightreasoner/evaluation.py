@@ -333,6 +333,14 @@ class Prediction:
     tokens_generated: int
 
 
+def answers_changed(base: list[Prediction], tuned: list[Prediction] | None) -> int | None:
+    """Evaluation problems whose extracted answer differs between the base and the tuned Expert (right or
+    wrong): a sign that training changed predictions even when accuracy does not move."""
+    if tuned is None:
+        return None
+    return sum(b.extracted != t.extracted for b, t in zip(base, tuned, strict=True))
+
+
 def plan_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Indices per batch, prompts of similar length together (less padding)."""
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
@@ -634,6 +642,9 @@ def evaluate(config: Config, model: str | None, adapter: str | Path | None, outp
         bootstrap_samples=ecfg.bootstrap_samples,
         seed=ecfg.seed,
     )
+    metrics["answers_changed"] = answers_changed(base_preds, tuned_preds)
+    metrics["outputs_changed"] = (None if tuned_preds is None else
+                                  sum(b.output != t.output for b, t in zip(base_preds, tuned_preds, strict=True)))
     metrics["data"] = ecfg.data.model_dump(mode="json")
     metrics["problems_sha256"] = problems_digest(problems)
     metrics["expert"] = expert_info

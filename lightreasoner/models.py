@@ -10,7 +10,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -207,18 +207,64 @@ def truncated_amateur(expert, keep_layers: int):
     return amateur
 
 
+_ROLES = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id")
+
+
+def _special_roles(tok) -> dict[int, set[str]]:
+    """id -> its special roles (bos/eos/pad/unk, or ``special`` for the other special tokens)."""
+    roles: dict[int, set[str]] = {}
+    for attr in _ROLES:
+        value = getattr(tok, attr, None)
+        if isinstance(value, int):
+            roles.setdefault(value, set()).add(attr[: -len("_token_id")])
+    for value in getattr(tok, "all_special_ids", []) or []:
+        roles.setdefault(int(value), set()).add("special")
+    return roles
+
+
+def _added_ids(tok) -> dict[int, str]:
+    return {int(i): t for t, i in (tok.get_added_vocab() or {}).items()}
+
+
+def tokenizer_differences(tok_a, tok_b) -> tuple[str | None, list[int]]:
+    """Compare an Expert's (``tok_a``) and an Amateur's (``tok_b``) tokenizers.
+
+    Returns ``(problem, excluded)``. ``problem`` says how the shared ordinary vocabulary differs (a token
+    that is not an added/special token of either tokenizer maps to different ids, or exists in one only):
+    such a pair cannot be compared and is refused. ``excluded`` lists, sorted, the ids of ``tok_a``'s
+    vocabulary that the two define differently: added or special tokens whose text or special role
+    differs (e.g. another eos, DeepSeek's added tokens), and ids that only ``tok_a`` defines; the contrast
+    leaves them out.
+    """
+    vocab_a, vocab_b = tok_a.get_vocab(), tok_b.get_vocab()
+    added_a, added_b = _added_ids(tok_a), _added_ids(tok_b)
+    added_text = set(added_a.values()) | set(added_b.values())
+    ordinary_a = {t: i for t, i in vocab_a.items() if t not in added_text}
+    ordinary_b = {t: i for t, i in vocab_b.items() if t not in added_text}
+    if ordinary_a != ordinary_b:
+        only = sorted(set(ordinary_a) ^ set(ordinary_b))
+        moved = sorted(t for t in set(ordinary_a) & set(ordinary_b) if ordinary_a[t] != ordinary_b[t])
+        if moved:
+            t = moved[0]
+            detail = f"{len(moved)} token(s) with other ids, e.g. {t!r}: {ordinary_a[t]} vs {ordinary_b[t]}"
+        else:
+            detail = f"{len(only)} token(s) in one vocabulary only, e.g. {only[0]!r}"
+        return f"vocabularies differ ({len(ordinary_a)} vs {len(ordinary_b)} ordinary tokens; {detail})", []
+    id_to_a = {i: t for t, i in vocab_a.items()}
+    id_to_b = {i: t for t, i in vocab_b.items()}
+    roles_a, roles_b = _special_roles(tok_a), _special_roles(tok_b)
+    candidates = set(added_a) | set(added_b) | set(roles_a) | set(roles_b)
+    excluded = sorted(
+        i for i in candidates
+        if i in id_to_a and (id_to_a.get(i) != id_to_b.get(i) or roles_a.get(i, set()) != roles_b.get(i, set()))
+    )
+    return None, excluded
+
+
 def tokenizers_match(tok_a, tok_b) -> str | None:
-    """None when the two tokenizers are interchangeable, else what differs (for the error message)."""
-    if len(tok_a) != len(tok_b):
-        return f"vocabulary sizes differ ({len(tok_a)} vs {len(tok_b)})"
-    if tok_a.get_vocab() != tok_b.get_vocab():
-        return "vocabularies differ"
-    for attr in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
-        if getattr(tok_a, attr) != getattr(tok_b, attr):
-            return f"special tokens differ ({attr}: {getattr(tok_a, attr)} vs {getattr(tok_b, attr)})"
-    if sorted(tok_a.all_special_tokens) != sorted(tok_b.all_special_tokens):
-        return "special tokens differ"
-    return None
+    """None when the two tokenizers share their ordinary vocabulary (a pair that can be compared), else
+    what differs (for the error message). Special/added tokens may differ: see :func:`tokenizer_differences`."""
+    return tokenizer_differences(tok_a, tok_b)[0]
 
 
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
@@ -266,6 +312,7 @@ class ModelPair:
     vocab_size: int  # logit columns to compare (padded rows beyond the tokenizer cut when allowed)
     expert_info: dict[str, Any]
     amateur_info: dict[str, Any]
+    excluded_ids: list[int] = field(default_factory=list)  # ids the two tokenizers define differently
 
 
 def amateur_fingerprint(cfg: AmateurConfig, expert_info: dict[str, Any], model=None) -> dict[str, Any]:
@@ -275,15 +322,17 @@ def amateur_fingerprint(cfg: AmateurConfig, expert_info: dict[str, Any], model=N
 
 
 def load_pair(config: Config) -> ModelPair:
-    """The Expert, the Amateur and their shared tokenizer; refuses pairs whose tokenizers differ."""
+    """The Expert, the Amateur and the Expert's tokenizer; refuses pairs whose ordinary vocabularies differ.
+    Special/added tokens that differ are allowed; their ids are ``excluded_ids`` (left out of the contrast)."""
     device = resolve_device(config.expert.device)
     tokenizer = load_tokenizer(config.expert, "expert")
     expert = load_model(config.expert, "expert", device)
+    excluded: list[int] = []
     if config.amateur.model is None:
         amateur = truncated_amateur(expert, int(config.amateur.keep_layers))
     else:
         amateur_tok = load_tokenizer(config.amateur, "amateur")
-        problem = tokenizers_match(tokenizer, amateur_tok)
+        problem, excluded = tokenizer_differences(tokenizer, amateur_tok)
         if problem:
             raise LightReasonerError(
                 f"amateur.model {config.amateur.model}: tokenizer differs from the Expert's ({problem})"
@@ -291,7 +340,11 @@ def load_pair(config: Config) -> ModelPair:
         amateur = load_model(config.amateur, "amateur", device)
     vocab = comparable_vocab(tokenizer, expert, amateur)
     expert_info = model_fingerprint(config.expert, expert)
-    return ModelPair(expert, amateur, tokenizer, vocab, expert_info, amateur_fingerprint(config.amateur, expert_info, amateur))
+    if excluded:
+        log.info("leaving %d token id(s) out of the contrast (defined differently by the two tokenizers): %s",
+                 len(excluded), excluded[:20])
+    return ModelPair(expert, amateur, tokenizer, vocab, expert_info,
+                     amateur_fingerprint(config.amateur, expert_info, amateur), [i for i in excluded if i < vocab])
 
 
 def comparable_vocab(tokenizer, expert, amateur) -> int:

@@ -143,6 +143,20 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def _per_update(training: dict[str, Any]) -> str:
+    per = (training.get("schedule") or {}).get("kept_samples_per_update") or {}
+    return f"{_fmt(per.get('mean'), 1)} / {_fmt(per.get('min'))} / {_fmt(per.get('max'))}" if per else "-"
+
+
+def _heldout(training: dict[str, Any]) -> str:
+    h = training.get("heldout") or {}
+    if h.get("kl_before") is None:
+        return "- (training.holdout_fraction 0)"
+    drop = h.get("kl_drop")
+    return (f"{_fmt(h['kl_before'])} -> {_fmt(h.get('kl_after'))} "
+            f"({'-' if drop is None else f'{100 * drop:.0f}%'}, {h.get('problems')} problems)")
+
+
 def summary_table(s: RunSummary):
     """The end-of-run table (rich): what was measured, stage by stage."""
     from rich.table import Table
@@ -160,11 +174,14 @@ def summary_table(s: RunSummary):
         ("effective beta", s.sampling.get("effective_beta")),
         ("tuned tokens", s.training.get("tuned_tokens")),
         ("training steps / final loss", f"{s.training.get('steps')} / {_fmt(s.training.get('final_loss'))}"),
+        ("kept samples per update (mean / min / max)", _per_update(s.training)),
+        ("held-out KL before -> after (drop)", _heldout(s.training)),
         ("problems (eval)", ev.get("n")),
         ("accuracy base", ev.get("accuracy_base")),
         ("accuracy tuned", ev.get("accuracy_tuned")),
         ("delta [95% CI]", f"{_fmt(ev.get('delta'))} [{_fmt(ev.get('delta_ci_low'))}, {_fmt(ev.get('delta_ci_high'))}]"),
         ("McNemar p", ev.get("mcnemar_p")),
+        ("eval answers changed by training", ev.get("answers_changed")),
     ]
     if s.method == "sft":
         rows = [("problems (eval)", ev.get("n"))] if ev else []
@@ -172,8 +189,8 @@ def summary_table(s: RunSummary):
         sev = s.sft_evaluation
         c = s.sft.get("counts", {})
         rows += [
-            ("SFT problems / sampled solutions", f"{c.get('problems')} / {c.get('samples')}"),
-            ("SFT kept solutions", c.get("kept_solutions")),
+            ("SFT problems sampled / kept", f"{c.get('problems')} / {c.get('kept_problems')}"),
+            ("SFT sampled / kept solutions", f"{c.get('samples')} / {c.get('kept_solutions')}"),
             ("SFT tuned tokens", s.sft.get("tuned_tokens")),
             ("SFT training steps / final loss", f"{s.sft.get('steps')} / {_fmt(s.sft.get('final_loss'))}"),
             ("SFT problems (eval)", sev.get("n")),

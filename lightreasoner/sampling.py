@@ -103,7 +103,8 @@ class StepContrast:
 
 
 def contrast(expert_logits: torch.Tensor, amateur_logits: torch.Tensor, alpha: float, floor: float | None,
-             chunk: int = 512) -> StepContrast:
+             chunk: int = 512, *, candidates: torch.Tensor | None = None,
+             excluded_ids: list[int] | torch.Tensor | None = None) -> StepContrast:
     """Vectorised contrast of N steps on the logits' device.
 
     Args:
@@ -111,22 +112,39 @@ def contrast(expert_logits: torch.Tensor, amateur_logits: torch.Tensor, alpha: f
         amateur_logits: [N, V] raw Amateur logits, same vocabulary.
         alpha: plausibility threshold; V_t = {i : p_E(i) >= alpha * max p_E}.
         floor: steps with KL <= floor get no targets (None: every step gets them).
+        candidates: [N] bool, steps that may get targets (None: all); the others still get their KL.
+        excluded_ids: token ids left out of the contrast (ids the two tokenizers do not define alike):
+            both distributions are taken over the other ids, and these are never plausible.
     Returns:
-        kl [N] (float64 on the host) and, for steps with KL > floor, the sparse soft label.
+        kl [N] (float64 on the host) and, for candidate steps with KL > floor, the sparse soft label.
     """
     n = expert_logits.shape[0]
     kls: list[np.ndarray] = []
     targets: list[np.ndarray | None] = [None] * n
     weights: list[np.ndarray | None] = [None] * n
     log_alpha = math.log(alpha)
+    out_mask = None
+    if excluded_ids is not None and len(excluded_ids):
+        out_mask = torch.zeros(expert_logits.shape[-1], dtype=torch.bool, device=expert_logits.device)
+        out_mask[torch.as_tensor(excluded_ids, dtype=torch.long, device=expert_logits.device)] = True
     for start in range(0, n, chunk):
-        le = F.log_softmax(expert_logits[start : start + chunk].float(), dim=-1)
-        la = F.log_softmax(amateur_logits[start : start + chunk].float(), dim=-1)
+        e = expert_logits[start : start + chunk].float()
+        a = amateur_logits[start : start + chunk].float()
+        if out_mask is not None:
+            e, a = e.masked_fill(out_mask, float("-inf")), a.masked_fill(out_mask, float("-inf"))
+        le = F.log_softmax(e, dim=-1)
+        la = F.log_softmax(a, dim=-1)
         diff = le - la
+        if out_mask is not None:
+            diff = diff.masked_fill(out_mask, 0.0)  # -inf - -inf: the excluded ids carry no mass
         kl = (le.exp() * diff).sum(-1).clamp_min(0.0)
         plausible = le >= le.max(dim=-1, keepdim=True).values + log_alpha
+        if out_mask is not None:
+            plausible &= ~out_mask
         soft = torch.softmax(diff.masked_fill(~plausible, float("-inf")), dim=-1)
         keep = torch.ones_like(kl, dtype=torch.bool) if floor is None else kl > floor
+        if candidates is not None:
+            keep &= candidates[start : start + chunk].to(keep.device)
         rows, cols = (plausible & keep[:, None]).nonzero(as_tuple=True)
         vals = soft[rows, cols]
         rows, cols, vals = rows.cpu().numpy(), cols.cpu().numpy(), vals.cpu().numpy()
@@ -141,14 +159,20 @@ def contrast(expert_logits: torch.Tensor, amateur_logits: torch.Tensor, alpha: f
     return StepContrast(np.concatenate(kls) if kls else np.zeros(0), targets, weights)
 
 
-def contrast_step_reference(expert_logits: torch.Tensor, amateur_logits: torch.Tensor, alpha: float):
-    """One step the straightforward way, in float64: (kl, target ids, weights). The oracle of ``contrast``."""
-    pe = torch.softmax(expert_logits.double(), dim=-1)
-    pa_ = torch.softmax(amateur_logits.double(), dim=-1)
+def contrast_step_reference(expert_logits: torch.Tensor, amateur_logits: torch.Tensor, alpha: float,
+                            excluded_ids: list[int] | None = None):
+    """One step the straightforward way, in float64: (kl, target ids, weights). The oracle of ``contrast``.
+    ``excluded_ids`` are dropped from the vocabulary before anything else."""
+    keep = torch.ones(expert_logits.shape[-1], dtype=torch.bool)
+    if excluded_ids is not None and len(excluded_ids):
+        keep[torch.as_tensor(list(excluded_ids), dtype=torch.long)] = False
+    vocab = torch.nonzero(keep).flatten()
+    pe = torch.softmax(expert_logits.detach().cpu().double()[vocab], dim=-1)
+    pa_ = torch.softmax(amateur_logits.detach().cpu().double()[vocab], dim=-1)
     kl = float(torch.sum(pe * (torch.log(pe) - torch.log(pa_))))
     ids = torch.nonzero(pe >= alpha * pe.max()).flatten()
     w = torch.softmax(torch.log(pe[ids]) - torch.log(pa_[ids]), dim=0)
-    return max(kl, 0.0), ids.numpy().astype(np.int32), w.numpy().astype(np.float32)
+    return max(kl, 0.0), vocab[ids].numpy().astype(np.int32), w.numpy().astype(np.float32)
 
 
 def effective_beta(beta: float | str, all_kl: np.ndarray) -> float:
@@ -213,9 +237,11 @@ class Scored:
 
 
 def score_fast(pair: ModelPair, ids: list[str], prompts: list[list[int]], completions: list[list[int]],
-               expert_logits: torch.Tensor | None, alpha: float, floor: float | None) -> list[Scored]:
+               expert_logits: torch.Tensor | None, alpha: float, floor: float | None,
+               skip_first_step: bool = False) -> list[Scored]:
     """Contrast of a batch of trajectories: Expert logits from generation (or one teacher-forced pass
-    when None), Amateur logits from one teacher-forced pass; all steps in one vectorised call."""
+    when None), Amateur logits from one teacher-forced pass; all steps in one vectorised call.
+    ``skip_first_step``: t = 0 is never a candidate; ``pair.excluded_ids`` are left out of the contrast."""
     pad = pair.tokenizer.pad_token_id
     v = pair.vocab_size
     if expert_logits is None:
@@ -226,7 +252,8 @@ def score_fast(pair: ModelPair, ids: list[str], prompts: list[list[int]], comple
     valid = torch.arange(t_len, device=lengths.device)[None, :] < lengths[:, None]
     rows, cols = valid.nonzero(as_tuple=True)
     result = contrast(expert_logits[rows, cols, :v], amateur_logits.to(expert_logits.device)[rows, cols, :v],
-                      alpha, floor)
+                      alpha, floor, candidates=cols >= (1 if skip_first_step else 0),
+                      excluded_ids=getattr(pair, "excluded_ids", None))
     scored, offset = [], 0
     for pid, p, c in zip(ids, prompts, completions, strict=True):
         s = Scored(pid, p, c, result.kl[offset : offset + len(c)])
@@ -241,18 +268,20 @@ def score_fast(pair: ModelPair, ids: list[str], prompts: list[list[int]], comple
 
 
 def score_reference(pair: ModelPair, pid: str, prompt: list[int], completion: list[int],
-                    expert_logits: torch.Tensor | None, alpha: float, floor: float | None) -> Scored:
+                    expert_logits: torch.Tensor | None, alpha: float, floor: float | None,
+                    skip_first_step: bool = False) -> Scored:
     """The paper's way: Amateur (and, without generation logits, Expert) run once per prefix; each step's
-    contrast computed on its own in float64."""
+    contrast computed on its own in float64 (candidates from t = 1 with ``skip_first_step``)."""
     v = pair.vocab_size
     if expert_logits is None:
         expert_logits = per_prefix_logits(pair.expert, prompt, completion)
     amateur_logits = per_prefix_logits(pair.amateur, prompt, completion)
     s = Scored(pid, prompt, completion, np.zeros(len(completion)))
     for t in range(len(completion)):
-        kl, ids, w = contrast_step_reference(expert_logits[t, :v], amateur_logits[t, :v], alpha)
+        kl, ids, w = contrast_step_reference(expert_logits[t, :v], amateur_logits[t, :v], alpha,
+                                             getattr(pair, "excluded_ids", None))
         s.step_kl[t] = kl
-        if floor is None or kl > floor:
+        if (floor is None or kl > floor) and not (skip_first_step and t == 0):
             s.cand_position.append(t)
             s.cand_targets.append(ids)
             s.cand_weights.append(w)
@@ -460,15 +489,18 @@ def _sample(config: Config, out: Path, reference: bool, overwrite: bool, problem
         completions, logits = generate_greedy(pair.expert, tok, batch_prompts, scfg.max_new_tokens, return_logits=True)
         ids = [problems[i].problem_id for i in members]
         if reference:
-            scored = [score_reference(pair, ids[0], batch_prompts[0], completions[0], logits[0], scfg.alpha, floor)]
+            scored = [score_reference(pair, ids[0], batch_prompts[0], completions[0], logits[0], scfg.alpha, floor,
+                                      scfg.skip_first_step)]
         else:
-            scored = score_fast(pair, ids, batch_prompts, completions, logits, scfg.alpha, floor)
+            scored = score_fast(pair, ids, batch_prompts, completions, logits, scfg.alpha, floor,
+                                scfg.skip_first_step)
         del logits
         _atomic_write_table(_shard_table(list(zip(members, scored, strict=True))), shard_file)
         bar.update(len(members))
     bar.close()
     elapsed = time.perf_counter() - started
-    models_info = {"expert": pair.expert_info, "amateur": pair.amateur_info, "vocab_size": pair.vocab_size}
+    models_info = {"expert": pair.expert_info, "amateur": pair.amateur_info, "vocab_size": pair.vocab_size,
+                   "excluded_token_ids": list(getattr(pair, "excluded_ids", []) or [])}
     if shard is not None:
         info = {"stage": "sample-shard", "fingerprint": fingerprint, "shard": list(shard),
                 "num_batches": len(plan_batches([len(p) for p in prompts], batch_size, False)),
@@ -519,7 +551,9 @@ def finalize(out: Path, config: Config, models_info: dict[str, Any], fingerprint
     shards = sorted((out / SHARDS).glob("batch-*.parquet"))
     table = pa.concat_tables([pq.read_table(s) for s in shards]).sort_by("order")
     rows = table.to_pylist()
-    all_kl = np.concatenate([np.asarray(r["step_kl"], dtype=np.float64) for r in rows]) if rows else np.zeros(0)
+    first = 1 if config.sampling.skip_first_step else 0  # candidate steps only (t = 0 never is, when skipped)
+    all_kl = (np.concatenate([np.asarray(r["step_kl"][first:], dtype=np.float64) for r in rows])
+              if rows else np.zeros(0))
     beta = effective_beta(config.sampling.beta, all_kl.astype(np.float32))
     samples, trajectories = [], []
     for r in rows:

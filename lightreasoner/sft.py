@@ -193,9 +193,17 @@ def _check_output(out: Path) -> None:
 
 
 def sft_problems(config: Config, problems: list[Problem] | None) -> list[Problem]:
+    """The SFT baseline's own problems: the first ``sft.num_problems`` of ``data.path``/``data.split``,
+    whatever ``data.limit`` (the LightReasoner problems) is; unset: the LightReasoner problems.
+
+    ``problems`` (the prepared LightReasoner problems, themselves the first ``data.limit`` of the data set)
+    are reused when they hold enough; otherwise the data set is read again with the SFT's own limit."""
+    wanted = config.sft.num_problems
+    if wanted is not None and (problems is None or len(problems) < wanted):
+        problems = load_problems(config.data.model_copy(update={"limit": wanted}))
     problems = load_problems(config.data) if problems is None else problems
-    if config.sft.num_problems is not None:
-        problems = problems[: config.sft.num_problems]
+    if wanted is not None:
+        problems = problems[:wanted]
     if not problems:
         raise LightReasonerError(f"{config.data.path}: no training problems for the SFT baseline (empty data set)")
     return problems
@@ -261,6 +269,7 @@ def sft(config: Config, output: str | Path, *, problems: list[Problem] | None = 
         "samples": {"path": str(out / SOLUTIONS), "sha256": {SOLUTIONS: solutions_sha}, "fingerprint": None},
         "samples_sha256": solutions_sha,
         "problems_used": len(problems),
+        "kept_problems": kept_problems,
         "kept_solutions": len(trajectories),
         "counts": {"problems": len(problems), "samples": len(solutions),
                    "correct": sum(s.correct for s in solutions), "kept_solutions": len(trajectories),

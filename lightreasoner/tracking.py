@@ -477,8 +477,15 @@ def read_sample(folder: Path, tmp: Path) -> StageRecord:
 
 def read_train(folder: Path, tmp: Path) -> StageRecord:
     manifest = _read_json(folder / "manifest.json", "training")
-    metrics = _metrics("train", {k: manifest.get(k) for k in ("steps", "final_loss", "tuned_tokens", "wall_seconds",
-                                                              "train_seconds")})
+    schedule = manifest.get("schedule") or {}
+    per_update = schedule.get("kept_samples_per_update") or {}
+    heldout = manifest.get("heldout") or {}
+    metrics = _metrics("train", {
+        **{k: manifest.get(k) for k in ("steps", "final_loss", "tuned_tokens", "wall_seconds", "train_seconds")},
+        "updates": schedule.get("updates"), "kept_samples_seen": schedule.get("kept_samples_seen"),
+        **{f"kept_samples_per_update_{k}": per_update.get(k) for k in ("mean", "min", "max")},
+        **{f"heldout_{k}": heldout.get(k) for k in ("kl_before", "kl_after", "kl_drop")},
+    })
     steps = []
     for point in manifest.get("loss_history") or []:
         loss, step = _num(point.get("loss")), point.get("step")
@@ -508,7 +515,8 @@ def read_evaluate(folder: Path, tmp: Path, prefix: str = "evaluate") -> StageRec
     values = _read_json(folder / "metrics.json", "evaluation")
     manifest = folder / "manifest.json"
     config = json.loads(manifest.read_text()).get("config") if manifest.is_file() else None
-    keys = ("n", "accuracy_base", "accuracy_tuned", "delta", "delta_ci_low", "delta_ci_high", "mcnemar_p")
+    keys = ("n", "accuracy_base", "accuracy_tuned", "delta", "delta_ci_low", "delta_ci_high", "mcnemar_p",
+            "answers_changed")
     metrics = _metrics(prefix, {k: values.get(k) for k in keys})
     files = [(folder / n, None) for n in ("predictions_base.parquet", "predictions_tuned.parquet") if (folder / n).is_file()]
     jsons = [(folder / "metrics.json", None)] + ([(manifest, None)] if manifest.is_file() else [])

@@ -248,6 +248,40 @@ def build_examples(trajectories: list[Trajectory], layout: str) -> list[dict[str
     return examples
 
 
+def split_by_step(trajectories: list[Trajectory], samples_per_group: int) -> list[list[Trajectory]]:
+    """The kept samples, in order (trajectory, position), cut into consecutive groups of ``samples_per_group``
+    (the last may hold fewer); each group is a list of trajectory pieces holding only that group's kept
+    steps, so a trajectory's kept steps may be split across groups. Layout-independent: the packed and the
+    per-step layout built from the same groups train on the same samples in each group."""
+    groups: list[list[Trajectory]] = []
+    current: list[Trajectory] = []
+    room = samples_per_group
+    for traj in trajectories:
+        start = 0
+        while start < len(traj.positions):
+            take = min(room, len(traj.positions) - start)
+            end = start + take
+            current.append(Trajectory(traj.problem_id, traj.prompt, traj.completion, traj.positions[start:end],
+                                      traj.target_ids[start:end], traj.target_weights[start:end]))
+            start, room = end, room - take
+            if room == 0:
+                groups.append(current)
+                current, room = [], samples_per_group
+    if current:
+        groups.append(current)
+    return groups
+
+
+def build_step_examples(trajectories: list[Trajectory], layout: str, samples_per_step: int,
+                        accumulation: int = 1) -> list[dict[str, Any]]:
+    """Dataset items for the kept-samples schedule: one item per forward pass, ``{"group": [examples]}``
+    holding ``samples_per_step / accumulation`` kept samples (see :func:`split_by_step`); with a device
+    batch of one item and ``accumulation`` passes per optimizer step, each update sees ``samples_per_step``
+    kept samples."""
+    per_pass = max(1, samples_per_step // accumulation)
+    return [{"group": build_examples(group, layout)} for group in split_by_step(trajectories, per_pass)]
+
+
 class SoftLabelCollator:
     """Pads examples on the right into a batch for :func:`batch_loss`.
 
@@ -260,6 +294,7 @@ class SoftLabelCollator:
         self.pad_token_id = int(pad_token_id)
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        examples = [e for item in examples for e in (item["group"] if "group" in item else [item])]
         width = max(len(e["input_ids"]) for e in examples)
         b = len(examples)
         ids = torch.full((b, width), self.pad_token_id, dtype=torch.long)
@@ -302,6 +337,43 @@ def batch_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         use_cache=False,
     )
     return soft_label_kl_loss(out.logits, batch["positions"], batch["target_ids"], batch["target_weights"])
+
+
+# --- the held-out learning signal ------------------------------------------------------------------
+
+
+def split_holdout(trajectories: list[Trajectory], fraction: float, seed: int) -> tuple[list[Trajectory],
+                                                                                       list[Trajectory]]:
+    """(train, held out): the held-out share of problems, chosen by a seeded hash of the problem id (so the
+    choice does not depend on the order of the samples); at least one problem each side when fraction > 0."""
+    if fraction <= 0 or len(trajectories) < 2:
+        return list(trajectories), []
+    n = min(len(trajectories) - 1, max(1, round(fraction * len(trajectories))))
+    ranked = sorted(trajectories, key=lambda t: hashlib.sha256(f"{seed}:{t.problem_id}".encode()).hexdigest())
+    held = {t.problem_id for t in ranked[:n]}
+    return [t for t in trajectories if t.problem_id not in held], [t for t in trajectories if t.problem_id in held]
+
+
+@torch.no_grad()
+def soft_label_kl(model, trajectories: list[Trajectory], pad: int, batch_size: int = 4) -> float | None:
+    """Mean soft-label KL (the training loss, no dropout) over every kept step of ``trajectories``."""
+    if not trajectories:
+        return None
+    was_training = model.training
+    model.eval()
+    collate = SoftLabelCollator(pad)
+    examples = build_examples(trajectories, "packed")
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    try:
+        for i in range(0, len(examples), batch_size):
+            batch = {k: v.to(device) for k, v in collate(examples[i : i + batch_size]).items()}
+            n = int(batch["positions"].shape[0])
+            total += float(batch_loss(model, batch)) * n
+            count += n
+    finally:
+        model.train(was_training)
+    return total / count if count else None
 
 
 # --- LoRA and the trainer --------------------------------------------------------------------------
@@ -373,7 +445,9 @@ def trainer_classes():
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.loss_is_scaled_for_ga = False  # per-batch mean: the Trainer divides by the accumulation
-            self.counters = {"tuned_tokens": 0, "input_tokens": 0, "padded_tokens": 0, "sequences": 0}
+            self.counters = {"tuned_tokens": 0, "input_tokens": 0, "padded_tokens": 0, "sequences": 0,
+                             "updates": 0, "update_samples_min": None, "update_samples_max": 0,
+                             "tuned_at_last_update": 0}
 
         def _save_checkpoint(self, model, trial):
             """A checkpoint is complete once its counters file (written atomically, last) exists; older
@@ -420,6 +494,21 @@ def trainer_classes():
             self.history = [{"step": int(e["step"]), "loss": float(e["loss"])}
                             for e in state.log_history if "loss" in e and "step" in e]
 
+    class UpdateStatsCallback(TrainerCallback):
+        """Kept samples of every optimizer update (count, min, max), kept in the trainer's counters."""
+
+        def __init__(self, trainer_ref: list):
+            self.trainer_ref = trainer_ref
+
+        def on_step_end(self, args, state, control, **kwargs):
+            c = self.trainer_ref[0].counters
+            n = c["tuned_tokens"] - c.get("tuned_at_last_update", 0)
+            c["updates"] = c.get("updates", 0) + 1
+            low = c.get("update_samples_min")
+            c["update_samples_min"] = n if low is None else min(low, n)
+            c["update_samples_max"] = max(c.get("update_samples_max", 0), n)
+            c["tuned_at_last_update"] = c["tuned_tokens"]
+
     class CountersCallback(TrainerCallback):
         """Saves the trainer's token counters into each checkpoint (restored on resume)."""
 
@@ -431,6 +520,7 @@ def trainer_classes():
             if folder.is_dir() and not (folder / COUNTERS).is_file():
                 write_json_atomic(self.trainer_ref[0].counters, folder / COUNTERS)
 
+    SoftLabelTrainer.UpdateStatsCallback = UpdateStatsCallback
     return SoftLabelTrainer, LossHistoryCallback, CountersCallback
 
 
@@ -486,14 +576,16 @@ def _restore_final(trainer, model, checkpoint: Path, history) -> bool:
     return True
 
 
-def training_arguments(config: Config, output_dir: Path, device: torch.device, progress: bool):
+def training_arguments(config: Config, output_dir: Path, device: torch.device, progress: bool,
+                       grouped: bool = False):
+    """``grouped``: the dataset items are the kept-samples schedule's groups (one per forward pass)."""
     from transformers import TrainingArguments
 
     t = config.training
     bf16 = (device.type == "cuda" and torch.cuda.is_bf16_supported()) if t.bf16 == "auto" else bool(t.bf16)
     return TrainingArguments(
         output_dir=str(output_dir),
-        per_device_train_batch_size=t.batch_size,
+        per_device_train_batch_size=1 if grouped else t.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         learning_rate=t.learning_rate,
         num_train_epochs=t.epochs,
@@ -601,9 +693,10 @@ class Fit:
 
 
 def fit_lora(config: Config, model, examples: list[dict[str, Any]], out: Path, device: torch.device, pad: int, *,
-             resume: bool = False, progress: bool = True, callbacks: list | None = None) -> Fit:
+             resume: bool = False, progress: bool = True, callbacks: list | None = None, grouped: bool = False) -> Fit:
     """Train a LoRA-wrapped ``model`` on collated examples (see :func:`build_examples`) with the soft-label
-    trainer; checkpoints go to ``out/checkpoints``. Shared by stage 2 and the SFT baseline."""
+    trainer; checkpoints go to ``out/checkpoints``. Shared by stage 2 and the SFT baseline. ``grouped``: the
+    examples are :func:`build_step_examples` items (one per forward pass)."""
     from transformers import PrinterCallback
 
     SoftLabelTrainer, LossHistoryCallback, CountersCallback = trainer_classes()
@@ -612,10 +705,10 @@ def fit_lora(config: Config, model, examples: list[dict[str, Any]], out: Path, d
     ref: list = []
     trainer = SoftLabelTrainer(
         model=model,
-        args=training_arguments(config, checkpoints, device, progress),
+        args=training_arguments(config, checkpoints, device, progress, grouped=grouped),
         train_dataset=examples,
         data_collator=SoftLabelCollator(pad),
-        callbacks=[history, CountersCallback(ref), *(callbacks or [])],
+        callbacks=[history, SoftLabelTrainer.UpdateStatsCallback(ref), CountersCallback(ref), *(callbacks or [])],
     )
     ref.append(trainer)
     if not progress:
@@ -631,6 +724,23 @@ def fit_lora(config: Config, model, examples: list[dict[str, Any]], out: Path, d
     if resume_from is None or not _restore_final(trainer, model, resume_from, history):
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     return Fit(trainer, history, resume_from, time.perf_counter() - t0)
+
+
+def update_stats(counters: dict[str, Any], samples_per_step: int | None) -> dict[str, Any]:
+    """What the optimizer updates saw: their number, kept samples per update (mean, min, max), total."""
+    updates = int(counters.get("updates") or 0)
+    seen = int(counters.get("tuned_tokens") or 0)
+    return {"samples_per_step": samples_per_step, "updates": updates, "kept_samples_seen": seen,
+            "kept_samples_per_update": {"mean": seen / updates if updates else 0.0,
+                                        "min": int(counters.get("update_samples_min") or 0),
+                                        "max": int(counters.get("update_samples_max") or 0)}}
+
+
+def heldout_summary(heldout: list[Trajectory], before: float | None, after: float | None) -> dict[str, Any]:
+    drop = (before - after) / before if before and after is not None else None
+    return {"problems": len(heldout), "kept_steps": sum(len(t.positions) for t in heldout),
+            "problem_ids": sorted(t.problem_id for t in heldout), "kl_before": before, "kl_after": after,
+            "kl_drop": drop}
 
 
 def save_outputs(model, tokenizer, out: Path, merge: bool = False) -> None:
@@ -681,14 +791,24 @@ def train(config: Config, samples_dir: str | Path, output_dir: str | Path, *, re
     check_vocabulary(samples, rows)
     set_seed(tcfg.seed)
     model = lora_model(model, tcfg)
-    examples = build_examples(samples.trajectories, tcfg.layout)
+    train_set, heldout = split_holdout(samples.trajectories, tcfg.holdout_fraction, tcfg.seed)
+    grouped = tcfg.samples_per_step is not None
+    if grouped:
+        examples = build_step_examples(train_set, tcfg.layout, tcfg.samples_per_step, tcfg.gradient_accumulation_steps)
+    else:
+        examples = build_examples(train_set, tcfg.layout)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     _claim_output(out, fingerprint)
 
-    log.info("training on %d kept steps in %d trajectories (%s layout, %d sequences)", samples.num_steps,
-             len(samples.trajectories), tcfg.layout, len(examples))
-    fit = fit_lora(config, model, examples, out, device, pad, resume=resume, progress=progress, callbacks=callbacks)
+    train_steps = sum(len(t.positions) for t in train_set)
+    log.info("training on %d kept steps in %d trajectories (%s layout, %d %s; %d held-out problems)", train_steps,
+             len(train_set), tcfg.layout, len(examples), "forward passes per epoch" if grouped else "sequences",
+             len(heldout))
+    kl_before = soft_label_kl(model, heldout, pad, tcfg.batch_size)
+    fit = fit_lora(config, model, examples, out, device, pad, resume=resume, progress=progress, callbacks=callbacks,
+                   grouped=grouped)
     trainer, history, resume_from, train_seconds = fit.trainer, fit.history, fit.resumed_from, fit.train_seconds
+    kl_after = soft_label_kl(model, heldout, pad, tcfg.batch_size)
     save_outputs(model, tokenizer, out, merge)
 
     import peft
@@ -703,8 +823,11 @@ def train(config: Config, samples_dir: str | Path, output_dir: str | Path, *, re
         "samples": {"path": str(samples.folder), "sha256": samples.sha256,
                     "fingerprint": samples.manifest.get("fingerprint")},
         "samples_sha256": samples.sha256[SAMPLES],
-        "counts": {"trajectories": len(samples.trajectories), "kept_steps": samples.num_steps,
-                   "sequences_per_epoch": len(examples)},
+        "counts": {"trajectories": len(train_set), "kept_steps": train_steps,
+                   "sequences_per_epoch": sum(len(e.get("group", [e])) for e in examples),
+                   "heldout_problems": len(heldout), "heldout_kept_steps": sum(len(t.positions) for t in heldout)},
+        "schedule": update_stats(trainer.counters, tcfg.samples_per_step),
+        "heldout": heldout_summary(heldout, kl_before, kl_after),
         "tuned_tokens": trainer.counters["tuned_tokens"],
         "tokens_processed": {k: trainer.counters[k] for k in ("input_tokens", "padded_tokens", "sequences")},
         "steps": int(trainer.state.global_step),

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from lightreasoner.config import Config, load_config
@@ -46,3 +48,25 @@ def test_bad_yaml_file(tmp_path):
         load_config(f)
     with pytest.raises(LightReasonerError, match="config file not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+PAPER_EXPERTS = {"Qwen/Qwen2.5-Math-1.5B", "Qwen/Qwen2.5-Math-7B", "Qwen/Qwen2.5-Math-1.5B-Instruct",
+                 "Qwen/Qwen2.5-Math-7B-Instruct", "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert cfg.dump()["expert"]["model"]
+
+
+def test_the_papers_five_pairs_and_schedule():
+    paper = [load_config(p) for p in CONFIGS if p.name.startswith("paper-")]
+    assert {c.expert.model for c in paper} == PAPER_EXPERTS
+    for c in paper:
+        t = c.training
+        assert c.amateur.model == "Qwen/Qwen2.5-0.5B" and c.sampling.skip_first_step
+        assert (t.samples_per_step, t.max_steps, t.learning_rate, t.lr_scheduler, t.warmup_ratio) == (
+            16, 1000, 5e-5, "linear", 0.0)
+        assert (c.sampling.alpha, c.sampling.beta, c.sampling.max_new_tokens, c.data.limit) == (0.2, 0.4, 128, 1000)

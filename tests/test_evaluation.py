@@ -411,3 +411,14 @@ def test_cli_evaluate(tiny_models, adapters, tmp_path, capsys):
     assert "n=3 " in printed and "mcnemar_p=" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n"] == 3 and not math.isnan(metrics["delta"])
+
+
+def test_answers_changed_counts_different_extracted_answers():
+    from lightreasoner.evaluation import Prediction, answers_changed
+
+    def pred(pid, extracted):
+        return Prediction(pid, f"out {extracted}", extracted, "3", extracted == "3", 4)
+
+    base = [pred("a", "3"), pred("b", "5"), pred("c", None), pred("d", "7")]
+    tuned = [pred("a", "3"), pred("b", "6"), pred("c", "2"), pred("d", "7")]
+    assert answers_changed(base, tuned) == 2 and answers_changed(base, None) is None

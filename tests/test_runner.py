@@ -40,6 +40,7 @@ def test_run_all_on_tiny_models(tiny_models, tmp_path):
 
     cfg = tiny_config(tiny_models, **{"tracking.enabled": "true", "data.limit": 4, "sampling.beta": "auto:0.5",
                                       "training.max_steps": 2, "evaluation.data.limit": 4,
+                                      "training.holdout_fraction": 0.25, "training.samples_per_step": 4,
                                       "evaluation.bootstrap_samples": 200})
     summary = run_all(cfg, tmp_path / "work", progress=False)
     assert summary.sampling["counts"]["problems"] == 4 and summary.training["steps"] == 2
@@ -48,8 +49,11 @@ def test_run_all_on_tiny_models(tiny_models, tmp_path):
     console = Console(record=True, width=120)
     console.print(summary_table(summary))
     text = console.export_text()
-    for row in ("kept fraction", "tuned tokens", "accuracy tuned", "McNemar p", "registered", "time total"):
+    for row in ("kept fraction", "tuned tokens", "accuracy tuned", "McNemar p", "registered", "time total",
+                "kept samples per update", "held-out KL before -> after", "eval answers changed"):
         assert row in text
+    assert summary.training["heldout"]["problems"] == 1 and summary.training["heldout"]["kl_after"] is not None
+    assert summary.evaluation["answers_changed"] is not None
     assert "sqlite:///" in summary.ui_command
     parents, children = stage_runs(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}", "lightreasoner")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"

@@ -39,7 +39,8 @@ def test_fast_equals_reference_on_the_same_trajectories(tiny_models, tmp_path, e
         by_problem.setdefault(s["problem_id"], []).append(s)
     for traj in trajectories:
         ref = score_reference(pair, traj["problem_id"], traj["prompt_token_ids"], traj["completion_token_ids"],
-                              None, cfg.sampling.alpha, 0.4)
+                              None, cfg.sampling.alpha, 0.4, skip_first_step=True)
+        assert 0 not in ref.cand_position
         fast = by_problem.get(traj["problem_id"], [])
         assert [s["position"] for s in fast] == ref.cand_position
         assert traj["num_selected"] == len(fast)
@@ -87,12 +88,12 @@ def test_auto_beta_keeps_the_fraction(tiny_models, tmp_path):
     sample(cfg, tmp_path / "o", progress=False)
     trajs, samples, manifest = read(tmp_path / "o")
     beta = manifest["effective_beta"]
-    all_kl = np.concatenate([t["step_kl"] for t in trajs])
-    assert abs(len(samples) / len(all_kl) - 0.25) < 0.1
+    all_kl = np.concatenate([t["step_kl"][1:] for t in trajs])  # t = 0 is never a candidate step
+    assert abs(len(samples) / len(all_kl) - 0.25) < 0.1 and manifest["counts"]["steps"] == len(all_kl)
     kept = {(s["problem_id"], s["position"]) for s in samples}
     for t in trajs:
         for pos, kl in enumerate(t["step_kl"]):
-            assert ((t["problem_id"], pos) in kept) == (kl > beta)
+            assert ((t["problem_id"], pos) in kept) == (kl > beta and pos > 0)
     for s in samples:
         assert abs(sum(s["target_weights"]) - 1) < 1e-4 and s["kl"] > beta
     assert effective_beta(0.4, all_kl) == 0.4
@@ -153,13 +154,115 @@ def test_mismatched_tokenizers_are_refused(tiny_models, tmp_path):
 
 def test_tokenizer_special_tokens_compared(tiny_models):
     from lightreasoner.config import ModelConfig
-    from lightreasoner.models import tokenizers_match
+    from lightreasoner.models import tokenizer_differences, tokenizers_match
 
     a = load_tokenizer(ModelConfig(model=str(tiny_models["llama"])))
     b = load_tokenizer(ModelConfig(model=str(tiny_models["llama"])))
+    assert tokenizers_match(a, b) is None and tokenizer_differences(a, b) == (None, [])
+    b.eos_token = "<pad>"  # another eos: allowed, both ids whose role differs are left out
     assert tokenizers_match(a, b) is None
-    b.eos_token = "<pad>"
-    assert "special tokens differ" in tokenizers_match(a, b)
+    assert tokenizer_differences(a, b)[1] == sorted({a.convert_tokens_to_ids("<pad>"), a.eos_token_id})
+
+
+# --- the paper's five pairs: one Amateur (Qwen2.5-0.5B) for Experts whose special tokens differ ------
+
+
+def _qwen_like(eos: str, specials: tuple[str, ...] = ("<|endoftext|>",), added: tuple[str, ...] = ()):
+    from conftest import build_tokenizer
+
+    tok = build_tokenizer(extra_special=specials)
+    tok.eos_token = eos
+    if added:
+        tok.add_tokens(list(added), special_tokens=True)
+    return tok
+
+
+def test_instruct_pair_other_eos_is_allowed_and_its_ids_left_out():
+    from lightreasoner.models import tokenizer_differences
+
+    amateur = _qwen_like("<|endoftext|>")  # Qwen2.5-0.5B: eos <|endoftext|>
+    expert = _qwen_like("<|im_end|>")  # Qwen2.5-Math-*-Instruct: eos <|im_end|>, same vocabulary
+    problem, excluded = tokenizer_differences(expert, amateur)
+    assert problem is None
+    assert excluded == sorted(expert.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"]))
+
+
+def test_deepseek_pair_other_added_tokens_are_allowed_and_left_out():
+    from lightreasoner.models import tokenizer_differences
+
+    amateur = _qwen_like("<|endoftext|>")
+    # DeepSeek-R1-Distill-Qwen: the Qwen vocabulary, other text for the special ids, extra added tokens
+    expert = _qwen_like("<|end_of_sentence|>", specials=("<|end_of_sentence|>",), added=("<think>", "</think>"))
+    problem, excluded = tokenizer_differences(expert, amateur)
+    assert problem is None
+    ids = expert.convert_tokens_to_ids(["<|end_of_sentence|>", "<think>", "</think>"])
+    assert set(ids) <= set(excluded)
+    ordinary = set(expert.get_vocab().values()) - set(expert.convert_tokens_to_ids(
+        ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>", "<|end_of_sentence|>", "<think>", "</think>"]))
+    assert not ordinary & set(excluded)
+    # an Amateur with the Expert's vocabulary plus one added token is allowed too (nothing to leave out)
+    bigger = _qwen_like("<|endoftext|>", added=("<extra>",))
+    assert tokenizer_differences(amateur, bigger) == (None, [])
+
+
+def test_truly_different_vocabulary_is_refused(tiny_models):
+    from conftest import build_tokenizer
+
+    from lightreasoner.models import tokenizer_differences
+
+    problem, _ = tokenizer_differences(build_tokenizer(), build_tokenizer(vocab_size=300))
+    assert problem and problem.startswith("vocabularies differ")
+
+
+def test_deepseek_like_pair_samples_without_the_excluded_ids(tmp_path):
+    from conftest import save_model
+
+    from lightreasoner.config import load_config
+
+    amateur_tok = _qwen_like("<|endoftext|>")
+    expert_tok = _qwen_like("<|end_of_sentence|>", specials=("<|end_of_sentence|>",), added=("<think>",))
+    save_model(tmp_path / "expert", "llama", expert_tok, seed=0)
+    save_model(tmp_path / "amateur", "llama", amateur_tok, seed=1, layers=1, vocab_pad=8)
+    cfg = load_config(None, [f"expert.model={tmp_path / 'expert'}", f"amateur.model={tmp_path / 'amateur'}",
+                             "data.limit=3", "sampling.max_new_tokens=10", "sampling.beta=0",
+                             "sampling.alpha=0.01", "tracking.enabled=false"])
+    pair = load_pair(cfg)
+    excluded = set(pair.excluded_ids)
+    assert expert_tok.convert_tokens_to_ids("<think>") in excluded
+    assert expert_tok.convert_tokens_to_ids("<|end_of_sentence|>") in excluded
+    # the contrast and its oracle agree with excluded ids; excluded ids never become targets
+    g = torch.Generator().manual_seed(0)
+    e, a = torch.randn(4, pair.vocab_size, generator=g) * 3, torch.randn(4, pair.vocab_size, generator=g) * 3
+    e[:, sorted(excluded)] += 20.0  # the Expert's favourite tokens are the excluded ones
+    res = contrast(e, a, 0.2, None, excluded_ids=sorted(excluded))
+    for i in range(4):
+        kl, ids, w = contrast_step_reference(e[i], a[i], 0.2, sorted(excluded))
+        assert abs(res.kl[i] - kl) < 1e-4 and res.targets[i].tolist() == ids.tolist()
+        np.testing.assert_allclose(res.weights[i], w, atol=1e-5)
+        assert not set(ids.tolist()) & excluded
+    sample(cfg, tmp_path / "o", pair=pair, progress=False)
+    _, samples, manifest = read(tmp_path / "o")
+    assert manifest["models"]["excluded_token_ids"] == sorted(excluded)
+    assert samples and not any(set(s["target_token_ids"]) & excluded for s in samples)
+
+
+def test_skip_first_step():
+    e, a = torch.randn(5, 30) * 3, torch.randn(5, 30) * 3
+    candidates = torch.tensor([False, True, True, True, True])
+    res = contrast(e, a, 0.2, None, candidates=candidates)
+    assert res.targets[0] is None and all(t is not None for t in res.targets[1:]) and res.kl[0] > 0
+
+
+def test_first_step_kept_only_when_not_skipped(tiny_models, tmp_path):
+    cfg = tiny_config(tiny_models, **{"sampling.beta": 0, "data.limit": 3, "sampling.max_new_tokens": 6})
+    pair = load_pair(cfg)
+    sample(cfg, tmp_path / "skip", pair=pair, progress=False)
+    sample(cfg.model_copy(update={"sampling": cfg.sampling.model_copy(update={"skip_first_step": False})}),
+           tmp_path / "all", pair=pair, progress=False)
+    skip, every = read(tmp_path / "skip")[1], read(tmp_path / "all")[1]
+    assert 0 not in {s["position"] for s in skip} and 0 in {s["position"] for s in every}
+    assert {(s["problem_id"], s["position"]) for s in every if s["position"] > 0} == {
+        (s["problem_id"], s["position"]) for s in skip}
 
 
 def test_cli_errors_are_one_line_with_nonzero_exit(tiny_models, tmp_path, capsys):
@@ -203,3 +306,25 @@ def test_sharded_run_merged_equals_single_run(tiny_models, tmp_path):
         assert pq.read_table(tmp_path / "single" / name).equals(pq.read_table(tmp_path / "merged" / name))
     with pytest.raises(LightReasonerError, match="index must be in"):
         sample(cfg, tmp_path / "bad", pair=pair, shard=(2, 2))
+
+
+def test_generation_is_greedy_even_when_the_models_own_config_samples(tiny_models):
+    """DeepSeek-R1-Distill's generation config samples (temperature 0.6, top_p 0.95): the Expert still
+    writes the greedy trajectory."""
+    from lightreasoner.config import ModelConfig
+    from lightreasoner.models import generate_greedy, load_model
+
+    cfg = ModelConfig(model=str(tiny_models["llama"]))
+    model, tok = load_model(cfg), load_tokenizer(cfg)
+    prompt = [tok.bos_token_id, 40, 41, 42]
+    greedy, _ = generate_greedy(model, tok, [prompt], 8, stop_at_eos=False)
+    model.generation_config.do_sample, model.generation_config.temperature = True, 5.0
+    model.generation_config.top_p, model.generation_config.top_k = 0.95, 0
+    for seed in range(3):
+        torch.manual_seed(seed)
+        assert generate_greedy(model, tok, [prompt], 8, stop_at_eos=False)[0] == greedy
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(8):
+            ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+    assert greedy[0] == ids[len(prompt):]

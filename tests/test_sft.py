@@ -75,6 +75,24 @@ def test_rejection_keeps_only_correct_solutions_and_output_is_a_training_output(
     assert record.metrics["sft/tuned_tokens"] == 2 * completion and record.metrics["sft/problems"] == 4
 
 
+def test_sft_has_its_own_problem_count(tiny_models, tmp_path, monkeypatch):
+    """sft.num_problems is not tied to data.limit (the LightReasoner problems): 6 SFT problems for 4."""
+    cfg = sft_config(tiny_models, **{"sft.num_problems": 6, "sft.samples_per_problem": 1})
+    lr_problems = load_problems(cfg.data)
+    own = load_problems(cfg.data.model_copy(update={"limit": 6}))
+    assert len(lr_problems) == 4 and [p.problem_id for p in own[:4]] == [p.problem_id for p in lr_problems]
+    monkeypatch.setattr(sft_module, "sample_completions",
+                        fake_sampler(own, load_tokenizer(cfg.expert), {(0, 0), (4, 0), (5, 0)}))
+    m = sft_module.sft(cfg, tmp_path / "sft", problems=lr_problems, progress=False).manifest
+    assert m["problems_used"] == m["counts"]["problems"] == 6
+    assert m["kept_problems"] == m["counts"]["kept_problems"] == 3 and m["kept_solutions"] == 3
+    assert m["tuned_tokens"] > 0
+    assert len(sft_module.sft_problems(cfg.model_copy(update={"sft": cfg.sft.model_copy(
+        update={"num_problems": 2})}), lr_problems)) == 2
+    assert len(sft_module.sft_problems(cfg.model_copy(update={"sft": cfg.sft.model_copy(
+        update={"num_problems": None})}), lr_problems)) == 4
+
+
 def test_no_correct_solution_is_a_one_line_error_and_writes_nothing(tiny_models, tmp_path, monkeypatch):
     cfg = sft_config(tiny_models)
     problems = load_problems(cfg.data)
@@ -196,5 +214,6 @@ def test_run_both_methods_share_problems_and_base_and_report(tiny_models, tmp_pa
     console.print(summary_table(s))
     console.print(report_table(r))
     text = console.export_text()
-    for row in ("SFT kept solutions", "accuracy tuned", "tuned tokens", "LR / SFT", "time total (s)"):
+    for row in ("SFT problems sampled / kept", "SFT sampled / kept solutions", "SFT tuned tokens",
+                "accuracy tuned", "tuned tokens", "LR / SFT", "time total (s)", "eval answers changed"):
         assert row in text

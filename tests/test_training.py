@@ -23,7 +23,10 @@ from lightreasoner.training import (
     build_examples,
     load_samples,
     lora_model,
+    soft_label_kl,
     soft_label_kl_loss,
+    split_by_step,
+    split_holdout,
     train,
 )
 
@@ -195,6 +198,90 @@ def test_train_only_lora_changes_and_loss_drops(tiny_models, samples_dir, tmp_pa
     with torch.no_grad():
         assert torch.allclose(tuned(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-4)
         assert not torch.allclose(tuned(input_ids=ids).logits, load_model(cfg.expert)(input_ids=ids).logits)
+
+
+# --- the kept-samples schedule (the paper's 16 kept samples per update) -------------------------------
+
+
+def test_split_by_step_cuts_the_kept_samples_in_order(samples_dir):
+    trajectories = load_samples(samples_dir).trajectories
+    order = [(t.problem_id, p) for t in trajectories for p in t.positions]
+    groups = split_by_step(trajectories, 5)
+    sizes = [sum(len(piece.positions) for piece in g) for g in groups]
+    assert all(n == 5 for n in sizes[:-1]) and 1 <= sizes[-1] <= 5 and sum(sizes) == len(order)
+    assert [(piece.problem_id, p) for g in groups for piece in g for p in piece.positions] == order
+    assert any(len(g) > 1 for g in groups)  # trajectories packed together
+    split = {piece.problem_id for g in groups for piece in g}
+    assert len(split) == len(trajectories)
+    # a trajectory with more kept steps than a group holds is split across groups
+    assert any(sum(1 for g in groups for piece in g if piece.problem_id == t.problem_id) > 1 for t in trajectories)
+
+
+def test_packed_and_per_step_see_the_same_samples_per_update(tiny_models, samples_dir, tmp_path):
+    """Under training.samples_per_step both layouts make the same updates from the same kept samples: the
+    same number per update, and (packed == per-step loss) the same loss curve."""
+    kept = load_samples(samples_dir).num_steps
+    sets = {"training.samples_per_step": 4, "training.gradient_accumulation_steps": 2, "training.max_steps": 6,
+            "training.learning_rate": 1e-2, "training.save_steps": 100}
+    runs = {layout: train(train_config(tiny_models, **{**sets, "training.layout": layout}), samples_dir,
+                          tmp_path / layout, progress=False).manifest
+            for layout in ("packed", "per-step")}
+    packed, per_step = runs["packed"], runs["per-step"]
+    assert packed["counts"]["sequences_per_epoch"] < per_step["counts"]["sequences_per_epoch"] == kept
+    for m in (packed, per_step):
+        sched = m["schedule"]
+        assert m["steps"] == sched["updates"] == 6 and sched["samples_per_step"] == 4
+        per_update = sched["kept_samples_per_update"]
+        assert per_update["max"] == 4 and per_update["min"] >= 1 and per_update["mean"] <= 4
+        assert sched["kept_samples_seen"] == m["tuned_tokens"]
+        assert m["schedule"]["kept_samples_per_update"]["min"] == (4 if kept % 4 == 0 else per_update["min"])
+    assert packed["schedule"] == per_step["schedule"]
+    from lightreasoner import tracking
+
+    logged = tracking.READERS["train"](tmp_path / "packed", tmp_path).metrics
+    assert logged["train/updates"] == 6 and logged["train/kept_samples_per_update_max"] == 4
+    assert logged["train/kept_samples_seen"] == packed["tuned_tokens"]
+    for a, b in zip(packed["loss_history"], per_step["loss_history"], strict=True):
+        assert a["step"] == b["step"] and a["loss"] == pytest.approx(b["loss"], rel=1e-3)
+
+
+def test_samples_per_step_must_split_into_accumulation_steps(tiny_models):
+    with pytest.raises(LightReasonerError, match="samples_per_step 5 must be a multiple"):
+        train_config(tiny_models, **{"training.samples_per_step": 5, "training.gradient_accumulation_steps": 2})
+
+
+def test_heldout_kl_is_reported_and_drops(tiny_models, samples_dir, tmp_path):
+    trajectories = load_samples(samples_dir).trajectories
+    train_set, held = split_holdout(trajectories, 0.34, 42)
+    assert held and train_set and not {t.problem_id for t in held} & {t.problem_id for t in train_set}
+    assert split_holdout(list(reversed(trajectories)), 0.34, 42)[1] == list(reversed(held))  # order-free
+
+    cfg = train_config(tiny_models, **{"training.holdout_fraction": 0.34, "training.samples_per_step": 4,
+                                       "training.max_steps": 10, "training.learning_rate": 2e-2,
+                                       "training.save_steps": 100})
+    m = train(cfg, samples_dir, tmp_path / "run", progress=False).manifest
+    h = m["heldout"]
+    assert h["problems"] == len(held) == m["counts"]["heldout_problems"]
+    assert h["problem_ids"] == sorted(t.problem_id for t in held)
+    assert m["counts"]["kept_steps"] + h["kept_steps"] == load_samples(samples_dir).num_steps
+    # before: the base Expert's KL on the held-out samples; after: base + the saved adapter's
+    from peft import PeftModel
+
+    pad = 0
+    base = load_model(cfg.expert)
+    assert h["kl_before"] == pytest.approx(soft_label_kl(base, held, pad), rel=1e-5)
+    tuned = PeftModel.from_pretrained(base, tmp_path / "run" / "adapter")
+    assert h["kl_after"] == pytest.approx(soft_label_kl(tuned, held, pad), rel=1e-4)
+    assert h["kl_after"] != pytest.approx(h["kl_before"], rel=1e-3)  # training moved it
+    assert h["kl_drop"] == pytest.approx((h["kl_before"] - h["kl_after"]) / h["kl_before"])
+    from lightreasoner import tracking
+
+    logged = tracking.READERS["train"](tmp_path / "run", tmp_path).metrics
+    assert logged["train/heldout_kl_before"] == pytest.approx(h["kl_before"])
+    assert logged["train/heldout_kl_drop"] == pytest.approx(h["kl_drop"])
+    no_holdout = train(train_config(tiny_models, **{"training.max_steps": 1}), samples_dir, tmp_path / "plain",
+                       progress=False).manifest
+    assert no_holdout["heldout"]["problems"] == 0 and no_holdout["heldout"]["kl_before"] is None
 
 
 def test_kill_and_resume_finishes_same_steps(tiny_models, samples_dir, tmp_path):
