@@ -425,6 +425,25 @@ def _compile_config(device: torch.device):
     return cfg
 
 
+def generation_inputs(model, prompts: list[list[int]], pad: int, max_new_tokens: int, compile: bool
+                      ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Left-padded ids and mask for ``model.generate`` and the GenerationConfig settings that go with them.
+
+    ``compile``: the batch gets :func:`padded_rows` rows (copies of the first prompt; callers keep the
+    first ``len(prompts)`` rows of the output) and a width that is a multiple of ``PROMPT_BUCKET``, and
+    generation uses a static KV cache with ``torch.compile``d decoding steps: one compilation per shape.
+    """
+    if not compile:
+        ids, mask = left_pad(prompts, pad, model.device)
+        return ids, mask, {"disable_compile": True}
+    rows = len(prompts)
+    prompts = prompts + [prompts[0]] * (padded_rows(rows) - rows)
+    width = padded_width(max(len(p) for p in prompts))
+    ids, mask = left_pad(prompts, pad, model.device, width)
+    return ids, mask, {"cache_implementation": "static", "max_cache_len": width + max_new_tokens,
+                       "compile_config": _compile_config(model.device)}
+
+
 @torch.inference_mode()
 def generate_greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, return_logits: bool = False,
                     stop_at_eos: bool = True, compile: bool = False):
@@ -442,16 +461,7 @@ def generate_greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stops = eos_ids(tokenizer, model) if stop_at_eos else []
     rows = len(prompts)
-    extra: dict[str, Any] = {}
-    if compile:
-        prompts = prompts + [prompts[0]] * (padded_rows(rows) - rows)
-        width = padded_width(max(len(p) for p in prompts))
-        ids, mask = left_pad(prompts, pad, model.device, width)
-        extra = {"cache_implementation": "static", "max_cache_len": width + max_new_tokens,
-                 "compile_config": _compile_config(model.device)}
-    else:
-        ids, mask = left_pad(prompts, pad, model.device)
-        extra = {"disable_compile": True}
+    ids, mask, extra = generation_inputs(model, prompts, pad, max_new_tokens, compile)
     gen_cfg = GenerationConfig(
         do_sample=False,
         num_beams=1,

@@ -516,7 +516,8 @@ def sample(config: Config, output: str | Path, *, reference: bool = False, overw
                 "config": config.dump(), "sampling_seconds": elapsed}
         write_json_atomic(info, out / SHARD_INFO)
         return SampleResult(out, info)
-    manifest = finalize(out, config, models_info, fingerprint, reference, elapsed, len(problems))
+    manifest = finalize(out, config, models_info, fingerprint, reference, elapsed, len(problems),
+                        batch_size=batch_size)
     return SampleResult(out, manifest)
 
 
@@ -553,8 +554,9 @@ def merge_shards(config: Config, shard_dirs: list[str | Path], output: str | Pat
 
 
 def finalize(out: Path, config: Config, models_info: dict[str, Any], fingerprint: str, reference: bool,
-             elapsed: float, num_problems: int) -> dict[str, Any]:
-    """Merge the batch files into the output contract; the manifest is written last."""
+             elapsed: float, num_problems: int, batch_size: int | None = None) -> dict[str, Any]:
+    """Merge the batch files into the output contract; the manifest is written last. ``batch_size``: the
+    one used (``sampling.batch_size`` auto resolved), recorded under ``timing``."""
     shards = sorted((out / SHARDS).glob("batch-*.parquet"))
     table = pa.concat_tables([pq.read_table(s) for s in shards], promote_options="default").sort_by("order")
     rows = table.to_pylist()
@@ -596,7 +598,8 @@ def finalize(out: Path, config: Config, models_info: dict[str, Any], fingerprint
             # trajectories are exactly the Expert's greedy ones under the scoring pass)
             "argmax_mismatch_steps": mismatches,
         },
-        "timing": {"sampling_seconds": elapsed, "problems_per_second": num_problems / elapsed if elapsed else 0.0},
+        "timing": {"sampling_seconds": elapsed, "problems_per_second": num_problems / elapsed if elapsed else 0.0,
+                   **({"batch_size": batch_size} if batch_size is not None else {})},
         "sha256": {TRAJECTORIES: sha256_file(traj_path), SAMPLES: sha256_file(samples_path)},
     }
     write_json_atomic(manifest, out / MANIFEST)

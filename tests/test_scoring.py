@@ -130,6 +130,7 @@ def test_reference_and_fast_contrast_move_device_tensors_to_the_host(tiny_models
     assert moved.cand_position == plain.cand_position and moved.argmax_mismatch == plain.argmax_mismatch == 0
 
 
+@pytest.mark.slow
 def test_static_cache_and_fixed_shapes_give_the_same_completions(tiny_models):
     """compile=True pads rows to a power of two and prompts to a bucket and uses a static cache; with
     torch.compile itself disabled this runs fast and checks that the padding changes nothing."""
@@ -217,6 +218,7 @@ def test_auto_sampling_batch_size_is_kept_for_a_resumed_run(tiny_models, tmp_pat
     monkeypatch.setattr(sampling, "generate_greedy", real)
     sample(cfg, out, pair=pair, progress=False)
     assert pq.read_table(out / "trajectories.parquet").num_rows == 4
+    assert json.loads((out / "manifest.json").read_text())["timing"]["batch_size"] == 2
     whole = tmp_path / "whole"
     sample(cfg.model_copy(update={"sampling": cfg.sampling.model_copy(update={"batch_size": 2})}), whole,
            pair=pair, progress=False)
@@ -224,3 +226,20 @@ def test_auto_sampling_batch_size_is_kept_for_a_resumed_run(tiny_models, tmp_pat
     with pytest.raises(LightReasonerError, match="batch_size auto: set a number for a sharded run"):
         sample(cfg, tmp_path / "shard", pair=pair, progress=False, shard=(0, 2))
     assert not (tmp_path / "shard").exists()  # nothing left that would block the corrected rerun
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_runs_on_cpu_with_tiny_shapes(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.py"
+    spec = importlib.util.spec_from_file_location("gpu_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.main(["--tiny"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "same completions 2/2" in "\n".join(lines)
+    assert lines[-1].split()[0].startswith("sampling_s_per_1000=")
+    assert set(result) == {"sampling_s_per_1000", "overhead", "eval_tokens_per_s", "train_s", "peak_gib"}
+    assert all(v == v and v > -1 for v in result.values())  # numbers, not NaN
