@@ -323,7 +323,7 @@ def score_reference(pair: ModelPair, pid: str, prompt: list[int], completion: li
         expert_logits = per_prefix_logits(pair.expert, prompt, completion)
     amateur_logits = per_prefix_logits(pair.amateur, prompt, completion)
     s = Scored(pid, prompt, completion, np.zeros(len(completion)))
-    s.argmax_mismatch = int((expert_logits.argmax(-1).cpu() != torch.tensor(completion)).sum())
+    s.argmax_mismatch = int((expert_logits[: len(completion)].argmax(-1).cpu() != torch.tensor(completion)).sum())
     for t in range(len(completion)):
         kl, ids, w = contrast_step_reference(expert_logits[t, :v], amateur_logits[t, :v], alpha)
         s.step_kl[t] = kl
