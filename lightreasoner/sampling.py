@@ -246,13 +246,52 @@ def score_fast(pair: ModelPair, ids: list[str], prompts: list[list[int]], comple
     return scored
 
 
-def _completion_hidden(model, ids: torch.Tensor, mask: torch.Tensor, p_len: int, t_len: int) -> torch.Tensor:
+def _completion_hidden(model, ids: torch.Tensor, mask: torch.Tensor, p_len: int, t_len: int,
+                       tap: tuple[int, Any] | None = None):
     """[B, T, H] final hidden states at the positions that predict the completion tokens: the decoder runs
-    over prompt + completion once and no logits are made (the output layer runs later, chunk by chunk)."""
+    over prompt + completion once and no logits are made (the output layer runs later, chunk by chunk).
+
+    ``tap=(k, norm)``: also return ``norm`` of the output of decoder layer k (1-based) at those positions,
+    which is the final hidden state of a model made of the first k layers (a layer-truncated Amateur)."""
     ids, mask = ids.to(model.device), mask.to(model.device)
-    out = model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
-                              use_cache=False)
-    return out.last_hidden_state[:, p_len - 1 : p_len + t_len - 1]
+    decoder = model.get_decoder()
+    tapped: list[torch.Tensor] = []
+    hook = None
+    if tap is not None:
+        hook = decoder.layers[tap[0] - 1].register_forward_hook(
+            lambda _m, _i, out: tapped.append(out[0] if isinstance(out, tuple) else out))
+    try:
+        out = decoder(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False)
+    finally:
+        if hook is not None:
+            hook.remove()
+    window = slice(p_len - 1, p_len + t_len - 1)
+    if tap is None:
+        return out.last_hidden_state[:, window]
+    return out.last_hidden_state[:, window], tap[1](tapped[0][:, window])
+
+
+def shared_trunk(expert, amateur) -> tuple[int, Any] | None:
+    """``(k, norm)`` when the Amateur is the Expert's first k decoder layers with the Expert's final norm and
+    output layer (the same tensors, as :func:`~lightreasoner.models.truncated_amateur` builds it): then one
+    Expert pass yields the Amateur's hidden states too. None otherwise."""
+    try:
+        e_dec, a_dec = expert.get_decoder(), amateur.get_decoder()
+        k = len(a_dec.layers)
+        if not 1 <= k < len(e_dec.layers):
+            return None
+        pairs = [(a_dec.norm, e_dec.norm), (amateur.get_output_embeddings(), expert.get_output_embeddings()),
+                 (a_dec.get_input_embeddings() if hasattr(a_dec, "get_input_embeddings") else a_dec.embed_tokens,
+                  e_dec.get_input_embeddings() if hasattr(e_dec, "get_input_embeddings") else e_dec.embed_tokens),
+                 *zip(a_dec.layers, e_dec.layers[:k], strict=True)]
+    except (AttributeError, TypeError):
+        return None
+    for a_mod, e_mod in pairs:
+        a_params, e_params = list(a_mod.parameters()), list(e_mod.parameters())
+        if len(a_params) != len(e_params) or any(
+                x.data_ptr() != y.data_ptr() or x.shape != y.shape for x, y in zip(a_params, e_params, strict=True)):
+            return None
+    return k, a_dec.norm
 
 
 def _head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
@@ -269,7 +308,8 @@ def score_chunked(pair: ModelPair, ids: list[str], prompts: list[list[int]], com
                   alpha: float, floor: float | None, chunk_tokens: int = 512) -> list[Scored]:
     """Contrast of a batch of trajectories with memory independent of batch x length x vocabulary.
 
-    The Expert's and the Amateur's decoders each run ONE teacher-forced pass over prompt + completion;
+    The Expert's and the Amateur's decoders each run ONE teacher-forced pass over prompt + completion (a
+    layer-truncated Amateur needs none of its own: see :func:`shared_trunk`);
     the output layers then make the logits of at most ``chunk_tokens`` (row, step) positions at a time
     (a chunk may be part of one row) and :func:`contrast` reduces each chunk on the device before the
     next is made. Each row also counts the steps whose teacher-forced Expert argmax differs from the
@@ -278,8 +318,12 @@ def score_chunked(pair: ModelPair, ids: list[str], prompts: list[list[int]], com
     pad = pair.tokenizer.pad_token_id
     v = pair.vocab_size
     batch, mask, p_len, t_len = _pad_batch(prompts, completions, pad, pair.expert.device)
-    hidden_e = _completion_hidden(pair.expert, batch, mask, p_len, t_len)
-    hidden_a = _completion_hidden(pair.amateur, batch, mask, p_len, t_len)
+    trunk = shared_trunk(pair.expert, pair.amateur)
+    if trunk is not None:  # a layer-truncated Amateur: its hidden states come out of the Expert's pass
+        hidden_e, hidden_a = _completion_hidden(pair.expert, batch, mask, p_len, t_len, trunk)
+    else:
+        hidden_e = _completion_hidden(pair.expert, batch, mask, p_len, t_len)
+        hidden_a = _completion_hidden(pair.amateur, batch, mask, p_len, t_len)
     lengths = torch.tensor([len(c) for c in completions], device=hidden_e.device)
     valid = torch.arange(t_len, device=lengths.device)[None, :] < lengths[:, None]
     rows, cols = valid.nonzero(as_tuple=True)  # row-major: the steps of row 0, then row 1, ...

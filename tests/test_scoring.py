@@ -12,6 +12,8 @@ from lightreasoner import models, sampling
 from lightreasoner.errors import LightReasonerError
 from lightreasoner.models import auto_batch_size, generate_greedy, load_pair, prompt_token_ids
 from lightreasoner.sampling import (
+    _completion_hidden,
+    _pad_batch,
     contrast,
     contrast_step_reference,
     sample,
@@ -29,11 +31,13 @@ def _batch(cfg, pair, n=4):
     return [p.problem_id for p in problems], prompts
 
 
-@pytest.mark.parametrize("expert, amateur", [("llama", "llama_small"), ("qwen2", "qwen2_small")])
+@pytest.mark.parametrize("expert, amateur", [("llama", "llama_small"), ("qwen2", "qwen2_small"), ("qwen2", None)])
 def test_chunked_scorer_equals_scoring_with_generation_logits(tiny_models, expert, amateur):
-    """Today's fast path (Expert logits kept from generation, one [B, T, V] contrast) is the oracle."""
+    """Today's fast path (Expert logits kept from generation, one [B, T, V] contrast) is the oracle.
+    amateur None: the Expert's first layer, whose hidden states come out of the Expert's own pass."""
     cfg = tiny_config(tiny_models, expert, amateur)
     pair = load_pair(cfg)
+    assert (sampling.shared_trunk(pair.expert, pair.amateur) is None) == (amateur is not None)
     ids, prompts = _batch(cfg, pair)
     completions, logits = generate_greedy(pair.expert, pair.tokenizer, prompts, 12, return_logits=True)
     assert max(len(c) for c in completions) > 5
@@ -48,6 +52,20 @@ def test_chunked_scorer_equals_scoring_with_generation_logits(tiny_models, exper
                 assert tb.tolist() == ta.tolist()
                 np.testing.assert_allclose(wb, wa, atol=1e-5)
             assert b.argmax_mismatch == 0
+
+
+def test_truncated_amateur_hidden_states_from_the_expert_pass_equal_its_own(tiny_models):
+    cfg = tiny_config(tiny_models, "llama", None)
+    pair = load_pair(cfg)
+    trunk = sampling.shared_trunk(pair.expert, pair.amateur)
+    assert trunk is not None and trunk[0] == 1
+    _, prompts = _batch(cfg, pair, 3)
+    completions = [[5, 9, 30], [41, 7], [12]]
+    batch, mask, p_len, t_len = _pad_batch(prompts, completions, pair.tokenizer.pad_token_id, pair.expert.device)
+    with torch.inference_mode():
+        expert_h, amateur_h = _completion_hidden(pair.expert, batch, mask, p_len, t_len, trunk)
+        torch.testing.assert_close(expert_h, _completion_hidden(pair.expert, batch, mask, p_len, t_len))
+        torch.testing.assert_close(amateur_h, _completion_hidden(pair.amateur, batch, mask, p_len, t_len))
 
 
 def test_largest_logits_tensor_respects_the_chunk_size(tiny_models, tmp_path):
