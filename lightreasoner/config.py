@@ -34,6 +34,8 @@ AUTO_BATCH_CPU = 16
 def _batch_size(value: Any) -> int | str:
     if isinstance(value, str) and value.strip() == "auto":
         return "auto"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # pipeline parameters arrive as 2.0
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError(f"{value!r}: expected a positive integer or auto")
     try:

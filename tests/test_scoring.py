@@ -261,3 +261,16 @@ def test_gpu_benchmark_runs_on_cpu_with_tiny_shapes(capsys):
     assert lines[-1].split()[0].startswith("sampling_s_per_1000=")
     assert set(result) == {"sampling_s_per_1000", "overhead", "eval_tokens_per_s", "train_s", "peak_gib"}
     assert all(v == v and v > -1 for v in result.values())  # numbers, not NaN
+
+
+def test_batch_sizes_take_a_number_or_auto():
+    from lightreasoner.config import load_config
+
+    cfg = load_config(None, ["sampling.batch_size=auto", "evaluation.batch_size=8", "sft.batch_size=2.0"])
+    assert (cfg.sampling.batch_size, cfg.evaluation.batch_size, cfg.sft.batch_size) == ("auto", 8, 2)
+    assert cfg.performance.compile == "auto"
+    for bad in ("0", "-3", "lots", "2.5", "true"):
+        with pytest.raises(LightReasonerError) as err:
+            load_config(None, [f"sampling.batch_size={bad}"])
+        assert "sampling.batch_size" in str(err.value) and "positive integer or auto" in str(err.value)
+        assert "\n" not in str(err.value)
