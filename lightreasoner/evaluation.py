@@ -36,11 +36,13 @@ from .config import Config
 from .data import Problem, load_problems
 from .errors import LightReasonerError
 from .models import (
+    auto_batch_size,
     generate_greedy,
     load_model,
     load_tokenizer,
     model_fingerprint,
     prompt_token_ids,
+    resolve_compile,
     resolve_device,
     resolve_source,
     same_model,
@@ -348,12 +350,14 @@ def plan_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
 
 
 def generate_completions(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
-                         progress: bool = False, desc: str = "generate") -> list[list[int]]:
-    """Greedy completions (ids up to and including EOS) in the prompts' order, ``batch_size`` at a time."""
+                         progress: bool = False, desc: str = "generate", compile: bool = False) -> list[list[int]]:
+    """Greedy completions (ids up to and including EOS) in the prompts' order, ``batch_size`` at a time
+    (``compile``: static KV cache and torch.compile, see :func:`generate_greedy`)."""
     completions: list[list[int] | None] = [None] * len(prompts)
     with tqdm(total=len(prompts), desc=desc, unit="problem", disable=not progress) as bar:
         for members in plan_batches([len(p) for p in prompts], batch_size):
-            outs, _ = generate_greedy(model, tokenizer, [prompts[i] for i in members], max_new_tokens)
+            outs, _ = generate_greedy(model, tokenizer, [prompts[i] for i in members], max_new_tokens,
+                                      compile=compile)
             for i, out in zip(members, outs, strict=True):
                 completions[i] = out
             bar.update(len(members))
@@ -366,8 +370,10 @@ def predict(model, tokenizer, problems: list[Problem], config: Config, progress:
     prompts = [prompt_token_ids(tokenizer, p.question, config.prompt.system_prompt, config.prompt.chat_template)
                for p in problems]
     ecfg = config.evaluation
-    completions = generate_completions(model, tokenizer, prompts, ecfg.max_new_tokens, ecfg.batch_size,
-                                       progress, desc)
+    batch_size = auto_batch_size(ecfg.batch_size, [model], max((len(p) for p in prompts), default=1)
+                                 + ecfg.max_new_tokens, fraction=config.performance.memory_fraction)
+    completions = generate_completions(model, tokenizer, prompts, ecfg.max_new_tokens, batch_size, progress, desc,
+                                       compile=resolve_compile(config.performance.compile, model.device))
     predictions = []
     for prob, ids in zip(problems, completions, strict=True):
         text = tokenizer.decode(ids, skip_special_tokens=True)

@@ -379,9 +379,11 @@ def prompt_token_ids(tokenizer, question: str, system_prompt: str, chat_template
     return [int(i) for i in tokenizer(text, add_special_tokens=True)["input_ids"]]
 
 
-def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, L] ids and attention mask with the padding on the left (what decoder-only generation wants)."""
-    width = max(len(s) for s in sequences)
+def left_pad(sequences: list[list[int]], pad_id: int, device, width: int | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, L] ids and attention mask with the padding on the left (what decoder-only generation wants);
+    L is the longest sequence, or ``width`` when given."""
+    width = max(max(len(s) for s in sequences), width or 0)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, seq in enumerate(sequences):
@@ -405,19 +407,114 @@ def eos_ids(tokenizer, model) -> list[int]:
     return sorted(ids)
 
 
+# --- fast generation: static KV cache, torch.compile, fixed shapes, batch sizes from free memory -----
+
+PROMPT_BUCKET = 64  # with compile, prompts are left-padded to a multiple of this many tokens
+
+
+def resolve_compile(spec: bool | str, device: torch.device) -> bool:
+    """``performance.compile``: auto is on for CUDA, off elsewhere; true/false as given."""
+    if spec == "auto":
+        return torch.device(device).type == "cuda"
+    return bool(spec)
+
+
+def padded_rows(rows: int) -> int:
+    """Rows of a compiled batch: the next power of two, so a run meets only a few batch shapes."""
+    return 1 << max(0, rows - 1).bit_length()
+
+
+def padded_width(width: int, bucket: int = PROMPT_BUCKET) -> int:
+    return -(-width // bucket) * bucket
+
+
+def bytes_per_row(model, tokens: int, with_cache: bool = True) -> int:
+    """Rough device memory one row of ``tokens`` tokens needs in a forward pass of ``model`` (KV cache,
+    the widest activations, a float32 logits row)."""
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    elem = torch.finfo(model.dtype).bits // 8 if model.dtype.is_floating_point else 4
+    hidden = int(cfg.hidden_size)
+    heads = int(cfg.num_attention_heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or hidden // heads)
+    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
+    inter = int(getattr(cfg, "intermediate_size", None) or 4 * hidden)
+    kv = 2 * int(cfg.num_hidden_layers) * kv_heads * head_dim * tokens * elem if with_cache else 0
+    activations = tokens * (4 * hidden + 3 * inter) * elem
+    logits_row = 2 * int(cfg.vocab_size) * 4
+    return kv + activations + logits_row
+
+
+def auto_batch_size(spec: int | str, models: list, tokens: int, *, reserve_bytes: int = 0,
+                    fraction: float = 0.8, rows_per_problem: int = 1, cap: int = 512) -> int:
+    """A batch size as configured; ``auto``: on CUDA the largest power of two whose rows (``tokens`` each,
+    in every one of ``models``) fit ``fraction`` of the free memory after ``reserve_bytes``; on CPU
+    ``AUTO_BATCH_CPU``."""
+    from .config import AUTO_BATCH_CPU
+
+    if spec != "auto":
+        return int(spec)
+    device = models[0].device
+    if device.type != "cuda":
+        return AUTO_BATCH_CPU
+    free, _ = torch.cuda.mem_get_info(device)
+    per_problem = rows_per_problem * sum(bytes_per_row(m, tokens) for m in models)
+    rows = int((free * fraction - reserve_bytes) // max(per_problem, 1))
+    if rows < 1:
+        log.warning("auto batch size: %.1f GiB free is tight for one row of %d tokens; using 1",
+                    free / 2**30, tokens)
+        return 1
+    size = 1 << (min(rows, cap).bit_length() - 1)
+    log.info("auto batch size %d (%.1f GiB free, %.1f MiB per problem)", size, free / 2**30, per_problem / 2**20)
+    return size
+
+
+def _compile_config(device: torch.device):
+    from transformers import CompileConfig
+
+    cfg = CompileConfig(fullgraph=False, dynamic=False,
+                        mode="reduce-overhead" if device.type == "cuda" else "default")
+    if device.type != "cuda":
+        cfg._compile_all_devices = True  # transformers compiles on CUDA only unless told so
+    return cfg
+
+
+def generation_inputs(model, prompts: list[list[int]], pad: int, max_new_tokens: int, compile: bool
+                      ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Left-padded ids and mask for ``model.generate`` and the GenerationConfig settings that go with them.
+
+    ``compile``: the batch gets :func:`padded_rows` rows (copies of the first prompt; callers keep the
+    first ``len(prompts)`` rows of the output) and a width that is a multiple of ``PROMPT_BUCKET``, and
+    generation uses a static KV cache with ``torch.compile``d decoding steps: one compilation per shape.
+    """
+    if not compile:
+        ids, mask = left_pad(prompts, pad, model.device)
+        return ids, mask, {"disable_compile": True}
+    rows = len(prompts)
+    prompts = prompts + [prompts[0]] * (padded_rows(rows) - rows)
+    width = padded_width(max(len(p) for p in prompts))
+    ids, mask = left_pad(prompts, pad, model.device, width)
+    return ids, mask, {"cache_implementation": "static", "max_cache_len": width + max_new_tokens,
+                       "compile_config": _compile_config(model.device)}
+
+
 @torch.inference_mode()
 def generate_greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, return_logits: bool = False,
-                    stop_at_eos: bool = True):
+                    stop_at_eos: bool = True, compile: bool = False):
     """Greedy generation for a batch of prompts (left padding, KV cache).
 
     Returns ``(completions, logits)``: completions are the generated ids of each row up to and including
     the first EOS; logits is the [B, T, V] tensor of raw (unprocessed) next-token logits, or None.
+
+    ``compile``: a static KV cache and ``torch.compile``d decoding steps, with the batch padded to
+    :func:`padded_rows` rows (copies of the first prompt, dropped afterwards) and the prompts to a
+    multiple of ``PROMPT_BUCKET`` tokens, so the model compiles once per shape, not once per batch.
     """
     from transformers import GenerationConfig
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stops = eos_ids(tokenizer, model) if stop_at_eos else []
-    ids, mask = left_pad(prompts, pad, model.device)
+    rows = len(prompts)
+    ids, mask, extra = generation_inputs(model, prompts, pad, max_new_tokens, compile)
     gen_cfg = GenerationConfig(
         do_sample=False,
         num_beams=1,
@@ -427,9 +524,10 @@ def generate_greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
         eos_token_id=stops or None,
         output_logits=return_logits,
         return_dict_in_generate=True,
+        **extra,
     )
     out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg)
-    generated = out.sequences[:, ids.shape[1] :].tolist()
+    generated = out.sequences[:rows, ids.shape[1] :].tolist()
     completions = []
     for row in generated:
         end = len(row)
@@ -438,5 +536,5 @@ def generate_greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
                 end = i + 1
                 break
         completions.append(row[:end])
-    logits = torch.stack(out.logits, dim=1) if return_logits else None
+    logits = torch.stack(out.logits, dim=1)[:rows] if return_logits else None
     return completions, logits

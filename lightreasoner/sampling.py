@@ -7,9 +7,12 @@ Amateur's next-token distributions p_E and p_A over the full vocabulary:
 * its plausible set is V = {i : p_E(i) >= alpha * max p_E};
 * its soft label is softmax over V of (log p_E - log p_A).
 
-Fast mode: trajectories are generated in batches (left padding, KV cache) keeping the raw logits of every
-step, and the Amateur scores a whole batch with ONE teacher-forced forward pass. The contrast is computed
-on the device; only the sparse targets of candidate steps go to the host. Reference mode is the paper's
+Fast mode: trajectories are generated in batches (left padding, KV cache; on CUDA a static cache and
+torch.compile) without keeping any logits. The Expert and the Amateur then score the batch with ONE
+teacher-forced pass each over prompt + completion, and their output layers make the logits of a chunk of
+(row, step) positions at a time (``performance.score_chunk_tokens``), so memory does not grow with
+batch x length x vocabulary. The contrast is computed on the device chunk by chunk; only the sparse
+targets of candidate steps go to the host. Reference mode is the paper's
 script: batch-1 generation and one Amateur forward per prefix (quadratic in length); it is the test oracle
 and the benchmark baseline.
 
@@ -42,10 +45,12 @@ from .data import Problem, load_problems
 from .errors import LightReasonerError
 from .models import (
     ModelPair,
+    auto_batch_size,
     generate_greedy,
     load_pair,
     position_ids_from_mask,
     prompt_token_ids,
+    resolve_compile,
 )
 from .storage import output_lock
 
@@ -85,6 +90,7 @@ _SHARD_SCHEMA = pa.schema(
         ("cand_position", pa.list_(pa.int32())),
         ("cand_target_ids", pa.list_(pa.list_(pa.int32()))),
         ("cand_target_weights", pa.list_(pa.list_(pa.float32()))),
+        ("argmax_mismatch", pa.int32()),
     ]
 )
 
@@ -172,7 +178,7 @@ def contrast_step_reference(expert_logits: torch.Tensor, amateur_logits: torch.T
     kl = float(torch.sum(pe * (torch.log(pe) - torch.log(pa_))))
     ids = torch.nonzero(pe >= alpha * pe.max()).flatten()
     w = torch.softmax(torch.log(pe[ids]) - torch.log(pa_[ids]), dim=0)
-    return max(kl, 0.0), vocab[ids].numpy().astype(np.int32), w.numpy().astype(np.float32)
+    return max(kl, 0.0), vocab[ids].cpu().numpy().astype(np.int32), w.cpu().numpy().astype(np.float32)
 
 
 def effective_beta(beta: float | str, all_kl: np.ndarray) -> float:
@@ -234,6 +240,7 @@ class Scored:
     cand_position: list[int] = field(default_factory=list)
     cand_targets: list[np.ndarray] = field(default_factory=list)
     cand_weights: list[np.ndarray] = field(default_factory=list)
+    argmax_mismatch: int = 0  # steps whose teacher-forced Expert argmax is not the generated token
 
 
 def score_fast(pair: ModelPair, ids: list[str], prompts: list[list[int]], completions: list[list[int]],
@@ -267,6 +274,121 @@ def score_fast(pair: ModelPair, ids: list[str], prompts: list[list[int]], comple
     return scored
 
 
+def _completion_hidden(model, ids: torch.Tensor, mask: torch.Tensor, p_len: int, t_len: int,
+                       tap: tuple[int, Any] | None = None):
+    """[B, T, H] final hidden states at the positions that predict the completion tokens: the decoder runs
+    over prompt + completion once and no logits are made (the output layer runs later, chunk by chunk).
+
+    ``tap=(k, norm)``: also return ``norm`` of the output of decoder layer k (1-based) at those positions,
+    which is the final hidden state of a model made of the first k layers (a layer-truncated Amateur)."""
+    ids, mask = ids.to(model.device), mask.to(model.device)
+    decoder = model.get_decoder()
+    tapped: list[torch.Tensor] = []
+    hook = None
+    if tap is not None:
+        hook = decoder.layers[tap[0] - 1].register_forward_hook(
+            lambda _m, _i, out: tapped.append(out[0] if isinstance(out, tuple) else out))
+    try:
+        out = decoder(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False)
+    finally:
+        if hook is not None:
+            hook.remove()
+    window = slice(p_len - 1, p_len + t_len - 1)
+    if tap is None:
+        return out.last_hidden_state[:, window]
+    return out.last_hidden_state[:, window], tap[1](tapped[0][:, window])
+
+
+def shared_trunk(expert, amateur) -> tuple[int, Any] | None:
+    """``(k, norm)`` when the Amateur is the Expert's first k decoder layers with the Expert's final norm and
+    output layer (the same tensors, as :func:`~lightreasoner.models.truncated_amateur` builds it): then one
+    Expert pass yields the Amateur's hidden states too. None otherwise."""
+    try:
+        e_dec, a_dec = expert.get_decoder(), amateur.get_decoder()
+        k = len(a_dec.layers)
+        if not 1 <= k < len(e_dec.layers):
+            return None
+        pairs = [(a_dec.norm, e_dec.norm), (amateur.get_output_embeddings(), expert.get_output_embeddings()),
+                 (a_dec.get_input_embeddings() if hasattr(a_dec, "get_input_embeddings") else a_dec.embed_tokens,
+                  e_dec.get_input_embeddings() if hasattr(e_dec, "get_input_embeddings") else e_dec.embed_tokens),
+                 *zip(a_dec.layers, e_dec.layers[:k], strict=True)]
+    except (AttributeError, TypeError):
+        return None
+    for a_mod, e_mod in pairs:
+        a_params, e_params = list(a_mod.parameters()), list(e_mod.parameters())
+        if len(a_params) != len(e_params) or any(
+                x.data_ptr() != y.data_ptr() or x.shape != y.shape for x, y in zip(a_params, e_params, strict=True)):
+            return None
+    return k, a_dec.norm
+
+
+def _head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """Logits of ``hidden`` [N, H] through the model's output layer (with its soft cap, where it has one)."""
+    logits = model.get_output_embeddings()(hidden)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+@torch.inference_mode()
+def score_chunked(pair: ModelPair, ids: list[str], prompts: list[list[int]], completions: list[list[int]],
+                  alpha: float, floor: float | None, chunk_tokens: int = 512,
+                  skip_first_step: bool = False) -> list[Scored]:
+    """Contrast of a batch of trajectories with memory independent of batch x length x vocabulary.
+
+    The Expert's and the Amateur's decoders each run ONE teacher-forced pass over prompt + completion (a
+    layer-truncated Amateur needs none of its own: see :func:`shared_trunk`);
+    the output layers then make the logits of at most ``chunk_tokens`` (row, step) positions at a time
+    (a chunk may be part of one row) and :func:`contrast` reduces each chunk on the device before the
+    next is made. Each row also counts the steps whose teacher-forced Expert argmax differs from the
+    generated token (numerical near-ties between generation and the teacher-forced pass).
+    ``skip_first_step``: t = 0 is never a candidate; ``pair.excluded_ids`` are left out of the contrast.
+    """
+    pad = pair.tokenizer.pad_token_id
+    v = pair.vocab_size
+    batch, mask, p_len, t_len = _pad_batch(prompts, completions, pad, pair.expert.device)
+    trunk = shared_trunk(pair.expert, pair.amateur)
+    if trunk is not None:  # a layer-truncated Amateur: its hidden states come out of the Expert's pass
+        hidden_e, hidden_a = _completion_hidden(pair.expert, batch, mask, p_len, t_len, trunk)
+    else:
+        hidden_e = _completion_hidden(pair.expert, batch, mask, p_len, t_len)
+        hidden_a = _completion_hidden(pair.amateur, batch, mask, p_len, t_len)
+    lengths = torch.tensor([len(c) for c in completions], device=hidden_e.device)
+    valid = torch.arange(t_len, device=lengths.device)[None, :] < lengths[:, None]
+    rows, cols = valid.nonzero(as_tuple=True)  # row-major: the steps of row 0, then row 1, ...
+    generated = batch[rows, p_len + cols]
+    kls: list[np.ndarray] = []
+    targets: list[np.ndarray | None] = []
+    weights: list[np.ndarray | None] = []
+    mismatch = torch.zeros(len(completions), dtype=torch.long, device=hidden_e.device)
+    for start in range(0, len(rows), chunk_tokens):
+        r, c = rows[start : start + chunk_tokens], cols[start : start + chunk_tokens]
+        expert_logits = _head_logits(pair.expert, hidden_e[r, c])
+        mismatch.index_add_(0, r, (expert_logits.argmax(-1) != generated[start : start + chunk_tokens]).long())
+        amateur_logits = _head_logits(pair.amateur, hidden_a[r.to(hidden_a.device), c.to(hidden_a.device)])
+        part = contrast(expert_logits[:, :v], amateur_logits.to(expert_logits.device)[:, :v], alpha, floor,
+                        chunk=chunk_tokens, candidates=c >= (1 if skip_first_step else 0),
+                        excluded_ids=getattr(pair, "excluded_ids", None))
+        del expert_logits, amateur_logits
+        kls.append(part.kl)
+        targets += part.targets
+        weights += part.weights
+    kl = np.concatenate(kls) if kls else np.zeros(0)
+    mismatches = mismatch.cpu().tolist()
+    scored, offset = [], 0
+    for row, (pid, p, c) in enumerate(zip(ids, prompts, completions, strict=True)):
+        s = Scored(pid, p, c, kl[offset : offset + len(c)], argmax_mismatch=int(mismatches[row]))
+        for t in range(len(c)):
+            if targets[offset + t] is not None:
+                s.cand_position.append(t)
+                s.cand_targets.append(targets[offset + t])
+                s.cand_weights.append(weights[offset + t])
+        scored.append(s)
+        offset += len(c)
+    return scored
+
+
 def score_reference(pair: ModelPair, pid: str, prompt: list[int], completion: list[int],
                     expert_logits: torch.Tensor | None, alpha: float, floor: float | None,
                     skip_first_step: bool = False) -> Scored:
@@ -277,6 +399,7 @@ def score_reference(pair: ModelPair, pid: str, prompt: list[int], completion: li
         expert_logits = per_prefix_logits(pair.expert, prompt, completion)
     amateur_logits = per_prefix_logits(pair.amateur, prompt, completion)
     s = Scored(pid, prompt, completion, np.zeros(len(completion)))
+    s.argmax_mismatch = int((expert_logits[: len(completion)].argmax(-1).cpu() != torch.tensor(completion)).sum())
     for t in range(len(completion)):
         kl, ids, w = contrast_step_reference(expert_logits[t, :v], amateur_logits[t, :v], alpha,
                                              getattr(pair, "excluded_ids", None))
@@ -335,6 +458,7 @@ def _shard_table(batch: list[tuple[int, Scored]]) -> pa.Table:
                 "cand_position": s.cand_position,
                 "cand_target_ids": [t.tolist() for t in s.cand_targets],
                 "cand_target_weights": [w.tolist() for w in s.cand_weights],
+                "argmax_mismatch": s.argmax_mismatch,
             }
             for order, s in batch
         ],
@@ -437,6 +561,24 @@ def _batch_ok(path: Path, rows: int) -> bool:
         return False
 
 
+def _batch_size(config: Config, out: Path, pair: ModelPair, prompts: list[list[int]]) -> int:
+    """``sampling.batch_size``, with ``auto`` resolved once per output folder (kept in ``shards/plan.json``)
+    so that a resumed run plans the same batches."""
+    spec = config.sampling.batch_size
+    if spec != "auto":
+        return int(spec)
+    plan = out / SHARDS / "plan.json"
+    if plan.is_file():
+        return int(json.loads(plan.read_text())["batch_size"])
+    perf = config.performance
+    width = max((len(p) for p in prompts), default=1) + config.sampling.max_new_tokens
+    reserve = 6 * perf.score_chunk_tokens * pair.vocab_size * 4
+    size = auto_batch_size("auto", [pair.expert, pair.amateur], width, reserve_bytes=reserve,
+                           fraction=perf.memory_fraction)
+    write_json_atomic({"batch_size": size}, plan)
+    return size
+
+
 def sample(config: Config, output: str | Path, *, reference: bool = False, overwrite: bool = False,
            problems: list[Problem] | None = None, pair: ModelPair | None = None,
            progress: bool = True, shard: tuple[int, int] | None = None) -> SampleResult:
@@ -455,6 +597,9 @@ def sample(config: Config, output: str | Path, *, reference: bool = False, overw
 
 def _sample(config: Config, out: Path, reference: bool, overwrite: bool, problems: list[Problem] | None,
             pair: ModelPair | None, progress: bool, shard: tuple[int, int] | None) -> SampleResult:
+    if shard is not None and config.sampling.batch_size == "auto" and not reference:
+        raise LightReasonerError("sampling.batch_size auto: set a number for a sharded run (every shard must "
+                                 "plan the same batches)")
     fingerprint = sampling_fingerprint(config, reference)
     finished, clear = _prepare_output(out, fingerprint, overwrite)
     if finished is not None:
@@ -468,7 +613,8 @@ def _sample(config: Config, out: Path, reference: bool, overwrite: bool, problem
                for p in problems]
     _claim_output(out, fingerprint, clear)
     floor = None if isinstance(scfg.beta, str) else float(scfg.beta)
-    batch_size = 1 if reference else scfg.batch_size
+    compiled = resolve_compile(config.performance.compile, pair.expert.device)
+    batch_size = 1 if reference else _batch_size(config, out, pair, prompts)
     batches = plan_batches([len(p) for p in prompts], batch_size, scfg.sort_by_length and not reference)
     started = time.perf_counter()
     bar = tqdm(total=len(problems), desc="contrastive sampling", unit="problem", disable=not progress)
@@ -486,15 +632,17 @@ def _sample(config: Config, out: Path, reference: bool, overwrite: bool, problem
             log.warning("%s: damaged batch file, computing it again", shard_file)
             shard_file.unlink()
         batch_prompts = [prompts[i] for i in members]
-        completions, logits = generate_greedy(pair.expert, tok, batch_prompts, scfg.max_new_tokens, return_logits=True)
         ids = [problems[i].problem_id for i in members]
         if reference:
+            completions, logits = generate_greedy(pair.expert, tok, batch_prompts, scfg.max_new_tokens,
+                                                  return_logits=True)
             scored = [score_reference(pair, ids[0], batch_prompts[0], completions[0], logits[0], scfg.alpha, floor,
                                       scfg.skip_first_step)]
+            del logits
         else:
-            scored = score_fast(pair, ids, batch_prompts, completions, logits, scfg.alpha, floor,
-                                scfg.skip_first_step)
-        del logits
+            completions, _ = generate_greedy(pair.expert, tok, batch_prompts, scfg.max_new_tokens, compile=compiled)
+            scored = score_chunked(pair, ids, batch_prompts, completions, scfg.alpha, floor,
+                                   config.performance.score_chunk_tokens, scfg.skip_first_step)
         _atomic_write_table(_shard_table(list(zip(members, scored, strict=True))), shard_file)
         bar.update(len(members))
     bar.close()
@@ -508,7 +656,8 @@ def _sample(config: Config, out: Path, reference: bool, overwrite: bool, problem
                 "config": config.dump(), "sampling_seconds": elapsed}
         write_json_atomic(info, out / SHARD_INFO)
         return SampleResult(out, info)
-    manifest = finalize(out, config, models_info, fingerprint, reference, elapsed, len(problems))
+    manifest = finalize(out, config, models_info, fingerprint, reference, elapsed, len(problems),
+                        batch_size=batch_size)
     return SampleResult(out, manifest)
 
 
@@ -546,14 +695,16 @@ def merge_shards(config: Config, shard_dirs: list[str | Path], output: str | Pat
 
 
 def finalize(out: Path, config: Config, models_info: dict[str, Any], fingerprint: str, reference: bool,
-             elapsed: float, num_problems: int) -> dict[str, Any]:
-    """Merge the batch files into the output contract; the manifest is written last."""
+             elapsed: float, num_problems: int, batch_size: int | None = None) -> dict[str, Any]:
+    """Merge the batch files into the output contract; the manifest is written last. ``batch_size``: the
+    one used (``sampling.batch_size`` auto resolved), recorded under ``timing``."""
     shards = sorted((out / SHARDS).glob("batch-*.parquet"))
-    table = pa.concat_tables([pq.read_table(s) for s in shards]).sort_by("order")
+    table = pa.concat_tables([pq.read_table(s) for s in shards], promote_options="default").sort_by("order")
     rows = table.to_pylist()
     first = 1 if config.sampling.skip_first_step else 0  # candidate steps only (t = 0 never is, when skipped)
     all_kl = (np.concatenate([np.asarray(r["step_kl"][first:], dtype=np.float64) for r in rows])
               if rows else np.zeros(0))
+    mismatches = sum(int(r.get("argmax_mismatch") or 0) for r in rows)
     beta = effective_beta(config.sampling.beta, all_kl.astype(np.float32))
     samples, trajectories = [], []
     for r in rows:
@@ -586,8 +737,12 @@ def finalize(out: Path, config: Config, models_info: dict[str, Any], fingerprint
             "kept_fraction": (len(samples) / steps) if steps else 0.0,
             "mean_kl": float(all_kl.mean()) if steps else 0.0,
             "median_kl": float(np.median(all_kl)) if steps else 0.0,
+            # steps whose teacher-forced Expert argmax is not the generated token (near-ties; 0 means the
+            # trajectories are exactly the Expert's greedy ones under the scoring pass)
+            "argmax_mismatch_steps": mismatches,
         },
-        "timing": {"sampling_seconds": elapsed, "problems_per_second": num_problems / elapsed if elapsed else 0.0},
+        "timing": {"sampling_seconds": elapsed, "problems_per_second": num_problems / elapsed if elapsed else 0.0,
+                   **({"batch_size": batch_size} if batch_size is not None else {})},
         "sha256": {TRAJECTORIES: sha256_file(traj_path), SAMPLES: sha256_file(samples_path)},
     }
     write_json_atomic(manifest, out / MANIFEST)

@@ -33,12 +33,14 @@ from .data import Problem, load_problems
 from .errors import LightReasonerError
 from .evaluation import answers_match, extract_answer
 from .models import (
+    auto_batch_size,
     eos_ids,
     generate_greedy,
-    left_pad,
+    generation_inputs,
     load_tokenizer,
     model_fingerprint,
     prompt_token_ids,
+    resolve_compile,
     resolve_device,
 )
 from .sampling import MANIFEST, library_versions, sha256_file, write_json_atomic
@@ -108,8 +110,11 @@ def sample_completions(model, tokenizer, prompts: list[list[int]], config: Confi
 
     s = config.sft
     out: list[list[list[int]]] = [[] for _ in prompts]
+    compiled = resolve_compile(config.performance.compile, model.device)
+    batch_size = auto_batch_size(s.batch_size, [model], max((len(p) for p in prompts), default=1) + s.max_new_tokens,
+                                 fraction=config.performance.memory_fraction, rows_per_problem=s.samples_per_problem)
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
-    batches = [order[i : i + s.batch_size] for i in range(0, len(order), s.batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stops = eos_ids(tokenizer, model)
     torch.manual_seed(s.seed)
@@ -117,14 +122,14 @@ def sample_completions(model, tokenizer, prompts: list[list[int]], config: Confi
         for members in batches:
             batch = [prompts[i] for i in members]
             if s.samples_per_problem == 1:
-                rows, _ = generate_greedy(model, tokenizer, batch, s.max_new_tokens)
+                rows, _ = generate_greedy(model, tokenizer, batch, s.max_new_tokens, compile=compiled)
                 for i, row in zip(members, rows, strict=True):
                     out[i] = [row]
             else:
-                ids, mask = left_pad(batch, pad, model.device)
+                ids, mask, extra = generation_inputs(model, batch, pad, s.max_new_tokens, compiled)
                 gen = GenerationConfig(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=0,
                                        num_return_sequences=s.samples_per_problem, max_new_tokens=s.max_new_tokens,
-                                       pad_token_id=pad, eos_token_id=stops or None)
+                                       pad_token_id=pad, eos_token_id=stops or None, **extra)
                 seqs = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
                 rows = seqs[:, ids.shape[1] :].tolist()
                 for j, i in enumerate(members):
