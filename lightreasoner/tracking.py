@@ -476,7 +476,11 @@ def read_sample(folder: Path, tmp: Path) -> StageRecord:
     })
     files = [(folder / "samples.parquet", None)] if (folder / "samples.parquet").is_file() else []
     plots = kl_plots(folder / "trajectories.parquet", beta, tmp) if (folder / "trajectories.parquet").is_file() else []
-    return StageRecord(manifest.get("config"), metrics, [], files, [(folder / "manifest.json", None)], plots)
+    data = (manifest.get("config") or {}).get("data")
+    inputs = [_problems_input(data, "training", _ids_digest(folder / "trajectories.parquet"),
+                              _int(counts.get("problems")))] if data else []
+    return StageRecord(manifest.get("config"), metrics, [], files, [(folder / "manifest.json", None)], plots,
+                       inputs)
 
 
 def read_train(folder: Path, tmp: Path) -> StageRecord:
@@ -546,7 +550,8 @@ def read_prepare(folder: Path, tmp: Path) -> StageRecord:
     manifest = path.parent / "manifest.json"
     config = json.loads(manifest.read_text()).get("config") if manifest.is_file() else None
     record = StageRecord(config, metrics, [], [], [(manifest, None)] if manifest.is_file() else [], [])
-    record.inputs.append(StageInput("problems", str(path), "training", digest=_digest(_sha256(path)), rows=rows))
+    # Digested by the problem ids (like the sample and evaluate inputs), so one data set links the runs.
+    record.inputs.append(StageInput("problems", str(path), "training", digest=_ids_digest(path), rows=rows))
     return record
 
 
@@ -573,18 +578,9 @@ def _digest(sha256: str | None) -> str | None:
     return str(sha256)[:16] if sha256 else None
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _ids_digest(predictions: Path) -> str | None:
-    """Digest of the problem ids in a predictions file (which problems were scored, in order)."""
+    """Digest of the problem ids in a Parquet file (problems, trajectories, predictions): which problems,
+    in which order; a problem id is itself a digest of the question."""
     import hashlib
 
     import pyarrow.parquet as pq
@@ -600,7 +596,7 @@ def _ids_digest(predictions: Path) -> str | None:
 
 def prepare_inputs(record: StageRecord, config: Mapping[str, Any]) -> list[StageInput]:
     """prepare reads the configured problems (file, hub name or synthetic): its input is that source,
-    digested like the problems.parquet it wrote (the reader only knows that file)."""
+    digested by the problems.parquet it wrote (the reader only knows that file)."""
     data = config.get("data") or {}
     if not record.inputs or not data:
         return record.inputs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 
@@ -179,6 +180,7 @@ def _inputs(client, run_id: str) -> dict[str, tuple]:
 
 
 def test_stage_inputs_are_logged_as_mlflow_datasets(mlflow_server, aws_env, tmp_path):
+    import pyarrow.parquet as pq
     from fake_outputs import sha256
     from mlflow.tracking import MlflowClient
 
@@ -194,11 +196,12 @@ def test_stage_inputs_are_logged_as_mlflow_datasets(mlflow_server, aws_env, tmp_
            for stage, folder in (("prepare", tmp_path / "problems"), ("train", training), ("evaluate", evaluation))}
     client = MlflowClient(mlflow_server.uri)
 
-    # prepare: the configured problems (the synthetic generator here), digested like the file it wrote.
+    # prepare: the configured problems (the synthetic generator here), digested by the problem ids it wrote.
     (name, (digest, source_type, source, context)), = _inputs(client, ids["prepare"]).items()
     assert name == "synthetic:train[:4]" and context == "training"
     assert source_type == "code" and source["tags"]["split"] == "train"
-    assert digest == sha256(problems)[:16]
+    ids_text = "\n".join(pq.read_table(problems).column("problem_id").to_pylist())
+    assert digest == hashlib.sha256(ids_text.encode()).hexdigest()[:16]
     # train: the samples folder, digested by the samples.parquet sha256 the adapter was trained on.
     (digest, source_type, source, context), = _inputs(client, ids["train"]).values()
     assert (digest, context) == (sha256(samples / "samples.parquet")[:16], "training")
