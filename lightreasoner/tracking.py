@@ -722,8 +722,18 @@ def start_stage_run(client, config: Config, stage: str, parent_run_id: str | Non
 @contextmanager
 def _scoped_tracking_uri(uri: str) -> Iterator[None]:
     """MLflow's fluent API (start_run, log_input) on ``uri`` for the duration, then the previous one."""
-    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+    try:
+        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+    except ImportError:  # MLflow moved its helper: the public setter, restored afterwards
+        import mlflow
 
+        previous = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(previous)
+        return
     with _use_tracking_uri(uri):
         yield
 
