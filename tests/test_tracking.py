@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 
@@ -163,3 +164,100 @@ def test_bad_stage_inputs(mlflow_server, aws_env, tmp_path):
         tracking.log_stage(cfg, "bogus", tmp_path / "empty")
     with pytest.raises(LightReasonerError, match="not found"):
         tracking.log_stage(cfg, "train", tmp_path / "nope")
+
+
+# --- datasets and the stage run's lifecycle ----------------------------------------------------------
+
+
+def _inputs(client, run_id: str) -> dict[str, tuple]:
+    """name -> (digest, source type, source, context) of a run's dataset inputs."""
+    out = {}
+    for item in client.get_run(run_id).inputs.dataset_inputs:
+        tags = {t.key: t.value for t in item.tags}
+        d = item.dataset
+        out[d.name] = (d.digest, d.source_type, json.loads(d.source), tags.get("mlflow.data.context"))
+    return out
+
+
+def test_stage_inputs_are_logged_as_mlflow_datasets(mlflow_server, aws_env, tmp_path):
+    import pyarrow.parquet as pq
+    from fake_outputs import sha256
+    from mlflow.tracking import MlflowClient
+
+    from lightreasoner.data import prepare_data
+
+    cfg = make_config(mlflow_server.uri, experiment=f"datasets-{uuid.uuid4().hex[:8]}")
+    problems = prepare_data(cfg.data, tmp_path / "problems")
+    samples = make_samples(tmp_path / "samples", cfg)
+    training = make_training(tmp_path / "train", cfg, samples)
+    evaluation = make_evaluation(tmp_path / "eval", cfg, [True, False, True], [True, True, True])
+    parent = tracking.start_pipeline(cfg)
+    ids = {stage: tracking.log_stage(cfg, stage, folder, parent)
+           for stage, folder in (("prepare", tmp_path / "problems"), ("train", training), ("evaluate", evaluation))}
+    client = MlflowClient(mlflow_server.uri)
+
+    # prepare: the configured problems (the synthetic generator here), digested by the problem ids it wrote.
+    (name, (digest, source_type, source, context)), = _inputs(client, ids["prepare"]).items()
+    assert name == "synthetic:train[:4]" and context == "training"
+    assert source_type == "code" and source["tags"]["split"] == "train"
+    ids_text = "\n".join(pq.read_table(problems).column("problem_id").to_pylist())
+    assert digest == hashlib.sha256(ids_text.encode()).hexdigest()[:16]
+    # train: the samples folder, digested by the samples.parquet sha256 the adapter was trained on.
+    (digest, source_type, source, context), = _inputs(client, ids["train"]).values()
+    assert (digest, context) == (sha256(samples / "samples.parquet")[:16], "training")
+    assert source_type == "local" and source["uri"] == samples.resolve().as_uri()
+    # evaluate: the evaluation problems.
+    (name, (digest, _, _, context)), = _inputs(client, ids["evaluate"]).items()
+    assert name == "synthetic:test" and context == "evaluation" and digest
+    # A hub data set keeps its hub name and split (lineage links to the Hugging Face dataset).
+    hub = tracking._problems_input({"path": "openai/gsm8k", "split": "test", "hf_config": "main"}, "evaluation",
+                                   None, 10)
+    assert (hub.hub, hub.name, hub.hf_config) == (True, "openai/gsm8k:test", "main")
+
+
+def test_a_failing_stage_leaves_its_run_failed_with_its_own_error(mlflow_server, aws_env, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    cfg = make_config(mlflow_server.uri, experiment=f"fail-{uuid.uuid4().hex[:8]}")
+    client = MlflowClient(mlflow_server.uri)
+    with pytest.raises(LightReasonerError) as failed:
+        with tracking.pipeline_run(cfg, "fails") as parent:
+            with tracking.tracked_stage(cfg, "train", tmp_path / "train", parent) as run_id:
+                import mlflow
+
+                assert mlflow.active_run().info.run_id == run_id  # the stage runs inside its run
+                raise LightReasonerError("training.learning_rate: loss is NaN at step 3")
+    assert str(failed.value) == "training.learning_rate: loss is NaN at step 3"
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["mlflow.parentRunId"] == parent
+    assert run.data.tags["lightreasoner.error"] == "training.learning_rate: loss is NaN at step 3"
+    assert client.get_run(parent).info.status == "FAILED"
+    import mlflow
+
+    assert mlflow.active_run() is None  # nothing left active for the next stage
+    # A stage that completes: its run ends FINISHED with the folder logged into it.
+    evaluation = make_evaluation(tmp_path / "eval", cfg, [True, False], [True, True])
+    with tracking.tracked_stage(cfg, "evaluate", evaluation) as run_id:
+        pass
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["evaluate/accuracy_tuned"] == 1.0
+    assert run.inputs.dataset_inputs
+
+
+@pytest.mark.slow
+def test_server_down_does_not_hide_the_stage_error(mlflow_server, aws_env, tmp_path, monkeypatch, caplog):
+    from servers import paused
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    cfg = make_config(mlflow_server.uri, experiment=f"down-{uuid.uuid4().hex[:8]}")
+    with paused(mlflow_server.proc) as server, pytest.raises(LightReasonerError) as failed:
+        with tracking.tracked_stage(cfg, "sample", tmp_path / "samples"):
+            server.stop()  # the tracking server goes away while the stage runs
+            raise LightReasonerError("sampling.beta: no step passed beta 0.4")
+    assert str(failed.value) == "sampling.beta: no step passed beta 0.4"
+    assert "ending the failed sample run failed" in caplog.text
+    import mlflow
+
+    assert mlflow.active_run() is None
