@@ -1,45 +1,65 @@
 """The registered model: the Expert + LightReasoner LoRA adapter as an MLflow pyfunc model.
 
-Kept apart from :mod:`lightreasoner.registry` so that promote/compare do not import mlflow.pyfunc. The
-model folder holds ``artifacts/adapter`` (peft), ``artifacts/tokenizer`` and, in its model config, the
-Expert's identity; ``LIGHTREASONER_EXPERT_MODEL`` overrides where the Expert's weights are loaded from.
+MLflow logs this file itself into the model ("models from code"), so the model is self-contained: loading
+it needs mlflow, torch, transformers and peft (pinned in the model's requirements to the pipeline image's
+versions), never ``lightreasoner``. Hence this file imports nothing from the package and repeats the
+few lines that build a prompt (the chat template with the system prompt, else ``Question: ... Answer:``,
+as :func:`lightreasoner.models.prompt_token_ids` does for training).
+
+The model folder holds ``artifacts/adapter`` (peft) and ``artifacts/tokenizer``; its model config names
+where the Expert's weights are (``expert.location``: a hub id or a folder, with ``revision`` and
+``gguf_file``). ``LIGHTREASONER_EXPERT_MODEL`` overrides that location (e.g. a mirror of the hub).
+
+Input: a DataFrame with a ``question`` column, or a list of strings. Output: one answer text per question.
 """
 
 from __future__ import annotations
 
 import os
 
-import mlflow.pyfunc
+import mlflow
+from mlflow.pyfunc import PythonModel
 
 
-class AdapterModel(mlflow.pyfunc.PythonModel):
-    """The Expert + LightReasoner LoRA adapter as an MLflow pyfunc model (see the module docstring)."""
-
+class AdapterModel(PythonModel):
     def load_context(self, context):
-        from transformers import AutoTokenizer
-
-        from .config import ModelConfig
-        from .models import load_model, load_tokenizer
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         cfg = dict(context.model_config or {})
         expert = dict(cfg.get("expert") or {})
-        if os.environ.get("LIGHTREASONER_EXPERT_MODEL"):
-            expert["model"] = os.environ["LIGHTREASONER_EXPERT_MODEL"]
-        expert_cfg = ModelConfig(**expert)
-        tok_dir = context.artifacts.get("tokenizer")
-        self.tokenizer = AutoTokenizer.from_pretrained(tok_dir) if tok_dir else load_tokenizer(expert_cfg)
+        override = os.environ.get("LIGHTREASONER_EXPERT_MODEL")
+        location = override or expert.get("location") or expert["model"]
+        kwargs = {}
+        if not override:
+            kwargs = {k: expert[k] for k in ("revision", "gguf_file") if expert.get(k)}
+        tokenizer_dir = context.artifacts.get("tokenizer") or location
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, **({} if context.artifacts.get("tokenizer")
+                                                                         else kwargs))
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        from peft import PeftModel
-
-        base = load_model(expert_cfg, "expert")
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        base = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs).to(self.device)
         self.model = PeftModel.from_pretrained(base, context.artifacts["adapter"]).eval()
-        self.system_prompt = cfg.get("system_prompt", "")
+        self.system_prompt = cfg.get("system_prompt") or ""
         self.chat_template = bool(cfg.get("chat_template", True))
         self.max_new_tokens = int(cfg.get("max_new_tokens", 512))
 
+    def _prompt(self, question: str) -> list[int]:
+        if self.chat_template and getattr(self.tokenizer, "chat_template", None):
+            messages = [{"role": "user", "content": question}]
+            if self.system_prompt:
+                messages.insert(0, {"role": "system", "content": self.system_prompt})
+            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                     return_dict=False)
+            return [int(i) for i in (ids["input_ids"] if hasattr(ids, "keys") else ids)]
+        text = (f"{self.system_prompt}\n\n" if self.system_prompt else "") + f"Question: {question}\nAnswer:"
+        return [int(i) for i in self.tokenizer(text)["input_ids"]]
+
     def predict(self, context, model_input, params=None):
-        from .models import generate_greedy, prompt_token_ids
+        import torch
 
         if isinstance(model_input, str):
             questions = [model_input]
@@ -49,6 +69,15 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
         else:
             questions = [str(q) for q in model_input]
         max_new = int((params or {}).get("max_new_tokens", self.max_new_tokens))
-        prompts = [prompt_token_ids(self.tokenizer, q, self.system_prompt, self.chat_template) for q in questions]
-        completions, _ = generate_greedy(self.model, self.tokenizer, prompts, max_new)
-        return [self.tokenizer.decode(c, skip_special_tokens=True) for c in completions]
+        prompts = [self._prompt(q) for q in questions]
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        with torch.no_grad():
+            out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False,
+                                      pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id)
+        return [self.tokenizer.decode(row[width:], skip_special_tokens=True) for row in out]
+
+
+mlflow.models.set_model(AdapterModel())

@@ -150,18 +150,50 @@ def lineage_tags(train_manifest: Mapping[str, Any], metrics: Mapping[str, Any],
 
 def save_pyfunc(path: Path, artifacts: dict[str, str], model_config: dict[str, Any], requirements: list[str],
                 metadata: dict[str, Any]) -> Path:
-    """Write the pyfunc model folder (MLmodel, python_model.pkl, artifacts/adapter, artifacts/tokenizer)."""
+    """Write the pyfunc model folder (MLmodel, the model's code, artifacts/adapter, artifacts/tokenizer):
+    logged from code (:mod:`lightreasoner.mlflow_model`, copied in), with a signature and an input
+    example, so it loads and serves where ``lightreasoner`` is not installed."""
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # type-hint advice on predict (it takes a DataFrame or a list)
         import mlflow.pyfunc
+        from mlflow.models import ModelSignature
+        from mlflow.types import ColSpec, Schema
 
-        from .mlflow_model import AdapterModel
+        from . import mlflow_model
 
-        mlflow.pyfunc.save_model(str(path), python_model=AdapterModel(), artifacts=artifacts,
-                                 model_config=model_config, pip_requirements=requirements, metadata=metadata)
+        # One text column, unnamed: a list of questions or a one-column DataFrame (``question``) both fit.
+        signature = ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]))
+        mlflow.pyfunc.save_model(str(path), python_model=mlflow_model.__file__, artifacts=artifacts,
+                                 model_config=model_config, pip_requirements=requirements, metadata=metadata,
+                                 signature=signature, input_example=[EXAMPLE_QUESTION])
     return path
+
+
+EXAMPLE_QUESTION = "Natalia sold clips to 48 of her friends in April, and then half as many in May. How many clips did she sell?"
+MODEL_REQUIREMENTS = "model-requirements.txt"
+
+
+def model_requirements() -> list[str]:
+    """The registered model's pip requirements: the versions the pipeline image runs (shipped as
+    ``lightreasoner/model-requirements.txt``, kept equal to docker/requirements.lock by a test), not the
+    registering machine's (a CPU build's ``torch==...+cpu`` would not install on a GPU server)."""
+    from importlib import resources
+
+    text = (resources.files("lightreasoner") / MODEL_REQUIREMENTS).read_text()
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def expert_location(expert: dict[str, Any]) -> dict[str, Any]:
+    """The Expert's model config plus ``location``: where its weights load from without lightreasoner (the
+    demo's GGUF file is converted to a local folder once; a hub id stays a hub id)."""
+    from .config import ModelConfig
+    from .models import materialise_gguf, resolve_source
+
+    cfg = ModelConfig(**{k: v for k, v in expert.items() if k in ModelConfig.model_fields})
+    src = materialise_gguf(resolve_source(cfg), cfg.trust_remote_code)
+    return {**expert, "location": str(src.location), "gguf_file": src.gguf_file, "revision": src.revision}
 
 
 # --- register ---------------------------------------------------------------------------------------
@@ -179,18 +211,6 @@ class RegisteredVersion:
     @property
     def uri(self) -> str:
         return f"models:/{self.name}/{self.version}"
-
-
-def _pip_requirements() -> list[str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = []
-    for pkg in ("mlflow", "torch", "transformers", "peft", "accelerate"):
-        try:
-            out.append(f"{pkg}=={version(pkg)}")
-        except PackageNotFoundError:
-            out.append(pkg)
-    return out
 
 
 def _ensure_registered_model(client, name: str) -> None:
@@ -392,13 +412,13 @@ def register(config: Config, training: str | Path, evaluation: str | Path, sampl
                 if (train_dir / "tokenizer").is_dir():
                     artifacts["tokenizer"] = str(train_dir / "tokenizer")
                 model_config = {
-                    "expert": {k: v for k, v in (cfg.get("expert") or config.expert.model_dump()).items()},
+                    "expert": expert_location(dict(cfg.get("expert") or config.expert.model_dump())),
                     "system_prompt": (cfg.get("prompt") or {}).get("system_prompt", config.prompt.system_prompt),
                     "chat_template": (cfg.get("prompt") or {}).get("chat_template", config.prompt.chat_template),
                     "max_new_tokens": (cfg.get("evaluation") or {}).get("max_new_tokens",
                                                                         config.evaluation.max_new_tokens),
                 }
-                save_pyfunc(tmp / "model", artifacts, model_config, _pip_requirements(), {"lightreasoner": tags})
+                save_pyfunc(tmp / "model", artifacts, model_config, model_requirements(), {"lightreasoner": tags})
                 _log_model(client, run, tmp / "model")
                 source = storage.join(run.info.artifact_uri, "model")
                 _ensure_registered_model(client, name)

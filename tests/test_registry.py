@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from pathlib import Path
 
 import pytest
 from fake_outputs import make_config, make_evaluation, make_samples, make_training
@@ -171,3 +172,51 @@ def test_registered_model_loads_and_answers(mlflow_server, aws_env, tiny_models,
     model = mlflow.pyfunc.load_model(f"models:/{name}@challenger")
     answers = model.predict(["What is 2 + 3?", "What is 7 * 6?"])
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    # Self-contained: a fresh environment without lightreasoner (the installed wheels reused, no network)
+    # loads it from the registry and answers; its requirements are the image's, not this machine's.
+    answer = answer_in_clean_env(tmp_path, f"models:/{name}@challenger")
+    assert answer["lightreasoner_importable"] is False and isinstance(answer["answers"][0], str)
+    meta = model.metadata
+    assert [t.name for t in meta.signature.inputs.input_types()] == ["string"] and meta.saved_input_example_info
+    assert "python_model.pkl" not in str(meta.flavors)
+
+
+def answer_in_clean_env(tmp_path, uri: str) -> dict:
+    """Load ``uri`` with mlflow.pyfunc in a new virtual environment that sees this one's installed
+    packages as a plain path (so no editable lightreasoner) and answer one question."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import sysconfig
+
+    env_dir = tmp_path / "clean-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True, timeout=120)
+    purelib = subprocess.run([str(env_dir / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    # A path entry, not a site dir: the .pth files there (the editable lightreasoner) are not run.
+    (Path(purelib) / "reuse.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    code = ("import json, mlflow.pyfunc, pandas as pd\n"
+            "try:\n import lightreasoner; ok = True\nexcept ImportError:\n ok = False\n"
+            f"m = mlflow.pyfunc.load_model({uri!r})\n"
+            "a = m.predict(pd.DataFrame({'question': ['What is 2 + 3?']}))\n"
+            "print(json.dumps({'lightreasoner_importable': ok, 'answers': list(a)}))")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    proc = subprocess.run([str(env_dir / "bin" / "python"), "-c", code], capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_model_requirements_are_the_images_versions():
+    root = Path(__file__).resolve().parents[1]
+    pins = {}
+    for name in ("requirements.lock", "constraints.txt"):
+        for line in (root / "docker" / name).read_text().splitlines():
+            if "==" in line and not line.startswith("#"):
+                pkg, version = line.split("==", 1)
+                pins[pkg.strip().lower()] = version.strip()
+    for requirement in registry.model_requirements():
+        pkg, version = requirement.split("==", 1)
+        assert pins[pkg.lower()] == version, requirement
+        assert "+" not in version  # never a local build such as +cpu
