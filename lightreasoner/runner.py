@@ -103,8 +103,10 @@ def run_all(config: Config, workdir: str | Path, *, progress: bool = True, promo
                     f"{out / 'samples'}: no step passed beta {sampled.manifest['effective_beta']:.4g}; "
                     "lower sampling.beta or use auto:<fraction>"
                 )
-            with tracking.tracked_stage(config, "train", out / "train", parent):
-                trained = timed("train", lambda: train(config, out / "samples", out / "train", progress=progress))
+            with tracking.tracked_stage(config, "train", out / "train", parent) as train_run:
+                live = tracking.live_training_callbacks(config, train_run)  # the loss, while it trains
+                trained = timed("train", lambda: train(config, out / "samples", out / "train", progress=progress,
+                                                       callbacks=live))
             summary.training = trained.manifest
             with tracking.tracked_stage(config, "evaluate", out / "evaluate", parent):
                 evaluated = timed("evaluate", lambda: evaluate(config, None, out / "train", out / "evaluate",

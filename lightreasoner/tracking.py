@@ -887,7 +887,9 @@ def _log_record(client, config: Config, stage: str, record: StageRecord, run, pa
     with mlflow_errors(client.tracking_uri, f"logging the {stage} run"):
         _log_batch(client, run_id, params=config_params(_stage_sections(stage_config, stage)))
         series = [(k, v, 0) for k, v in record.metrics.items()] + record.steps
-        _log_batch(client, run_id, metrics=series)
+        # The step series (training loss) is not replayed into a run that streamed it live.
+        own = series if not _streamed(client, run_id, record.steps) else series[: len(record.metrics)]
+        _log_batch(client, run_id, metrics=own)
         if parent_run_id:
             _log_batch(client, parent_run_id, metrics=series)
         log_inputs(inputs)
@@ -898,6 +900,40 @@ def _log_record(client, config: Config, stage: str, record: StageRecord, run, pa
                 _log_redacted_json(client, run, path, artifact_path, tmp)
             for plot in record.plots:
                 log_artifact(client, run, plot, "plots")
+
+
+LIVE_KEYS = {"loss": "train/loss", "learning_rate": "train/learning_rate", "grad_norm": "train/grad_norm"}
+MODEL_STAGES = ("sample", "train", "evaluate", "sft", "evaluate_sft")
+
+
+def live_training_callbacks(config: Config, run_id: str | None) -> list:
+    """Transformers callbacks that stream the training loss, learning rate and grad norm to the MLflow run
+    ``run_id`` as the trainer logs them (every ``training.logging_steps`` updates), so a run's progress is
+    visible while it trains. A failed write is a warning: tracking never stops training. Empty when
+    tracking is off."""
+    if not config.tracking.enabled or not run_id:
+        return []
+    from transformers import TrainerCallback
+
+    client = client_for(config)
+
+    class LiveMetrics(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            points = [(LIVE_KEYS[k], float(v), int(state.global_step)) for k, v in (logs or {}).items()
+                      if k in LIVE_KEYS and _num(v) is not None]
+            if points:
+                try:
+                    _log_batch(client, run_id, metrics=points)
+                except Exception as exc:  # noqa: BLE001 - a metric lost is better than a training lost
+                    log.warning("MLflow: could not stream training metrics (%s)", _one_line(exc))
+
+    return [LiveMetrics()]
+
+
+def _streamed(client, run_id: str, steps: list[tuple[str, float, int]]) -> bool:
+    """True when the run already holds the step series (streamed live while the stage ran)."""
+    keys = {k for k, _, _ in steps}
+    return bool(keys) and keys <= set(client.get_run(run_id).data.metrics)
 
 
 @contextmanager
@@ -914,7 +950,8 @@ def tracked_stage(config: Config, stage: str, output: str | Path, parent_run_id:
         raise LightReasonerError(f"stage {stage!r}: expected one of {', '.join(READERS)}")
     client = client_for(config)
     parent_run_id = parent_run_id or os.environ.get(PARENT_ENV) or None
-    with stage_run(client, config, stage, parent_run_id, params={}) as run:
+    # System metrics (CPU/GPU memory and utilisation) for the stages that run models.
+    with stage_run(client, config, stage, parent_run_id, params={}, log_system_metrics=stage in MODEL_STAGES) as run:
         yield run.info.run_id
         tmp = Path(tempfile.mkdtemp(prefix="lightreasoner-track-"))
         try:

@@ -261,3 +261,35 @@ def test_server_down_does_not_hide_the_stage_error(mlflow_server, aws_env, tmp_p
     import mlflow
 
     assert mlflow.active_run() is None
+
+
+def test_training_loss_is_visible_while_it_trains(mlflow_server, aws_env, tiny_models, tmp_path):
+    """The loss streams to the train run as the trainer logs it: polled from the server mid-training."""
+    from conftest import tiny_config
+    from mlflow.tracking import MlflowClient
+    from transformers import TrainerCallback
+
+    from lightreasoner.sampling import sample
+    from lightreasoner.training import train
+
+    cfg = tiny_config(tiny_models, **{"tracking.enabled": "true", "tracking.tracking_uri": mlflow_server.uri,
+                                      "tracking.experiment": f"live-{uuid.uuid4().hex[:8]}",
+                                      "sampling.beta": "auto:0.5", "training.max_steps": 5,
+                                      "training.logging_steps": 1})
+    sample(cfg, tmp_path / "samples", progress=False)
+    client = MlflowClient(mlflow_server.uri)
+    seen: dict[int, int] = {}
+
+    class Probe(TrainerCallback):  # what a user watching the MLflow UI would see, step by step
+        def on_step_end(self, args, state, control, **kwargs):
+            seen[state.global_step] = len(client.get_metric_history(run_id, "train/loss"))
+
+    with tracking.tracked_stage(cfg, "train", tmp_path / "train") as run_id:
+        train(cfg, tmp_path / "samples", tmp_path / "train", progress=False,
+              callbacks=[*tracking.live_training_callbacks(cfg, run_id), Probe()])
+    # on_step_end runs before that step's log: at step 3 the losses of steps 1 and 2 are on the server.
+    assert seen[3] >= 2
+    history = client.get_metric_history(run_id, "train/loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5]  # streamed once, not replayed again
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and "train/learning_rate" in run.data.metrics
