@@ -71,8 +71,14 @@ def is_secret_key(key: str) -> bool:
     return any(pair in _SECRET_PAIRS for pair in zip(words, words[1:], strict=False))
 
 
+# Shell state whose names look secret (PWD: "password"): the working directory, never a credential. Masking
+# it would turn every path under the working directory into "***" (and break MLflow's dataset sources).
+_NOT_SECRET_ENV = {"PWD", "OLDPWD"}
+
+
 def _secret_env_values() -> list[str]:
-    return sorted({v for k, v in os.environ.items() if is_secret_key(k) and len(v) >= 6}, key=len, reverse=True)
+    return sorted({v for k, v in os.environ.items() if is_secret_key(k) and k not in _NOT_SECRET_ENV
+                   and len(v) >= 6}, key=len, reverse=True)
 
 
 def redact_text(text: str, secrets: list[str] | None = None) -> str:
