@@ -14,24 +14,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 
 from .errors import LightReasonerError
-
-
-def local_input(uri):
-    """A local path for an input that may be an s3:// URI (downloaded to a temporary folder)."""
-    from .storage import local_input as inner
-
-    return inner(uri)
-
-
-def local_output(uri, resume: bool = False):
-    """A local folder for an output that may be an s3:// URI (uploaded, manifest last, on success)."""
-    from .storage import local_output as inner
-
-    return inner(uri, resume=resume)
-
-
-def is_s3(uri) -> bool:
-    return str(uri).startswith("s3://")
+from .storage import is_s3, local_input, local_output
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -301,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="lightreasoner", description="LightReasoner: small models teach large ones.")
     parser.add_argument("--version", action="version", version=f"lightreasoner {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging; on an error, the full traceback with its causes")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="the whole method locally: sample, train, evaluate, register (the demo)")
@@ -423,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except LightReasonerError as exc:
+        _traceback(exc, args.verbose)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -432,9 +416,20 @@ def main(argv: list[str] | None = None) -> int:
         if exc.errno is None:
             raise
         # Disk full, a read-only or missing folder ...: one line naming the file, not a traceback.
+        _traceback(exc, args.verbose)
         where = exc.filename or "output"
         print(f"error: {where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
+
+
+def _traceback(exc: BaseException, verbose: bool) -> None:
+    """With ``-v``, the full traceback of a one-line error, causes included (secrets masked)."""
+    if verbose:
+        import traceback
+
+        from .redaction import redact_text
+
+        print(redact_text("".join(traceback.format_exception(exc))), file=sys.stderr, end="")
 
 
 def print_json(data) -> None:

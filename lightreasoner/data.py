@@ -18,7 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .config import DataConfig
-from .errors import LightReasonerError
+from .errors import LightReasonerError, passthrough
+from .outputs import write_table_atomic
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def _read_jsonl(path: Path, cfg: DataConfig) -> list[Problem]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise LightReasonerError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                raise LightReasonerError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
             if not isinstance(row, dict):
                 raise LightReasonerError(f"{path}:{lineno}: expected a JSON object")
             problems.append(_record(str(path), f":{lineno}", row, cfg))
@@ -85,7 +86,7 @@ def _read_parquet(path: Path, cfg: DataConfig) -> list[Problem]:
     try:
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise LightReasonerError(f"{path}: not a readable Parquet file ({exc})") from None
+        raise LightReasonerError(f"{path}: not a readable Parquet file ({exc})") from exc
     for name in (cfg.question_field, cfg.answer_field):
         if name not in table.column_names:
             raise LightReasonerError(f"{path}: missing field {name!r} (columns: {', '.join(table.column_names)})")
@@ -99,8 +100,10 @@ def _read_hf(cfg: DataConfig) -> list[Problem]:
 
         ds = datasets.load_dataset(cfg.path, cfg.hf_config, split=cfg.split)
     except Exception as exc:  # noqa: BLE001 - offline, unknown name, unknown split: all one line
+        if passthrough(exc):
+            raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LightReasonerError(f"{cfg.path}: cannot load Hugging Face dataset ({first})") from None
+        raise LightReasonerError(f"{cfg.path}: cannot load Hugging Face dataset ({first})") from exc
     for name in (cfg.question_field, cfg.answer_field):
         if name not in ds.column_names:
             raise LightReasonerError(f"{cfg.path}: missing field {name!r}")
@@ -162,9 +165,7 @@ def write_problems(problems: list[Problem], path: str | Path) -> Path:
     """Write the normalised Parquet file atomically (a temporary name, then a rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(problems_to_table(problems), tmp)
-    tmp.replace(path)
+    write_table_atomic(problems_to_table(problems), path)
     return path
 
 

@@ -31,7 +31,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from . import storage
 from .config import Config
 from .data import Problem, load_problems
 from .errors import LightReasonerError
@@ -47,6 +46,7 @@ from .models import (
     resolve_source,
     same_model,
 )
+from .outputs import folder_sha256
 from .sampling import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -620,7 +620,7 @@ def evaluate(config: Config, model: str | None, adapter: str | Path | None, outp
     if source is not None:
         check_adapter_base(source, config, expert_info, expert)
         tuned_model = attach_adapter(expert, source)
-    adapter_sha256 = storage.folder_sha256(source.folder) if source is not None else None
+    adapter_sha256 = folder_sha256(source.folder) if source is not None else None
     _prepare_output(out)
     load_seconds = time.perf_counter() - started
 

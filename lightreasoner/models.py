@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from .config import DEMO_MODEL, AmateurConfig, Config, ModelConfig
-from .errors import LightReasonerError
+from .errors import LightReasonerError, one_line, passthrough
+from .outputs import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +82,6 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[spec]
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def cache_root() -> Path:
     """Where converted models are kept: LIGHTREASONER_CACHE, else $HF_HOME/lightreasoner, else ~/.cache."""
     if os.environ.get("LIGHTREASONER_CACHE"):
@@ -145,7 +141,9 @@ def load_tokenizer(cfg: ModelConfig, role: str = "expert"):
             trust_remote_code=cfg.trust_remote_code,
         )
     except Exception as exc:  # noqa: BLE001 - hub/network/format errors become one line
-        raise LightReasonerError(f"{role}.model {cfg.model}: cannot load tokenizer ({_one_line(exc)})") from None
+        if passthrough(exc):
+            raise
+        raise LightReasonerError(f"{role}.model {cfg.model}: cannot load tokenizer ({one_line(exc)})") from exc
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -167,7 +165,9 @@ def load_model(cfg: ModelConfig, role: str = "expert", device: torch.device | No
             trust_remote_code=cfg.trust_remote_code,
         )
     except Exception as exc:  # noqa: BLE001
-        raise LightReasonerError(f"{role}.model {cfg.model}: cannot load model ({_one_line(exc)})") from None
+        if passthrough(exc):
+            raise
+        raise LightReasonerError(f"{role}.model {cfg.model}: cannot load model ({one_line(exc)})") from exc
     model.to(device)
     model.eval()
     return model
@@ -267,14 +267,6 @@ def tokenizers_match(tok_a, tok_b) -> str | None:
     return tokenizer_differences(tok_a, tok_b)[0]
 
 
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".json", ".model")
 
 
@@ -292,7 +284,7 @@ def model_fingerprint(cfg: ModelConfig, model=None) -> dict[str, Any]:
         digest = hashlib.sha256()
         for f in files:
             digest.update(f.name.encode())
-            digest.update(file_sha256(f).encode())
+            digest.update(sha256_file(f).encode())
         info["sha256"] = digest.hexdigest()
     return info
 

@@ -30,9 +30,9 @@ from pydantic import BaseModel
 
 from .config import Config, config_from_dict, load_config, load_config_text
 from .errors import LightReasonerError
+from .stages import METHODS
 
 PAPER_CONFIG = "paper-qwen2.5-math.yaml"
-METHODS = ("lightreasoner", "sft", "both")
 
 # pipeline parameter -> config key (keep these names: schedules, the Helm chart and users pass them).
 CONFIG_KEYS: dict[str, str] = {

@@ -40,7 +40,8 @@ from typing import Any
 
 from . import __version__, storage, tracking
 from .config import Config
-from .errors import LightReasonerError
+from .errors import LightReasonerError, passthrough
+from .outputs import folder_sha256, read_json
 
 log = logging.getLogger(__name__)
 
@@ -52,18 +53,6 @@ METRIC_KEYS = ("n", "accuracy_base", "accuracy_tuned", "delta", "delta_ci_low", 
 
 
 # --- inputs -----------------------------------------------------------------------------------------
-
-
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise LightReasonerError(f"{path.parent}: missing {path.name} (not a finished {what} folder)")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise LightReasonerError(f"{path}: not valid JSON ({exc.msg})") from None
-    if not isinstance(data, dict):
-        raise LightReasonerError(f"{path}: expected a JSON object")
-    return data
 
 
 def _fmt(value: Any) -> str:
@@ -85,10 +74,6 @@ def _data_name(data: Mapping[str, Any] | None) -> str:
     return text
 
 
-def folder_sha256(folder: Path) -> str:
-    return storage.folder_sha256(folder)
-
-
 def read_correctness(evaluation: Path) -> dict[str, bool] | None:
     """problem_id -> correct of the tuned model, from predictions_tuned.parquet (None when absent)."""
     path = evaluation / "predictions_tuned.parquet"
@@ -99,8 +84,10 @@ def read_correctness(evaluation: Path) -> dict[str, bool] | None:
     try:
         table = pq.read_table(path)
     except Exception as exc:  # noqa: BLE001 - a corrupt file is bad input
+        if passthrough(exc):
+            raise
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise LightReasonerError(f"{path}: not a readable Parquet file ({reason})") from None
+        raise LightReasonerError(f"{path}: not a readable Parquet file ({reason})") from exc
     if "problem_id" not in table.column_names or "correct" not in table.column_names:
         raise LightReasonerError(f"{path}: expected columns problem_id and correct")
     ids, correct = table.column("problem_id").to_pylist(), table.column("correct").to_pylist()
@@ -208,10 +195,6 @@ class RegisteredVersion:
     alias: str = CHALLENGER
     tags: dict[str, str] = field(default_factory=dict)
 
-    @property
-    def uri(self) -> str:
-        return f"models:/{self.name}/{self.version}"
-
 
 def _ensure_registered_model(client, name: str) -> None:
     from mlflow.exceptions import MlflowException
@@ -229,7 +212,7 @@ def verify_adapter(adapter: Path, given: str | Path) -> None:
     try:
         cfg = json.loads((adapter / "adapter_config.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise LightReasonerError(f"{given}: adapter/adapter_config.json is unreadable ({exc})") from None
+        raise LightReasonerError(f"{given}: adapter/adapter_config.json is unreadable ({exc})") from exc
     if not isinstance(cfg, dict):
         raise LightReasonerError(f"{given}: adapter/adapter_config.json is not a JSON object")
     weights = adapter / "adapter_model.safetensors"
@@ -240,8 +223,10 @@ def verify_adapter(adapter: Path, given: str | Path) -> None:
     try:
         tensors = load_file(str(weights))
     except Exception as exc:  # noqa: BLE001 - any parse failure is a corrupt file
+        if passthrough(exc):
+            raise
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise LightReasonerError(f"{given}: adapter/adapter_model.safetensors does not load ({reason})") from None
+        raise LightReasonerError(f"{given}: adapter/adapter_model.safetensors does not load ({reason})") from exc
     rank = cfg.get("r")
     pattern = cfg.get("rank_pattern") or {}
     lora = {k: t for k, t in tensors.items() if ".lora_A." in k or ".lora_B." in k}
@@ -343,21 +328,21 @@ def register(config: Config, training: str | Path, evaluation: str | Path, sampl
         train_dir = stack.enter_context(storage.local_input(training))
         eval_dir = stack.enter_context(storage.local_input(evaluation))
         samples_dir = stack.enter_context(storage.local_input(samples)) if samples is not None else None
-        train_manifest = _read_json(train_dir / "manifest.json", "training")
+        train_manifest = read_json(train_dir / "manifest.json", "training")
         if train_manifest.get("stage") not in (None, "train", "sft"):
             raise LightReasonerError(f"{training}: holds the output of stage {train_manifest.get('stage')!r}, "
                                      "not a training output")
         adapter = train_dir / "adapter"
         if not (adapter / "adapter_config.json").is_file():
             raise LightReasonerError(f"{training}: missing adapter/adapter_config.json (not a training output)")
-        metrics = _read_json(eval_dir / "metrics.json", "evaluation")
+        metrics = read_json(eval_dir / "metrics.json", "evaluation")
         missing = [k for k in ("accuracy_base", "accuracy_tuned", "delta", "mcnemar_p") if metrics.get(k) is None]
         if missing:
             raise LightReasonerError(f"{evaluation}: metrics.json has no {', '.join(missing)} (evaluate the adapter)")
         adapter_sha = folder_sha256(adapter)
         check_binding(metrics, adapter_sha, training, evaluation)
         verify_adapter(adapter, training)
-        samples_manifest = _read_json(samples_dir / "manifest.json", "samples") if samples_dir else None
+        samples_manifest = read_json(samples_dir / "manifest.json", "samples") if samples_dir else None
         if samples_manifest is not None:
             recorded = train_manifest.get("samples_sha256")
             actual = (samples_manifest.get("sha256") or {}).get("samples.parquet")
@@ -396,7 +381,7 @@ def register(config: Config, training: str | Path, evaluation: str | Path, sampl
         version = None
         try:
             with tracking.mlflow_errors(uri, f"registering {name!r}"):
-                tracking._log_batch(client, run_id, metrics=[(f"evaluate/{k}", float(metrics[k]), 0)
+                tracking.log_batch(client, run_id, metrics=[(f"evaluate/{k}", float(metrics[k]), 0)
                                                              for k in METRIC_KEYS if metrics.get(k) is not None])
                 (tmp / "evaluation").mkdir()
                 (tmp / "evaluation" / "metrics.json").write_text(

@@ -20,6 +20,7 @@ from typing import Any
 
 from .config import Config
 from .errors import LightReasonerError
+from .plots import plot_report
 
 REPORT_JSON = "efficiency_report.json"
 REPORT_PLOT = "accuracy_vs_tuned_tokens.png"
@@ -97,32 +98,6 @@ def report_metrics(report: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def plot_report(report: dict[str, Any], path: Path) -> Path:
-    """Accuracy against tuned tokens (log scale) for both methods, the base Expert as a line."""
-    from .tracking import _pyplot
-
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    colors = {"lightreasoner": "tab:orange", "sft": "tab:blue"}
-    for method, values in report["methods"].items():
-        x = max(values["tuned_tokens"], 1.0)
-        ax.scatter([x], [values["accuracy"]], s=80, color=colors[method], label=LABELS[method], zorder=3)
-        ax.annotate(f"{values['accuracy']:.1%}", (x, values["accuracy"]), textcoords="offset points",
-                    xytext=(6, 6), fontsize=8)
-    base = report["methods"]["lightreasoner"]["accuracy_base"]
-    ax.axhline(base, color="tab:gray", linestyle="--", label=f"base Expert {base:.1%}")
-    ax.set_xscale("log")
-    ax.set_xlabel("tuned tokens (log scale)")
-    ax.set_ylabel("accuracy")
-    ratio = report["ratios"]["tuned_tokens"]
-    ax.set_title("LightReasoner vs SFT" + (f": {ratio:.3g}x the tuned tokens" if ratio is not None else ""))
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def report_table(report: dict[str, Any]):
     """The report as a rich table: one column per method and the ratio LightReasoner / SFT."""
     from rich.table import Table
@@ -175,11 +150,11 @@ def logged_metrics(config: Config, run_id: str) -> dict[str, float]:
 
 def log_report(config: Config, run_id: str, report: dict[str, Any], output: Path) -> None:
     """Metrics, plot and JSON of the report into the run ``run_id``."""
-    from .tracking import _log_batch, client_for, log_artifact, mlflow_errors
+    from .tracking import client_for, log_artifact, log_batch, mlflow_errors
 
     client = client_for(config)
     with mlflow_errors(client.tracking_uri, "logging the efficiency report"):
-        _log_batch(client, run_id, metrics=[(k, v, 0) for k, v in report_metrics(report).items()])
+        log_batch(client, run_id, metrics=[(k, v, 0) for k, v in report_metrics(report).items()])
         run = client.get_run(run_id)
         for name in (REPORT_JSON, REPORT_PLOT):
             log_artifact(client, run, output / name, "report")
@@ -198,7 +173,7 @@ def efficiency_report(config: Config, output: str | Path, *, parent_run_id: str 
         report = build_report(metrics_from_folders(folders), "stage folders")
     else:
         raise LightReasonerError("efficiency report: needs an MLflow run (tracking on) or the stage folders")
-    plot_report(report, out / REPORT_PLOT)
+    plot_report(report, out / REPORT_PLOT, LABELS)
     (out / REPORT_JSON).write_text(json.dumps(report, indent=2, sort_keys=True))
     if config.tracking.enabled and parent_run_id:
         log_report(config, parent_run_id, report, out)
@@ -233,7 +208,7 @@ def _fmt(value: Any) -> str:
 def summary_markdown(evaluation: str | Path, samples: str | Path | None = None) -> str:
     """The run's summary page: accuracy base/tuned with interval and McNemar p, the paired table, the
     accuracy plot and (given the samples folder) the KL histogram, as self-contained Markdown."""
-    from .tracking import kl_plots
+    from .plots import kl_plots
 
     evaluation = Path(evaluation)
     metrics = json.loads((evaluation / "metrics.json").read_text())

@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import math
-import platform
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -39,7 +38,6 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import __version__
 from .config import Config
 from .data import Problem, load_problems
 from .errors import LightReasonerError
@@ -52,13 +50,20 @@ from .models import (
     prompt_token_ids,
     resolve_compile,
 )
+from .outputs import (
+    MANIFEST,
+    library_versions,
+    plan_batches,
+    sha256_file,
+    write_json_atomic,
+    write_table_atomic,
+)
 from .storage import output_lock
 
 log = logging.getLogger(__name__)
 
 TRAJECTORIES = "trajectories.parquet"
 SAMPLES = "samples.parquet"
-MANIFEST = "manifest.json"
 SHARDS = "shards"
 SHARD_INFO = "shard.json"
 
@@ -419,33 +424,6 @@ def sampling_fingerprint(config: Config, reference: bool) -> str:
     return hashlib.sha256(f"{digest}:{'reference' if reference else 'fast'}".encode()).hexdigest()
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _atomic_write_table(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
-
-
-def write_json_atomic(data: dict, path: Path) -> None:
-    """Write JSON under a temporary name, then rename: a reader never sees half a manifest. Passwords in
-    URLs (``tracking.tracking_uri`` = ``http://user:pw@host``) are masked: manifests never hold credentials."""
-    from .tracking import redact_uris
-
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(json.dumps(redact_uris(data), indent=2, sort_keys=True, default=str))
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _shard_table(batch: list[tuple[int, Scored]]) -> pa.Table:
     return pa.Table.from_pylist(
         [
@@ -466,28 +444,10 @@ def _shard_table(batch: list[tuple[int, Scored]]) -> pa.Table:
     )
 
 
-def plan_batches(lengths: list[int], batch_size: int, sort_by_length: bool) -> list[list[int]]:
-    """Problem indices per batch; deterministic so that a resumed run makes the same batches."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i]) if sort_by_length else list(range(len(lengths)))
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
 @dataclass
 class SampleResult:
     output: Path
     manifest: dict[str, Any]
-
-
-def library_versions() -> dict[str, str]:
-    import transformers
-
-    return {
-        "lightreasoner": __version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "pyarrow": pa.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def _json_or_none(path: Path) -> dict | None:
@@ -643,7 +603,7 @@ def _sample(config: Config, out: Path, reference: bool, overwrite: bool, problem
             completions, _ = generate_greedy(pair.expert, tok, batch_prompts, scfg.max_new_tokens, compile=compiled)
             scored = score_chunked(pair, ids, batch_prompts, completions, scfg.alpha, floor,
                                    config.performance.score_chunk_tokens, scfg.skip_first_step)
-        _atomic_write_table(_shard_table(list(zip(members, scored, strict=True))), shard_file)
+        write_table_atomic(_shard_table(list(zip(members, scored, strict=True))), shard_file)
         bar.update(len(members))
     bar.close()
     elapsed = time.perf_counter() - started
@@ -719,8 +679,8 @@ def finalize(out: Path, config: Config, models_info: dict[str, Any], fingerprint
                              "completion_token_ids": r["completion_token_ids"], "num_selected": kept,
                              "step_kl": kl})
     traj_path, samples_path = out / TRAJECTORIES, out / SAMPLES
-    _atomic_write_table(pa.Table.from_pylist(trajectories, schema=TRAJECTORY_SCHEMA), traj_path)
-    _atomic_write_table(pa.Table.from_pylist(samples, schema=SAMPLE_SCHEMA), samples_path)
+    write_table_atomic(pa.Table.from_pylist(trajectories, schema=TRAJECTORY_SCHEMA), traj_path)
+    write_table_atomic(pa.Table.from_pylist(samples, schema=SAMPLE_SCHEMA), samples_path)
     steps = int(len(all_kl))
     manifest = {
         "stage": "sample",
@@ -748,13 +708,3 @@ def finalize(out: Path, config: Config, models_info: dict[str, Any], fingerprint
     write_json_atomic(manifest, out / MANIFEST)
     shutil.rmtree(out / SHARDS, ignore_errors=True)
     return manifest
-
-
-def read_manifest(folder: str | Path) -> dict[str, Any]:
-    path = Path(folder) / MANIFEST
-    if not path.is_file():
-        raise LightReasonerError(f"{folder}: missing {MANIFEST} (not a finished samples folder)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise LightReasonerError(f"{path}: not valid JSON ({exc.msg})") from None

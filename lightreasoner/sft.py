@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
@@ -43,7 +42,14 @@ from .models import (
     resolve_compile,
     resolve_device,
 )
-from .sampling import MANIFEST, library_versions, sha256_file, write_json_atomic
+from .outputs import (
+    MANIFEST,
+    cut_at_stop,
+    library_versions,
+    sha256_file,
+    write_json_atomic,
+    write_table_atomic,
+)
 from .training import (
     ADAPTER,
     CHECKPOINTS,
@@ -52,6 +58,7 @@ from .training import (
     Trajectory,
     build_examples,
     fit_lora,
+    fit_summary,
     lora_model,
     save_outputs,
     trainable_expert,
@@ -94,13 +101,6 @@ SFTResult = TrainResult  # an SFT output folder is a training output folder (ada
 # --- rejection sampling ----------------------------------------------------------------------------
 
 
-def _cut_at_eos(row: list[int], stops: list[int]) -> list[int]:
-    for i, tok in enumerate(row):
-        if tok in stops:
-            return row[: i + 1]
-    return row
-
-
 @torch.inference_mode()
 def sample_completions(model, tokenizer, prompts: list[list[int]], config: Config,
                        progress: bool = False) -> list[list[list[int]]]:
@@ -134,7 +134,7 @@ def sample_completions(model, tokenizer, prompts: list[list[int]], config: Confi
                 rows = seqs[:, ids.shape[1] :].tolist()
                 for j, i in enumerate(members):
                     k = s.samples_per_problem
-                    out[i] = [_cut_at_eos(r, stops) for r in rows[j * k : (j + 1) * k]]
+                    out[i] = [cut_at_stop(r, stops) for r in rows[j * k : (j + 1) * k]]
             bar.update(len(members))
     return out
 
@@ -182,9 +182,7 @@ def write_solutions(solutions: list[Solution], path: Path) -> None:
           "correct": s.correct, "kept": s.kept} for s in solutions],
         schema=SOLUTION_SCHEMA,
     )
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    write_table_atomic(table, path)
 
 
 # --- the stage -------------------------------------------------------------------------------------
@@ -256,9 +254,7 @@ def sft(config: Config, output: str | Path, *, problems: list[Problem] | None = 
     fit = fit_lora(config, model, examples, out, device, pad, progress=progress)
     save_outputs(model, tokenizer, out)
 
-    import peft
 
-    trainer, losses = fit.trainer, fit.history.history
     solutions_sha = sha256_file(out / SOLUTIONS)
     fingerprint = hashlib.sha256(
         f"{config.fingerprint('expert', 'training', 'sft', 'prompt')}:{solutions_sha}".encode()
@@ -281,21 +277,14 @@ def sft(config: Config, output: str | Path, *, problems: list[Problem] | None = 
                    "kept_problems": kept_problems, "kept_fraction": len(trajectories) / len(solutions),
                    "completion_tokens": completion_tokens, "trajectories": len(trajectories),
                    "kept_steps": completion_tokens, "sequences_per_epoch": len(examples)},
-        "tuned_tokens": trainer.counters["tuned_tokens"],
-        "tokens_processed": {k: trainer.counters[k] for k in ("input_tokens", "padded_tokens", "sequences")},
-        "steps": int(trainer.state.global_step),
-        "epochs": float(trainer.state.epoch or 0.0),
-        "final_loss": losses[-1]["loss"] if losses else None,
-        "loss_history": losses,
-        "resumed_from": None,
+        **fit_summary(fit),
         "generate_seconds": generate_seconds,
-        "train_seconds": fit.train_seconds,
         "wall_seconds": wall,
         "timing": {"load_seconds": load_seconds, "generate_seconds": generate_seconds,
                    "train_seconds": fit.train_seconds, "wall_seconds": wall},
         "outputs": {"adapter": ADAPTER, "tokenizer": TOKENIZER, "merged": None, "checkpoints": CHECKPOINTS,
                     "solutions": SOLUTIONS},
-        "versions": {**library_versions(), "peft": peft.__version__},
+        "versions": library_versions("peft"),
     }
     write_json_atomic(manifest, out / MANIFEST)
     return SFTResult(out, manifest)

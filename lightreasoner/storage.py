@@ -31,10 +31,10 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import LightReasonerError
+from .outputs import MANIFEST
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 SHA256_META = "sha256"
 _MB = 1024 * 1024
 _MAX_PARTS = 10000
@@ -200,7 +200,7 @@ def _s3_errors(uri: str, action: str):
     except LightReasonerError:
         raise
     except (ClientError, BotoCoreError, Boto3Error) as exc:
-        raise LightReasonerError(f"{uri}: {action} failed: {describe_error(exc)}") from None
+        raise LightReasonerError(f"{uri}: {action} failed: {describe_error(exc)}") from exc
 
 
 # --- integrity --------------------------------------------------------------------------------------
@@ -228,17 +228,6 @@ def file_digests(path: Path, part: int | None = None) -> tuple[str, str, str]:
         part_md5s.append(current.digest())
     multipart = hashlib.md5(b"".join(part_md5s), usedforsecurity=False).hexdigest() + f"-{len(part_md5s)}"
     return sha.hexdigest(), md5.hexdigest(), multipart
-
-
-def folder_sha256(folder: Path) -> str:
-    """sha256 over a folder's files (relative names and contents): the identity of an adapter folder,
-    recorded by ``evaluate`` and checked by ``register``."""
-    folder = Path(folder)
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(folder).as_posix().encode())
-        digest.update(file_digests(path)[0].encode())
-    return digest.hexdigest()
 
 
 def _upload_part_size(size: int) -> int:
@@ -353,24 +342,6 @@ def list_objects(uri: str, *, s3=None) -> list[dict]:
     return out
 
 
-def exists(uri: str) -> bool:
-    """True when ``uri`` names an object or a non-empty folder."""
-    bucket, key = split_s3(uri)
-    s3 = client()
-    if key and not key.endswith("/"):
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            s3.head_object(Bucket=bucket, Key=key)
-            return True
-        except ClientError as exc:
-            if describe_error(exc) != "no such object":
-                raise LightReasonerError(f"{uri}: lookup failed: {describe_error(exc)}") from None
-        except BotoCoreError as exc:
-            raise LightReasonerError(f"{uri}: lookup failed: {describe_error(exc)}") from None
-    return bool(list_objects(uri, s3=s3))
-
-
 def download_dir(uri: str, dest: str | Path) -> Path:
     """Download every object under the folder ``uri`` into ``dest`` (verified); returns ``dest``."""
     bucket, prefix = split_s3(uri)
@@ -419,11 +390,6 @@ def upload_dir(local: str | Path, uri: str, *, on_file: Callable[[str], None] | 
     return done
 
 
-def upload(local: str | Path, uri: str) -> list[str]:
-    """A file or a folder."""
-    return upload_dir(local, uri) if Path(local).is_dir() else [upload_file(local, uri)]
-
-
 # --- stage inputs and outputs -----------------------------------------------------------------------
 
 
@@ -451,9 +417,9 @@ def local_input(uri_or_path: str | Path) -> Iterator[Path]:
                 is_object = True
             except ClientError as exc:
                 if describe_error(exc) != "no such object":
-                    raise LightReasonerError(f"{uri}: lookup failed: {describe_error(exc)}") from None
+                    raise LightReasonerError(f"{uri}: lookup failed: {describe_error(exc)}") from exc
             except BotoCoreError as exc:
-                raise LightReasonerError(f"{uri}: lookup failed: {describe_error(exc)}") from None
+                raise LightReasonerError(f"{uri}: lookup failed: {describe_error(exc)}") from exc
         if is_object:
             yield download_file(uri, tmp / Path(key).name)
         else:
@@ -545,7 +511,7 @@ def _name_the_output(work: Path, shown: str) -> Iterator[None]:
     except LightReasonerError as exc:
         text = str(exc)
         if str(work) in text:
-            raise LightReasonerError(text.replace(str(work), shown)) from None
+            raise LightReasonerError(text.replace(str(work), shown)) from exc
         raise
 
 

@@ -26,7 +26,6 @@ import functools
 import json
 import logging
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -38,89 +37,17 @@ from typing import Any
 
 from . import __version__, storage
 from .config import Config
-from .errors import LightReasonerError
+from .errors import LightReasonerError, one_line
+from .outputs import MANIFEST, read_json
+from .plots import accuracy_plot, kl_plots
+from .redaction import clean_tags, has_url_password, redact, redact_text
+from .stages import GRAPH
 
 log = logging.getLogger(__name__)
 
-STAGES = ("prepare", "sample", "train", "evaluate", "register", "sft", "evaluate_sft", "report")
+STAGES = tuple(stage.name for stage in GRAPH)
 PARENT_ENV = "LIGHTREASONER_PARENT_RUN_ID"
 MAX_PARAM_VALUE = 6000
-MASK = "***"
-
-# --- redaction --------------------------------------------------------------------------------------
-
-_SECRET_WORDS = {"secret", "secrets", "password", "passwd", "pwd", "passphrase", "token", "credential",
-                 "credentials", "apikey", "auth", "authorization", "cookie", "bearer", "signature"}
-_SECRET_PAIRS = {("api", "key"), ("access", "key"), ("private", "key"), ("secret", "key"), ("session", "key"),
-                 ("client", "secret"), ("account", "key"), ("sas", "key")}
-_URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@")
-_AWS_KEY_ID = re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b")
-_TOKEN_LIKE = re.compile(r"\b(hf_[A-Za-z0-9]{20,}|ghp_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|"
-                         r"sk-[A-Za-z0-9\-_]{20,}|xox[bp]-[A-Za-z0-9\-]{10,})\b")
-
-
-def is_secret_key(key: str) -> bool:
-    """A config/manifest/env key whose value must never be logged (AWS keys, tokens, passwords ...).
-
-    Matched on words (``aws_secret_access_key``, ``HF_TOKEN``, ``apiKey``), so that ordinary keys such
-    as ``max_new_tokens`` or ``tokenizer`` stay."""
-    text = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", str(key)).lower()
-    words = [w for w in re.split(r"[^a-z0-9]+", text) if w]
-    if any(w in _SECRET_WORDS for w in words):
-        return True
-    return any(pair in _SECRET_PAIRS for pair in zip(words, words[1:], strict=False))
-
-
-# Shell state whose names look secret (PWD: "password"): the working directory, never a credential. Masking
-# it would turn every path under the working directory into "***" (and break MLflow's dataset sources).
-_NOT_SECRET_ENV = {"PWD", "OLDPWD"}
-
-
-def _secret_env_values() -> list[str]:
-    return sorted({v for k, v in os.environ.items() if is_secret_key(k) and k not in _NOT_SECRET_ENV
-                   and len(v) >= 6}, key=len, reverse=True)
-
-
-def redact_text(text: str, secrets: list[str] | None = None) -> str:
-    """Mask URL passwords, AWS key ids, well-known token formats and the values of secret env vars."""
-    text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
-    text = _AWS_KEY_ID.sub(MASK, text)
-    text = _TOKEN_LIKE.sub(MASK, text)
-    for value in _secret_env_values() if secrets is None else secrets:
-        if value in text:
-            text = text.replace(value, MASK)
-    return text
-
-
-def redact(data: Any, secrets: list[str] | None = None) -> Any:
-    """A copy of nested data with secret-looking keys dropped and secret-looking values masked."""
-    secrets = _secret_env_values() if secrets is None else secrets
-    if isinstance(data, Mapping):
-        return {k: redact(v, secrets) for k, v in data.items() if not is_secret_key(k)}
-    if isinstance(data, list | tuple):
-        return [redact(v, secrets) for v in data]
-    if isinstance(data, str):
-        return redact_text(data, secrets)
-    return data
-
-
-def redact_uris(data: Any) -> Any:
-    """A copy of nested data (a manifest) with the password of every URL's userinfo masked
-    (``http://user:***@host``); keys and every other value stay as they are."""
-    if isinstance(data, Mapping):
-        return {k: redact_uris(v) for k, v in data.items()}
-    if isinstance(data, list | tuple):
-        return [redact_uris(v) for v in data]
-    if isinstance(data, str) and "@" in data:
-        return _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", data)
-    return data
-
-
-def clean_tags(tags: Mapping[str, Any]) -> dict[str, str]:
-    """Tags without secret-looking keys, values redacted."""
-    return {str(k): redact_text(str(v)) for k, v in tags.items() if not is_secret_key(k)}
-
-
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
@@ -180,7 +107,7 @@ def run_tags() -> dict[str, str]:
     pod = os.environ.get("KFP_POD_NAME")
     if pod:
         tags["kubeflow.pod"] = pod
-    return {k: redact_text(v) for k, v in tags.items() if not is_secret_key(k)}
+    return clean_tags(tags)
 
 
 # --- tracking URI -----------------------------------------------------------------------------------
@@ -230,12 +157,6 @@ def ui_command(config: Config) -> str:
 # --- client -----------------------------------------------------------------------------------------
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    text = text.splitlines()[0] if text else type(exc).__name__
-    return redact_text(text)[:300]
-
-
 @contextmanager
 def mlflow_errors(uri: str, action: str) -> Iterator[None]:
     """MLflow, HTTP and S3 failures -> one-line LightReasonerError naming the tracking URI."""
@@ -250,11 +171,11 @@ def mlflow_errors(uri: str, action: str) -> Iterator[None]:
     except LightReasonerError:
         raise
     except (ClientError, BotoCoreError, Boto3Error) as exc:
-        raise LightReasonerError(f"{where}: {action} failed: artifact store: {storage.describe_error(exc)}") from None
+        raise LightReasonerError(f"{where}: {action} failed: artifact store: {storage.describe_error(exc)}") from exc
     except MlflowException as exc:
-        raise LightReasonerError(f"{where}: {action} failed: {_one_line(exc)}") from None
+        raise LightReasonerError(f"{where}: {action} failed: {one_line(exc)}") from exc
     except (RequestException, ConnectionError, TimeoutError) as exc:
-        raise LightReasonerError(f"{where}: {action} failed: tracking server unreachable ({type(exc).__name__})") from None
+        raise LightReasonerError(f"{where}: {action} failed: tracking server unreachable ({type(exc).__name__})") from exc
 
 
 def check_server(uri: str, timeout: float = 5.0) -> None:
@@ -269,7 +190,7 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
         raise LightReasonerError(
             f"{storage.safe_url(uri)}: MLflow tracking server is not reachable ({type(exc).__name__}); "
             "start it or set tracking.tracking_uri / MLFLOW_TRACKING_URI"
-        ) from None
+        ) from exc
 
 
 def client_for(config: Config):
@@ -279,7 +200,7 @@ def client_for(config: Config):
     uri = tracking_uri(config)
     if is_embedded(config):
         _workdir(config).mkdir(parents=True, exist_ok=True)
-    if _URL_USERINFO.search(uri):
+    if has_url_password(uri):
         # MLflow prints "View run ... at: <url>" with the URI's password in it: never print those links.
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     check_server(uri)
@@ -309,7 +230,7 @@ def experiment_id(client, config: Config) -> str:
 
 
 def log_artifact(client, run, local: str | Path, artifact_path: str | None = None, *,
-                 last: str = storage.MANIFEST) -> None:
+                 last: str = MANIFEST) -> None:
     """A file or folder into a run's artifacts; s3:// artifact roots go through lightreasoner.storage
     (verified uploads, ``last`` uploaded after everything else)."""
     local = Path(local)
@@ -349,89 +270,6 @@ def _log_redacted_json(client, run, path: Path, artifact_path: str | None, tmp: 
     log_artifact(client, run, copy, artifact_path)
 
 
-# --- plots ------------------------------------------------------------------------------------------
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def kl_plots(trajectories: Path, beta: float, out: Path) -> list[Path]:
-    """KL histogram of every step with the beta line; kept fraction per problem (steps with KL > beta)."""
-    import numpy as np
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(trajectories, columns=["problem_id", "step_kl"])
-    per_problem = [np.asarray(v or [], dtype=np.float64) for v in table.column("step_kl").to_pylist()]
-    all_kl = np.concatenate(per_problem) if per_problem else np.zeros(0)
-    plt = _pyplot()
-    paths = []
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if all_kl.size:
-        positive = all_kl[all_kl > 0]
-        if positive.size and positive.max() / max(positive.min(), 1e-12) > 1e3:
-            bins = np.logspace(np.log10(max(positive.min(), 1e-6)), np.log10(positive.max()), 60)
-            ax.set_xscale("log")
-            ax.hist(np.clip(all_kl, bins[0], None), bins=bins, color="tab:blue", alpha=0.8)
-        else:
-            ax.hist(all_kl, bins=60, color="tab:blue", alpha=0.8)
-    kept = float((all_kl > beta).mean()) if all_kl.size else 0.0
-    ax.axvline(max(beta, 1e-6) if ax.get_xscale() == "log" else beta, color="tab:red", linestyle="--",
-               label=f"beta = {beta:.4g} (kept {kept:.1%} of {all_kl.size} steps)")
-    ax.set_xlabel("KL(p_Expert || p_Amateur) per step")
-    ax.set_ylabel("steps")
-    ax.set_title("Expert-Amateur divergence")
-    ax.legend()
-    fig.tight_layout()
-    paths.append(out / "kl_histogram.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
-
-    fractions = np.sort(np.array([float((k > beta).mean()) if k.size else 0.0 for k in per_problem]))[::-1]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if fractions.size:
-        ax.bar(np.arange(fractions.size), fractions, width=1.0, color="tab:green")
-        ax.axhline(float(fractions.mean()), color="black", linestyle=":", label=f"mean {fractions.mean():.1%}")
-        ax.legend()
-    ax.set_xlabel("problem (sorted)")
-    ax.set_ylabel("kept fraction of steps")
-    ax.set_ylim(0, 1)
-    ax.set_title(f"Kept steps per problem (KL > {beta:.4g})")
-    fig.tight_layout()
-    paths.append(out / "kept_fraction_per_problem.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
-    return paths
-
-
-def accuracy_plot(metrics: Mapping[str, Any], out: Path) -> Path:
-    plt = _pyplot()
-    base, tuned = float(metrics["accuracy_base"]), float(metrics["accuracy_tuned"])
-    fig, ax = plt.subplots(figsize=(5, 4))
-    bars = ax.bar(["Expert (base)", "Expert + LightReasoner"], [base, tuned], color=["tab:gray", "tab:orange"])
-    for bar, value in zip(bars, (base, tuned), strict=True):
-        ax.text(bar.get_x() + bar.get_width() / 2, value, f"{value:.1%}", ha="center", va="bottom")
-    title = f"delta {tuned - base:+.1%}"
-    if metrics.get("delta_ci_low") is not None and metrics.get("delta_ci_high") is not None:
-        title += f" [{float(metrics['delta_ci_low']):+.1%}, {float(metrics['delta_ci_high']):+.1%}]"
-    if metrics.get("mcnemar_p") is not None:
-        title += f", McNemar p = {float(metrics['mcnemar_p']):.3g}"
-    ax.set_title(title)
-    ax.set_ylabel(f"accuracy (n = {metrics.get('n', '?')})")
-    ax.set_ylim(0, min(1.0, max(base, tuned) * 1.2 + 0.05))
-    fig.tight_layout()
-    path = out / "accuracy.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 # --- stage readers: folder -> params, metrics, artifacts ---------------------------------------------
 
 
@@ -464,15 +302,6 @@ class StageRecord:
     inputs: list[StageInput] = field(default_factory=list)  # data sets the stage read (mlflow.log_input)
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise LightReasonerError(f"{path.parent}: missing {path.name} (not a finished {what} folder)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise LightReasonerError(f"{path}: not valid JSON ({exc.msg})") from None
-
-
 def _num(value: Any) -> float | None:
     try:
         return None if value is None or isinstance(value, bool | list | dict) else float(value)
@@ -485,7 +314,7 @@ def _metrics(prefix: str, values: Mapping[str, Any]) -> dict[str, float]:
 
 
 def read_sample(folder: Path, tmp: Path) -> StageRecord:
-    manifest = _read_json(folder / "manifest.json", "samples")
+    manifest = read_json(folder / "manifest.json", "samples")
     counts = manifest.get("counts", {})
     beta = float(manifest.get("effective_beta", 0.0))
     timing = manifest.get("timing", {})
@@ -505,7 +334,7 @@ def read_sample(folder: Path, tmp: Path) -> StageRecord:
 
 
 def read_train(folder: Path, tmp: Path) -> StageRecord:
-    manifest = _read_json(folder / "manifest.json", "training")
+    manifest = read_json(folder / "manifest.json", "training")
     schedule = manifest.get("schedule") or {}
     per_update = schedule.get("kept_samples_per_update") or {}
     heldout = manifest.get("heldout") or {}
@@ -531,7 +360,7 @@ def read_train(folder: Path, tmp: Path) -> StageRecord:
 
 def read_sft(folder: Path, tmp: Path) -> StageRecord:
     """The SFT baseline (lightreasoner.sft): like a training folder, metrics named ``sft/...``."""
-    manifest = _read_json(folder / "manifest.json", "SFT")
+    manifest = read_json(folder / "manifest.json", "SFT")
     counts = manifest.get("counts") or {}
     metrics = _metrics("sft", {
         **{k: manifest.get(k) for k in ("steps", "final_loss", "tuned_tokens", "wall_seconds", "train_seconds",
@@ -546,7 +375,7 @@ def read_sft(folder: Path, tmp: Path) -> StageRecord:
 
 
 def read_evaluate(folder: Path, tmp: Path, prefix: str = "evaluate") -> StageRecord:
-    values = _read_json(folder / "metrics.json", "evaluation")
+    values = read_json(folder / "metrics.json", "evaluation")
     manifest = folder / "manifest.json"
     config = json.loads(manifest.read_text()).get("config") if manifest.is_file() else None
     keys = ("n", "accuracy_base", "accuracy_tuned", "delta", "delta_ci_low", "delta_ci_high", "mcnemar_p",
@@ -640,7 +469,7 @@ READERS = {"prepare": read_prepare, "sample": read_sample, "train": read_train, 
 # --- runs -------------------------------------------------------------------------------------------
 
 
-def _log_batch(client, run_id: str, params: Mapping[str, str] | None = None, metrics=None, tags=None) -> None:
+def log_batch(client, run_id: str, params: Mapping[str, str] | None = None, metrics=None, tags=None) -> None:
     import time
 
     from mlflow.entities import Metric, Param, RunTag
@@ -687,7 +516,7 @@ def start_pipeline(config: Config, run_name: str | None = None, tags: Mapping[st
                 log.info("MLflow run %s (Kubeflow run %s) continues", existing.info.run_id, kfp_run_id)
                 return existing.info.run_id
         run = client.create_run(exp, run_name=run_name, tags=clean_tags(all_tags))
-        _log_batch(client, run.info.run_id, params=config_params(config))
+        log_batch(client, run.info.run_id, params=config_params(config))
     log.info("MLflow run %s at %s", run.info.run_id, storage.safe_url(uri))
     return run.info.run_id
 
@@ -744,7 +573,7 @@ def start_stage_run(client, config: Config, stage: str, parent_run_id: str | Non
         else:
             exp = experiment_id(client, config)
         run = client.create_run(exp, run_name=stage, tags=clean_tags(all_tags))
-        _log_batch(client, run.info.run_id, params=params or config_params(config))
+        log_batch(client, run.info.run_id, params=params or config_params(config))
     return run
 
 
@@ -777,14 +606,14 @@ def _end_failed_run(uri: str, stage: str, status: str, error: BaseException) -> 
         with mlflow_errors(uri, f"ending the failed {stage} run"):
             try:
                 if run is not None and status == "FAILED":
-                    mlflow.set_tag("lightreasoner.error", _one_line(error))
+                    mlflow.set_tag("lightreasoner.error", one_line(error))
             finally:
                 mlflow.end_run(status)  # leaves the active-run stack even when the server does not answer
     except LightReasonerError as exc:
         log.warning("%s; the %s run %s stays RUNNING (the stage's own error follows)", exc, stage,
                     run.info.run_id if run else "?")
     except Exception as exc:  # noqa: BLE001 - never hide the stage's error behind the bookkeeping's
-        log.warning("could not end the failed %s run (%s); the stage's own error follows", stage, _one_line(exc))
+        log.warning("could not end the failed %s run (%s); the stage's own error follows", stage, one_line(exc))
 
 
 @contextmanager
@@ -812,7 +641,7 @@ def stage_run(client, config: Config, stage: str, parent_run_id: str | None = No
                                       tags=clean_tags(all_tags), log_system_metrics=log_system_metrics)
         try:
             with mlflow_errors(uri, f"logging the {stage} run"):
-                _log_batch(client, active.info.run_id, params=config_params(config) if params is None else params)
+                log_batch(client, active.info.run_id, params=config_params(config) if params is None else params)
             yield active
         except BaseException as exc:
             _end_failed_run(uri, stage, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", exc)
@@ -891,13 +720,13 @@ def _log_record(client, config: Config, stage: str, record: StageRecord, run, pa
     stage_config = record.config or config.dump()
     inputs = prepare_inputs(record, stage_config) if stage == "prepare" else record.inputs
     with mlflow_errors(client.tracking_uri, f"logging the {stage} run"):
-        _log_batch(client, run_id, params=config_params(_stage_sections(stage_config, stage)))
+        log_batch(client, run_id, params=config_params(_stage_sections(stage_config, stage)))
         series = [(k, v, 0) for k, v in record.metrics.items()] + record.steps
         # The step series (training loss) is not replayed into a run that streamed it live.
         own = series if not _streamed(client, run_id, record.steps) else series[: len(record.metrics)]
-        _log_batch(client, run_id, metrics=own)
+        log_batch(client, run_id, metrics=own)
         if parent_run_id:
-            _log_batch(client, parent_run_id, metrics=series)
+            log_batch(client, parent_run_id, metrics=series)
         log_inputs(inputs)
         if artifacts:
             for path, artifact_path in record.files:
@@ -929,9 +758,9 @@ def live_training_callbacks(config: Config, run_id: str | None) -> list:
                       if k in LIVE_KEYS and _num(v) is not None]
             if points:
                 try:
-                    _log_batch(client, run_id, metrics=points)
+                    log_batch(client, run_id, metrics=points)
                 except Exception as exc:  # noqa: BLE001 - a metric lost is better than a training lost
-                    log.warning("MLflow: could not stream training metrics (%s)", _one_line(exc))
+                    log.warning("MLflow: could not stream training metrics (%s)", one_line(exc))
 
     return [LiveMetrics()]
 

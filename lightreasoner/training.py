@@ -36,19 +36,10 @@ import pyarrow.parquet as pq
 import torch
 
 from .config import Config
-from .errors import LightReasonerError
+from .errors import LightReasonerError, passthrough
 from .models import load_model, load_tokenizer, model_fingerprint, resolve_device, same_model
-from .sampling import (
-    MANIFEST,
-    SAMPLE_SCHEMA,
-    SAMPLES,
-    TRAJECTORIES,
-    TRAJECTORY_SCHEMA,
-    library_versions,
-    read_manifest,
-    sha256_file,
-    write_json_atomic,
-)
+from .outputs import MANIFEST, library_versions, read_manifest, sha256_file, write_json_atomic
+from .sampling import SAMPLE_SCHEMA, SAMPLES, TRAJECTORIES, TRAJECTORY_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +114,9 @@ def _read_table(path: Path, schema: pa.Schema, fields: tuple[str, ...]) -> pa.Ta
     try:
         table = pq.read_table(path)
     except Exception as exc:  # noqa: BLE001 - corrupt file -> one line
-        raise LightReasonerError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+        if passthrough(exc):
+            raise
+        raise LightReasonerError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from exc
     missing = [name for name in fields if name not in table.column_names]
     if missing:
         raise LightReasonerError(f"{path}: schema mismatch, missing column(s) {', '.join(missing)}")
@@ -692,6 +685,22 @@ class Fit:
     train_seconds: float
 
 
+def fit_summary(fit: Fit) -> dict[str, Any]:
+    """What a training manifest records about the fit itself (stage 2 and the SFT baseline alike): tokens
+    tuned and processed, optimizer steps, epochs, the loss history, the checkpoint resumed from, seconds."""
+    trainer, losses = fit.trainer, fit.history.history
+    return {
+        "tuned_tokens": trainer.counters["tuned_tokens"],
+        "tokens_processed": {k: trainer.counters[k] for k in ("input_tokens", "padded_tokens", "sequences")},
+        "steps": int(trainer.state.global_step),
+        "epochs": float(trainer.state.epoch or 0.0),
+        "final_loss": losses[-1]["loss"] if losses else None,
+        "loss_history": losses,
+        "resumed_from": fit.resumed_from.name if fit.resumed_from else None,
+        "train_seconds": fit.train_seconds,
+    }
+
+
 def fit_lora(config: Config, model, examples: list[dict[str, Any]], out: Path, device: torch.device, pad: int, *,
              resume: bool = False, progress: bool = True, callbacks: list | None = None, grouped: bool = False) -> Fit:
     """Train a LoRA-wrapped ``model`` on collated examples (see :func:`build_examples`) with the soft-label
@@ -807,13 +816,10 @@ def train(config: Config, samples_dir: str | Path, output_dir: str | Path, *, re
     kl_before = soft_label_kl(model, heldout, pad, tcfg.batch_size)
     fit = fit_lora(config, model, examples, out, device, pad, resume=resume, progress=progress, callbacks=callbacks,
                    grouped=grouped)
-    trainer, history, resume_from, train_seconds = fit.trainer, fit.history, fit.resumed_from, fit.train_seconds
+    trainer = fit.trainer
     kl_after = soft_label_kl(model, heldout, pad, tcfg.batch_size)
     save_outputs(model, tokenizer, out, merge)
 
-    import peft
-
-    losses = history.history
     manifest = {
         "stage": "train",
         "fingerprint": fingerprint,
@@ -828,18 +834,11 @@ def train(config: Config, samples_dir: str | Path, output_dir: str | Path, *, re
                    "heldout_problems": len(heldout), "heldout_kept_steps": sum(len(t.positions) for t in heldout)},
         "schedule": update_stats(trainer.counters, tcfg.samples_per_step),
         "heldout": heldout_summary(heldout, kl_before, kl_after),
-        "tuned_tokens": trainer.counters["tuned_tokens"],
-        "tokens_processed": {k: trainer.counters[k] for k in ("input_tokens", "padded_tokens", "sequences")},
-        "steps": int(trainer.state.global_step),
-        "epochs": float(trainer.state.epoch or 0.0),
-        "final_loss": losses[-1]["loss"] if losses else None,
-        "loss_history": losses,
-        "resumed_from": resume_from.name if resume_from else None,
-        "train_seconds": train_seconds,
+        **fit_summary(fit),
         "wall_seconds": time.perf_counter() - started,
         "outputs": {"adapter": ADAPTER, "tokenizer": TOKENIZER, "merged": MERGED if merge else None,
                     "checkpoints": CHECKPOINTS},
-        "versions": {**library_versions(), "peft": peft.__version__},
+        "versions": library_versions("peft"),
     }
     write_json_atomic(manifest, out / MANIFEST)
     return TrainResult(out, manifest)

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lightreasoner import parameters
+from lightreasoner import parameters, stages
 from lightreasoner.config import Config
-from lightreasoner.errors import LightReasonerError
+from lightreasoner.errors import LightReasonerError, one_line, passthrough
 
 from .lightreasoner_pipeline import COMPILED, PIPELINE_NAME, build_pipeline, compile_pipeline
 
@@ -54,8 +54,8 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
         if name not in rows:
             raise LightReasonerError(f"--param {name!r}: unknown pipeline parameter")
         params[name] = parameters.convert(name, raw, rows[name].type)
-    if params.get("method", "lightreasoner") not in parameters.METHODS:
-        raise LightReasonerError(f"--param method={params['method']!r}: expected one of {', '.join(parameters.METHODS)}")
+    if params.get("method", "lightreasoner") not in stages.METHODS:
+        raise LightReasonerError(f"--param method={params['method']!r}: expected one of {', '.join(stages.METHODS)}")
     check_arguments(params)
     return params
 
@@ -84,14 +84,6 @@ def read_token(token_file: str | None) -> str | None:
     return os.environ.get(TOKEN_ENV) or None
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    reason = getattr(exc, "reason", None)
-    if reason:
-        text = " ".join(str(reason).split())
-    return (text[:200] + "...") if len(text) > 200 else (text or type(exc).__name__)
-
-
 def connect(host: str, token: str | None, namespace: str | None, factory: Callable | None = None):
     """A kfp.Client for ``host``; errors (unreachable, refused, unauthorised) become one line."""
     if not re.match(r"^https?://", host):
@@ -110,7 +102,9 @@ def connect(host: str, token: str | None, namespace: str | None, factory: Callab
             warnings.simplefilter("ignore", FutureWarning)
             return factory(host=host, existing_token=token, namespace=namespace or "kubeflow")
     except Exception as exc:  # noqa: BLE001
-        raise LightReasonerError(f"{host}: cannot reach Kubeflow Pipelines ({_one_line(exc)})") from None
+        if passthrough(exc):
+            raise
+        raise LightReasonerError(f"{host}: cannot reach Kubeflow Pipelines ({one_line(exc, 200)})") from exc
 
 
 def _package(package: str | None, image: str | None, hf_cache_pvc: str | None = None) -> str:
@@ -174,7 +168,9 @@ def submit(host: str, params: dict[str, Any], *, experiment: str = "lightreasone
             job_name=run_name or f"{PIPELINE_NAME}-{time.strftime('%Y%m%d-%H%M%S')}",
             params=params, pipeline_id=version.pipeline_id, version_id=version.version_id)
     except Exception as exc:  # noqa: BLE001
-        raise LightReasonerError(f"{host}: submitting the run failed ({_one_line(exc)})") from None
+        if passthrough(exc):
+            raise
+        raise LightReasonerError(f"{host}: submitting the run failed ({one_line(exc, 200)})") from exc
     return str(getattr(run, "run_id", run))
 
 
@@ -199,7 +195,9 @@ def schedule(host: str, cron: str, params: dict[str, Any], *, experiment: str = 
             pipeline_id=version.pipeline_id, version_id=version.version_id, max_concurrency=max_concurrency,
             no_catchup=True)
     except Exception as exc:  # noqa: BLE001
-        raise LightReasonerError(f"{host}: creating the schedule failed ({_one_line(exc)})") from None
+        if passthrough(exc):
+            raise
+        raise LightReasonerError(f"{host}: creating the schedule failed ({one_line(exc, 200)})") from exc
     return str(getattr(job, "recurring_run_id", job))
 
 
@@ -220,8 +218,8 @@ def run_local(config: Config | None, workdir: str | Path, *, shards: int = 1, pr
 
     from lightreasoner import tracking
 
-    if method not in parameters.METHODS:
-        raise LightReasonerError(f"method {method!r}: expected one of {', '.join(parameters.METHODS)}")
+    if method not in stages.METHODS:
+        raise LightReasonerError(f"method {method!r}: expected one of {', '.join(stages.METHODS)}")
     workdir = Path(workdir).resolve()
     root = workdir / "kfp"
     root.mkdir(parents=True, exist_ok=True)
@@ -237,7 +235,7 @@ def run_local(config: Config | None, workdir: str | Path, *, shards: int = 1, pr
     try:
         pipeline(**args)
     except RuntimeError as exc:
-        raise LightReasonerError(f"local pipeline run failed ({_one_line(exc)}); logs above") from None
+        raise LightReasonerError(f"local pipeline run failed ({one_line(exc, 200)}); logs above") from exc
     runs = sorted(set(root.iterdir()) - before, key=lambda p: p.stat().st_mtime)
     if not runs:
         raise LightReasonerError(f"{root}: the local run left no output")

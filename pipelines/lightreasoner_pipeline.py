@@ -23,7 +23,7 @@ from pathlib import Path
 from kfp import compiler, dsl
 from kfp import kubernetes as k8s
 
-from lightreasoner import parameters
+from lightreasoner import parameters, stages
 from lightreasoner.images import image as default_image
 
 from ..components import make_components
@@ -31,7 +31,6 @@ from ..components import make_components
 COMPILED = Path(__file__).with_name("lightreasoner_pipeline.yaml")
 PIPELINE_NAME = "lightreasoner"
 HF_CACHE = "/cache/huggingface"
-METHODS = parameters.METHODS
 
 
 def _gpu(task, p, memory: str, cpu: str, hf_cache_pvc: str | None):
@@ -71,6 +70,19 @@ def _small(task):
     return task
 
 
+S = stages.STAGES  # titles, GPU memory and the methods that run each stage: lightreasoner.stages
+
+
+def branch(method, methods: tuple[str, ...], name: str):
+    """The ``dsl.If`` that runs a group of tasks for ``methods`` (a subset of the stage graph's methods)."""
+    others = [m for m in stages.METHODS if m not in methods]
+    if len(methods) == 1:
+        return dsl.If(method == methods[0], name=name)
+    if len(others) == 1:
+        return dsl.If(method != others[0], name=name)
+    raise ValueError(f"no single condition selects the methods {methods}")
+
+
 def _signature() -> inspect.Signature:
     return inspect.Signature([
         inspect.Parameter(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=p.default, annotation=p.type)
@@ -107,59 +119,62 @@ def build_pipeline(image: str | None = None, kubernetes: bool = True, hf_cache_p
                 return log
 
             prep = c.prepare_data(config=conf.outputs["prepare"])
-            prep.set_display_name("prepare data")
+            prep.set_display_name(S["prepare"].title)
             pure.append(prep)
             logged(prep, "prepare", "problems")
             problems = prep.outputs["problems"]
 
             def sft_branch():
                 baseline = c.sft_baseline(config=conf.outputs["sft"], problems=problems)
-                baseline.set_display_name("SFT baseline (rejection sampling + LoRA)")
+                baseline.set_display_name(S["sft"].title)
                 scored_sft = c.evaluate(config=conf.outputs["evaluate"], adapter=baseline.outputs["adapter"])
-                scored_sft.set_display_name("evaluate base and SFT")
+                scored_sft.set_display_name(S["evaluate_sft"].title)
                 pure.extend([baseline, scored_sft])
-                gpu.extend([(baseline, "64Gi"), (scored_sft, "48Gi")])
+                gpu.extend([(baseline, S["sft"].gpu_memory), (scored_sft, S["evaluate_sft"].gpu_memory)])
                 logs = [logged(baseline, "sft", "adapter"), logged(scored_sft, "evaluate_sft", "evaluation")]
                 return baseline, scored_sft, logs
 
             # The LightReasoner branch comes first so that its tasks keep their names (evaluate, not evaluate-2).
-            with dsl.If(p["method"] != "sft", name="method-lightreasoner"):
+            with branch(p["method"], S["sample"].methods, "method-lightreasoner"):
                 # Over a pipeline parameter, not a task output: kfp.local runs only the former.
                 with dsl.ParallelFor(items=p["sampling_shards"], name="sampling-shards") as shard_index:
                     shard = c.sample_contrastive(config=conf.outputs["sample"], problems=problems,
                                                  shard_index=shard_index, shards=p["sampling_shards"])
-                    shard.set_display_name("contrastive sampling shard")
+                    shard.set_display_name(S["sample"].title)
                 merged = c.merge_samples(config=conf.outputs["sample"], shards=dsl.Collected(shard.outputs["shard"]))
                 merged.set_display_name("merge samples")
                 samples = merged.outputs["samples"]
                 tuned = c.finetune_lora(config=conf.outputs["train"], samples=samples)
-                tuned.set_display_name("LoRA fine-tuning")
+                tuned.set_display_name(S["train"].title)
                 scored = c.evaluate(config=conf.outputs["evaluate"], adapter=tuned.outputs["adapter"],
                                     samples=samples)
-                scored.set_display_name("evaluate base and tuned")
+                scored.set_display_name(S["evaluate"].title)
                 pure.extend([shard, merged, tuned, scored])
-                gpu.extend([(shard, "48Gi"), (tuned, "64Gi"), (scored, "48Gi")])
+                gpu.extend([(shard, S["sample"].gpu_memory), (tuned, S["train"].gpu_memory),
+                            (scored, S["evaluate"].gpu_memory)])
                 lr_logs = [logged(merged, "sample", "samples"), logged(tuned, "train", "adapter")]
                 log_eval = logged(scored, "evaluate", "evaluation")
                 reg = c.register_model(config=full, samples=samples, adapter=tuned.outputs["adapter"],
                                        evaluation=scored.outputs["evaluation"], parent_run_id=parent,
                                        promote=p["promote"])
-                reg.set_display_name("register and promote").after(log_eval)
+                reg.set_display_name(S["register"].title).after(log_eval)
                 # register is idempotent (a retry finds the version it made), so it may retry.
                 reg.set_retry(num_retries=2, backoff_duration="30s")
                 side.append(reg)
-                with dsl.If(p["method"] == "both", name="method-both"):
+                # Inside the LightReasoner branch: the report reads both branches' outputs.
+                with branch(p["method"], S["report"].methods, "method-both"):
                     baseline, scored_sft, sft_logs = sft_branch()
                     report = c.efficiency_report(
                         config=full, samples=samples, lr_adapter=tuned.outputs["adapter"],
                         lr_evaluation=scored.outputs["evaluation"], sft_adapter=baseline.outputs["adapter"],
                         sft_evaluation=scored_sft.outputs["evaluation"], parent_run_id=parent)
                     # The report reads the stages' metrics from the MLflow run: after every log step.
-                    report.set_display_name("efficiency report: LightReasoner vs SFT")
+                    report.set_display_name(S["report"].title)
                     for task in (reg, *lr_logs, *sft_logs):
                         report.after(task)
                     side.append(report)
-            with dsl.If(p["method"] == "sft", name="method-sft"):
+            with branch(p["method"], tuple(m for m in S["sft"].methods if m not in S["report"].methods),
+                        "method-sft"):
                 sft_branch()
 
         for task in pure:

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lightreasoner.config import load_config
+from lightreasoner.outputs import folder_sha256
 from lightreasoner.registry import mcnemar_exact
-from lightreasoner.storage import folder_sha256
 
 
 def sha256(path: Path) -> str:

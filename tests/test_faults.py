@@ -13,7 +13,7 @@ from fake_outputs import make_config, make_evaluation, make_samples, make_traini
 from killer import file_appears, kill_at_call, kill_when, run_cli
 from servers import paused
 
-from lightreasoner import registry, storage
+from lightreasoner import outputs, registry, storage
 from lightreasoner.cli import main
 from lightreasoner.errors import LightReasonerError
 
@@ -74,7 +74,7 @@ def test_1_register_refuses_an_evaluation_of_another_adapter(registry_setup, tmp
     assert versions(client, name) == [] and client.get_experiment_by_name(f"faults-{name}") is None
     # evaluate records the digest of the adapter it scored (here: a real evaluation's metrics)
     assert json.loads((other_eval / "metrics.json").read_text())["adapter_sha256"] == \
-        storage.folder_sha256(other_training / "adapter")
+        outputs.folder_sha256(other_training / "adapter")
 
 
 def test_1_evaluate_records_the_adapter_digest(tiny_models, tmp_path):
@@ -90,9 +90,9 @@ def test_1_evaluate_records_the_adapter_digest(tiny_models, tmp_path):
     cfg = load_config(None, [f"expert.model={tiny_models['llama']}", "evaluation.max_new_tokens=4",
                              "evaluation.data.limit=2", "evaluation.bootstrap_samples=100", "tracking.enabled=false"])
     result = evaluate(cfg, None, adapter, tmp_path / "eval", progress=False)
-    assert result.metrics["adapter_sha256"] == storage.folder_sha256(adapter)
+    assert result.metrics["adapter_sha256"] == outputs.folder_sha256(adapter)
     assert json.loads((tmp_path / "eval" / "manifest.json").read_text())["adapter"]["sha256"] == \
-        storage.folder_sha256(adapter)
+        outputs.folder_sha256(adapter)
 
 
 def test_2_register_refuses_a_corrupt_adapter(registry_setup, tmp_path):
