@@ -14,6 +14,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 
 from .errors import LightReasonerError
+from .stages import METHODS
 from .storage import is_s3, local_input, local_output
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -292,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a tiny run (about 2 minutes on 2 CPU cores)")
     p.add_argument("--workdir", default="lightreasoner-runs", help="outputs and the local MLflow store")
     p.add_argument("--no-promote", action="store_true", help="register only, no promotion check")
-    p.add_argument("--method", choices=["lightreasoner", "sft", "both"], default="lightreasoner",
+    p.add_argument("--method", choices=METHODS, default="lightreasoner",
                    help="lightreasoner (default), the SFT baseline, or both and the efficiency report")
 
     p = sub.add_parser("config", help="print the resolved config (or the reference of every key)")
