@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +116,113 @@ def cut_at_stop(row: list[int], stops) -> list[int]:
         if tok in stops:
             return row[: i + 1]
     return row
+
+
+# --- the output-folder rule --------------------------------------------------------------------------
+
+
+@dataclass
+class Claim:
+    """What :func:`prepare_output` found. ``finished``: the manifest of this very job, already complete
+    (nothing to do); ``resume``: this job's work in progress is there to continue; ``clear``: the folder
+    must be emptied when the run claims it (:func:`claim_output`)."""
+
+    out: Path
+    finished: dict[str, Any] | None = None
+    resume: bool = False
+    clear: bool = False
+
+
+def _json_object(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _holds_files(folder: Path) -> bool:
+    return folder.is_dir() and any(p.is_file() for p in folder.rglob("*"))
+
+
+def prepare_output(out: Path, *, stage: str, what: str, fingerprint: str | None = None, state: str | None = None,
+                   resume: bool = False, overwrite: bool = False, rerun: bool = False,
+                   has_work=None) -> Claim:
+    """The one rule for a stage's output folder; reads, writes nothing (a refused run leaves nothing).
+
+    ======================================  =====================  ===============  ===========
+    the folder holds                        default                ``resume``       ``overwrite``
+    ======================================  =====================  ===============  ===========
+    nothing (absent or empty)               fresh run              fresh run        fresh run
+    this job, finished (same fingerprint)   returned as it is      returned         redone
+    this job, in progress (``state``)       refused                continued        redone
+    this stage, another config              refused                refused          redone
+    another stage, a damaged manifest or    refused                refused          redone
+    state, other files
+    ======================================  =====================  ===============  ===========
+
+    ``rerun`` (evaluation): the stage recomputes its own output in place, whatever it held; only another
+    stage's output is refused. ``state``: the path, relative to ``out``, of the file that records the job's
+    fingerprint while it runs; ``has_work(out)``: whether the work in progress holds anything worth keeping
+    (a run killed before its first result: counts as empty). ``what`` names the output in messages."""
+    out = Path(out)
+    hint = "use --overwrite to replace it" if not rerun else "choose another folder"
+    if out.exists() and not out.is_dir():
+        raise LightReasonerError(f"{out}: output exists and is not a folder")
+    if not _holds_files(out):  # absent, empty, or only empty folders (a run killed while claiming it)
+        return Claim(out, clear=out.exists())
+    manifest_path, state_path = out / MANIFEST, (out / state) if state else None
+
+    def redo(problem: str) -> Claim:
+        if overwrite:
+            return Claim(out, clear=True)
+        raise LightReasonerError(f"{problem} ({hint})")
+
+    if manifest_path.is_file():
+        data = _json_object(manifest_path)
+        if data is None:
+            return redo(f"{manifest_path}: not valid JSON, not a finished {what} folder")
+        if data.get("stage", stage) != stage:
+            return redo(f"{out}: holds the output of stage {data.get('stage')!r}, not {what}")
+        if rerun:
+            return Claim(out)
+        if fingerprint is None:
+            return redo(f"{out}: already holds {what}")
+        if data.get("fingerprint") == fingerprint:
+            return Claim(out, clear=True) if overwrite else Claim(out, finished=data)
+        return redo(f"{out}: holds {what} of a different config")
+    if state_path is not None and state_path.is_file():
+        if has_work is not None and not has_work(out):
+            others = [p for p in out.rglob("*") if p.is_file() and p != state_path]
+            return Claim(out, clear=True) if not others else redo(f"{out}: output folder is not empty and holds "
+                                                                   f"no {what}")
+        data = _json_object(state_path)
+        if data is None:
+            return redo(f"{state_path}: not valid JSON (damaged work in progress)")
+        if data.get("fingerprint") != fingerprint:
+            return redo(f"{out}: holds {what} of a different config (cannot resume)")
+        if overwrite:
+            return Claim(out, clear=True)
+        if not resume:
+            raise LightReasonerError(f"{out}: holds unfinished {what} (use --resume to continue it)")
+        return Claim(out, resume=True)
+    if rerun:
+        return Claim(out)
+    return redo(f"{out}: output folder is not empty and holds no {what}")
+
+
+def claim_output(claim: Claim, *, fingerprint: str | None = None, state: str | None = None,
+                 retire: tuple[str, ...] = ()) -> None:
+    """Take the folder once every input check passed: empty it when the claim says so, drop the files
+    in ``retire`` (the manifest first: a failed rerun never leaves a folder that looks complete), record
+    the job's ``fingerprint`` in ``state``."""
+    out = claim.out
+    if claim.clear and out.exists():
+        shutil.rmtree(out)
+    for name in (MANIFEST, *retire) if retire else ():
+        (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    if state and fingerprint is not None:
+        (out / state).parent.mkdir(parents=True, exist_ok=True)
+        if not (out / state).is_file() or claim.clear or not claim.resume:
+            write_json_atomic({"fingerprint": fingerprint}, out / state)

@@ -1,0 +1,106 @@
+"""The stage-output conventions: atomic writes, digests, manifests, and the one output-folder rule."""
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from lightreasoner import outputs
+from lightreasoner.errors import LightReasonerError
+from lightreasoner.outputs import Claim, claim_output, prepare_output
+
+RULE = dict(stage="sample", what="samples", fingerprint="fp", state="shards/state.json")
+
+
+def _finished(out, fingerprint="fp", stage="sample"):
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "data.parquet").write_bytes(b"x")
+    (out / outputs.MANIFEST).write_text(json.dumps({"stage": stage, "fingerprint": fingerprint}))
+
+
+def _in_progress(out, fingerprint="fp", work=True):
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    (out / "shards" / "state.json").write_text(json.dumps({"fingerprint": fingerprint}))
+    if work:
+        (out / "shards" / "batch-0.parquet").write_bytes(b"x")
+
+
+def test_atomic_writes_digests_and_manifest_errors(tmp_path):
+    outputs.write_json_atomic({"uri": "http://bob:pw@host", "n": 1}, tmp_path / "m.json")
+    assert json.loads((tmp_path / "m.json").read_text()) == {"uri": "http://bob:***@host", "n": 1}
+    outputs.write_table_atomic(pa.table({"a": [1, 2]}), tmp_path / "t.parquet")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "t.parquet"]  # no .tmp left
+    assert len(outputs.sha256_file(tmp_path / "m.json")) == 64
+    assert outputs.folder_sha256(tmp_path) == outputs.folder_sha256(tmp_path)
+    with pytest.raises(LightReasonerError, match=r"missing manifest.json \(not a finished samples folder\)"):
+        outputs.read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text("[1]")
+    with pytest.raises(LightReasonerError, match="expected a JSON object"):
+        outputs.read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text("{")
+    with pytest.raises(LightReasonerError, match="not valid JSON"):
+        outputs.read_manifest(tmp_path)
+    assert outputs.plan_batches([3, 1, 2, 1], 2) == [[1, 3], [2, 0]]
+    assert outputs.plan_batches([3, 1, 2], 2, sort_by_length=False) == [[0, 1], [2]]
+    assert outputs.cut_at_stop([5, 6, 2, 7], {2}) == [5, 6, 2] and outputs.cut_at_stop([5], {2}) == [5]
+
+
+def test_rule_fresh_finished_and_in_progress(tmp_path):
+    out = tmp_path / "out"
+    assert prepare_output(out, **RULE) == Claim(out)
+    (out / "shards").mkdir(parents=True)  # a run killed while claiming: only empty folders
+    assert prepare_output(out, **RULE).clear
+    _finished(out)
+    assert prepare_output(out, **RULE).finished == {"stage": "sample", "fingerprint": "fp"}
+    assert prepare_output(out, **RULE, overwrite=True).clear
+    with pytest.raises(LightReasonerError, match="holds samples of a different config"):
+        prepare_output(out, **{**RULE, "fingerprint": "other"})
+    other = tmp_path / "wip"
+    _in_progress(other)
+    assert prepare_output(other, **RULE, resume=True) == Claim(other, resume=True)
+    with pytest.raises(LightReasonerError, match="use --resume to continue it"):
+        prepare_output(other, **RULE)
+    with pytest.raises(LightReasonerError, match="different config .cannot resume"):
+        prepare_output(other, **{**RULE, "fingerprint": "other"}, resume=True)
+
+
+def test_rule_refuses_foreign_or_damaged_content_unless_overwrite(tmp_path):
+    cases = {"train": lambda o: _finished(o, stage="train"),
+             "damaged": lambda o: (o.mkdir(), (o / "manifest.json").write_text("{")),
+             "files": lambda o: (o.mkdir(), (o / "notes.txt").write_text("mine")),
+             "state": lambda o: (_in_progress(o), (o / "shards" / "state.json").write_text("{"))}
+    for name, make in cases.items():
+        out = tmp_path / name
+        make(out)
+        with pytest.raises(LightReasonerError, match=r"\(use --overwrite to replace it\)$"):
+            prepare_output(out, **RULE, resume=True)
+        assert prepare_output(out, **RULE, overwrite=True).clear
+        assert out.exists()  # refusing wrote and removed nothing
+
+
+def test_rule_work_in_progress_without_results_counts_as_empty(tmp_path):
+    out = tmp_path / "out"
+    _in_progress(out, fingerprint="old", work=False)
+    has_work = lambda o: any((o / "shards").glob("batch-*"))  # noqa: E731
+    assert prepare_output(out, **RULE, has_work=has_work).clear
+
+
+def test_rule_rerun_recomputes_its_own_output_and_refuses_another_stage(tmp_path):
+    ev = dict(stage="evaluate", what="an evaluation", rerun=True)
+    out = tmp_path / "eval"
+    _finished(out, stage="evaluate")
+    claim = prepare_output(out, **ev)
+    assert claim == Claim(out)
+    claim_output(claim, retire=("predictions_tuned.parquet",))
+    assert not (out / outputs.MANIFEST).exists() and (out / "data.parquet").exists()
+    _finished(tmp_path / "train", stage="train")
+    with pytest.raises(LightReasonerError, match="holds the output of stage 'train'.*choose another folder"):
+        prepare_output(tmp_path / "train", **ev)
+
+
+def test_claim_clears_and_records_the_fingerprint(tmp_path):
+    out = tmp_path / "out"
+    _finished(out, fingerprint="old")
+    claim_output(prepare_output(out, **RULE, overwrite=True), fingerprint="fp", state="shards/state.json")
+    assert [p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()] == ["shards/state.json"]
+    assert json.loads((out / "shards" / "state.json").read_text()) == {"fingerprint": "fp"}
