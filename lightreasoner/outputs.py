@@ -147,7 +147,7 @@ def _holds_files(folder: Path) -> bool:
 
 def prepare_output(out: Path, *, stage: str, what: str, fingerprint: str | None = None, state: str | None = None,
                    resume: bool = False, overwrite: bool = False, rerun: bool = False,
-                   has_work=None) -> Claim:
+                   has_work=None, overwrite_flag: str | None = "--overwrite") -> Claim:
     """The one rule for a stage's output folder; reads, writes nothing (a refused run leaves nothing).
 
     ======================================  =====================  ===============  ===========
@@ -164,9 +164,10 @@ def prepare_output(out: Path, *, stage: str, what: str, fingerprint: str | None 
     ``rerun`` (evaluation): the stage recomputes its own output in place, whatever it held; only another
     stage's output is refused. ``state``: the path, relative to ``out``, of the file that records the job's
     fingerprint while it runs; ``has_work(out)``: whether the work in progress holds anything worth keeping
-    (a run killed before its first result: counts as empty). ``what`` names the output in messages."""
+    (a run killed before its first result: counts as empty). ``what`` names the output in messages ("samples", "training"), and
+    ``overwrite_flag`` the stage's option that sets ``overwrite`` (None: it has none)."""
     out = Path(out)
-    hint = "use --overwrite to replace it" if not rerun else "choose another folder"
+    hint = f"use {overwrite_flag} to replace it" if overwrite_flag and not rerun else "choose another folder"
     if out.exists() and not out.is_dir():
         raise LightReasonerError(f"{out}: output exists and is not a folder")
     if not _holds_files(out):  # absent, empty, or only empty folders (a run killed while claiming it)
@@ -183,32 +184,32 @@ def prepare_output(out: Path, *, stage: str, what: str, fingerprint: str | None 
         if data is None:
             return redo(f"{manifest_path}: not valid JSON, not a finished {what} folder")
         if data.get("stage", stage) != stage:
-            return redo(f"{out}: holds the output of stage {data.get('stage')!r}, not {what}")
+            return redo(f"{out}: holds the output of stage {data.get('stage')!r}, not a {what} folder")
         if rerun:
             return Claim(out)
         if fingerprint is None:
-            return redo(f"{out}: already holds {what}")
+            return redo(f"{out}: already holds a finished {what} output")
         if data.get("fingerprint") == fingerprint:
             return Claim(out, clear=True) if overwrite else Claim(out, finished=data)
-        return redo(f"{out}: holds {what} of a different config")
+        return redo(f"{out}: holds {what} output of a different config")
     if state_path is not None and state_path.is_file():
         if has_work is not None and not has_work(out):
             others = [p for p in out.rglob("*") if p.is_file() and p != state_path]
             return Claim(out, clear=True) if not others else redo(f"{out}: output folder is not empty and holds "
-                                                                   f"no {what}")
+                                                                   f"no {what} output")
         data = _json_object(state_path)
         if data is None:
             return redo(f"{state_path}: not valid JSON (damaged work in progress)")
         if data.get("fingerprint") != fingerprint:
-            return redo(f"{out}: holds {what} of a different config (cannot resume)")
+            return redo(f"{out}: holds {what} work of a different config (cannot resume)")
         if overwrite:
             return Claim(out, clear=True)
         if not resume:
-            raise LightReasonerError(f"{out}: holds unfinished {what} (use --resume to continue it)")
+            raise LightReasonerError(f"{out}: holds unfinished {what} work (use --resume to continue it)")
         return Claim(out, resume=True)
     if rerun:
         return Claim(out)
-    return redo(f"{out}: output folder is not empty and holds no {what}")
+    return redo(f"{out}: output folder is not empty and holds no {what} output")
 
 
 def claim_output(claim: Claim, *, fingerprint: str | None = None, state: str | None = None,

@@ -44,8 +44,10 @@ from .models import (
 )
 from .outputs import (
     MANIFEST,
+    claim_output,
     cut_at_stop,
     library_versions,
+    prepare_output,
     sha256_file,
     write_json_atomic,
     write_table_atomic,
@@ -188,13 +190,6 @@ def write_solutions(solutions: list[Solution], path: Path) -> None:
 # --- the stage -------------------------------------------------------------------------------------
 
 
-def _check_output(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise LightReasonerError(f"--output {out}: exists and is not a folder")
-    if out.exists() and any(out.iterdir()):
-        raise LightReasonerError(f"--output {out}: output folder is not empty (choose an empty folder)")
-
-
 def sft_problems(config: Config, problems: list[Problem] | None) -> list[Problem]:
     """The SFT baseline's own problems: the first ``sft.num_problems`` of ``data.path``/``data.split``,
     whatever ``data.limit`` (the LightReasoner problems) is; unset: the LightReasoner problems.
@@ -222,7 +217,7 @@ def sft(config: Config, output: str | Path, *, problems: list[Problem] | None = 
 
     started = time.perf_counter()
     out = Path(output)
-    _check_output(out)
+    claim = prepare_output(out, stage="sft", what="SFT", overwrite_flag=None)
     problems = sft_problems(config, problems)
     device = resolve_device(config.expert.device)
     tokenizer = load_tokenizer(config.expert, "expert")
@@ -245,7 +240,7 @@ def sft(config: Config, output: str | Path, *, problems: list[Problem] | None = 
     model = lora_model(model, config.training)
     examples = build_examples(trajectories, "packed")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    out.mkdir(parents=True, exist_ok=True)
+    claim_output(claim)
     write_solutions(solutions, out / SOLUTIONS)
     kept_problems = len({s.problem_id for s in solutions if s.kept})
     completion_tokens = sum(len(t.completion) for t in trajectories)

@@ -53,7 +53,7 @@ def test_rule_fresh_finished_and_in_progress(tmp_path):
     _finished(out)
     assert prepare_output(out, **RULE).finished == {"stage": "sample", "fingerprint": "fp"}
     assert prepare_output(out, **RULE, overwrite=True).clear
-    with pytest.raises(LightReasonerError, match="holds samples of a different config"):
+    with pytest.raises(LightReasonerError, match="holds samples output of a different config"):
         prepare_output(out, **{**RULE, "fingerprint": "other"})
     other = tmp_path / "wip"
     _in_progress(other)
@@ -86,7 +86,7 @@ def test_rule_work_in_progress_without_results_counts_as_empty(tmp_path):
 
 
 def test_rule_rerun_recomputes_its_own_output_and_refuses_another_stage(tmp_path):
-    ev = dict(stage="evaluate", what="an evaluation", rerun=True)
+    ev = dict(stage="evaluate", what="evaluation", rerun=True)
     out = tmp_path / "eval"
     _finished(out, stage="evaluate")
     claim = prepare_output(out, **ev)
