@@ -1,8 +1,7 @@
 """Stage 3: evaluation of the base Expert and the Expert with its LoRA adapter on the same problems.
 
-Answer extraction (``extract_answer``, ``answers_match``) reads what math models write: GSM8K's
-``#### N``, ``\\boxed{...}``, "The answer is N", "Answer: N", else the last number of the text. Answers are
-compared as exact rationals, so ``0.5`` == ``1/2`` == ``0.50`` and ``$1,000`` == ``1000``.
+Answers are extracted and graded by :mod:`lightreasoner.answers`; the paired statistics live in
+:mod:`lightreasoner.stats` (both re-exported here under their old names).
 
 The run generates greedily in batches (left padding, the sampling stage's prompt), scores pass@1 for the
 base Expert and for the Expert with the adapter, and compares the two on the same problems: the paired
@@ -17,21 +16,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
-import re
 import time
 from dataclasses import dataclass
-from decimal import Decimal, localcontext
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from . import storage
+from .answers import answers_match, extract_answer  # noqa: F401 - re-exported
 from .config import Config
 from .data import Problem, load_problems
 from .errors import LightReasonerError
@@ -48,6 +43,7 @@ from .models import (
     same_model,
 )
 from .sampling import write_json_atomic
+from .stats import bootstrap_delta_ci, mcnemar_exact, paired_metrics  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -67,259 +63,6 @@ PREDICTION_SCHEMA = pa.schema(
         ("tokens_generated", pa.int32()),
     ]
 )
-
-
-# --- answer extraction ---------------------------------------------------------------------------
-
-# A number: thousands-separated, plain or decimal; an optional sign and currency before it; an optional
-# simple-fraction denominator and percent sign after it.
-_NUMBER = re.compile(
-    r"(?P<sign>[-−+])?(?:(?:\\?\$|[€£¥])\s?)?(?P<sign2>[-−])?"
-    r"(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
-    r"(?:\s?/\s?(?P<den>\d+)(?![.,]?\d))?"
-)
-_ANSWER_PHRASE = re.compile(r"\banswer\b\s*(?:is\b|was\b|:|=)\s*[:=]?", re.IGNORECASE)
-_HASHES = re.compile(r"####")
-_BOXED = re.compile(r"\\(?:boxed|fbox)\s*")
-_FRAC = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
-_FRAC_SHORT = re.compile(r"\\[dt]?frac\s*(\d)(\d)")
-_TEXT = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{([^{}]*)\}")
-_LATEX_SPACES = re.compile(r"\\[,!;: ]|\\left|\\right")
-_PLAIN_VALUE = re.compile(r"(?P<sign>[-+]?)(?P<num>\d+(?:\.\d*)?|\.\d+)(?:/(?P<den>\d+))?")
-
-
-def _format(value: Fraction) -> str:
-    """Canonical text: integers as ``18``, terminating fractions as decimals (``0.5``), others ``p/q``."""
-    if value.denominator == 1:
-        return str(value.numerator)
-    den = value.denominator
-    for p in (2, 5):
-        while den % p == 0:
-            den //= p
-    if den == 1:
-        with localcontext() as ctx:
-            ctx.prec = 100
-            text = format(Decimal(value.numerator) / Decimal(value.denominator), "f")
-        return text.rstrip("0").rstrip(".") if "." in text else text
-    return f"{value.numerator}/{value.denominator}"
-
-
-def _numbers(text: str) -> list[tuple[Fraction, int]]:
-    """Every number in ``text`` as (value, start offset). A ``-`` right after a digit, letter or closing
-    bracket is an operator (``16-3``), not a sign."""
-    found = []
-    for m in _NUMBER.finditer(text):
-        num = m.group("num").replace(",", "")
-        value = Fraction(num)
-        den = m.group("den")
-        if den is not None:
-            if int(den) == 0:
-                continue
-            value /= int(den)
-        sign = m.group("sign") or m.group("sign2") or ""
-        if m.group("sign") in ("-", "−"):
-            before = text[m.start() - 1] if m.start() > 0 else " "
-            if before.isalnum() or before in ")]}":
-                sign = m.group("sign2") or ""
-        if sign in ("-", "−"):
-            value = -value
-        found.append((value, m.start()))
-    return found
-
-
-def _first_number(text: str) -> str | None:
-    nums = _numbers(text)
-    return _format(nums[0][0]) if nums else None
-
-
-def _last_number(text: str) -> str | None:
-    nums = _numbers(text)
-    return _format(nums[-1][0]) if nums else None
-
-
-def _number_of_statement(rest: str) -> str | None:
-    """The number a statement like "is 3 * 4 = 12." gives: its first sentence, after its last ``=``."""
-    line = rest.lstrip().split("\n", 1)[0]
-    line = re.split(r"\.(?:\s|$)", line, maxsplit=1)[0]
-    if "=" in line:
-        line = line.rsplit("=", 1)[1]
-    return _first_number(line)
-
-
-def _last_boxed(text: str) -> str | None:
-    """Content of the last complete ``\\boxed{...}`` (nested braces allowed) or ``\\boxed N``."""
-    result = None
-    for m in _BOXED.finditer(text):
-        i = m.end()
-        if i < len(text) and text[i] == "{":
-            depth = 0
-            for j in range(i, len(text)):
-                if text[j] == "{":
-                    depth += 1
-                elif text[j] == "}":
-                    depth -= 1
-                    if depth == 0:
-                        result = text[i + 1 : j]
-                        break
-        else:
-            word = re.match(r"[^\s$]+", text[i:])
-            if word:
-                result = word.group(0)
-    return result
-
-
-def _from_boxed(content: str) -> str | None:
-    text = re.sub(r"(?<=\d)(?:\{,\}|\\[,!])(?=\d{3})", ",", content)
-    text = _TEXT.sub(r" \1 ", text)
-    for _ in range(3):  # nested \frac, innermost first
-        text = _FRAC.sub(r"(\1)/(\2)", text)
-    text = _FRAC_SHORT.sub(r"\1/\2", text)
-    text = _LATEX_SPACES.sub(" ", text)
-    text = re.sub(r"\((-?[\d.]+)\)/\((\d+)\)", r"\1/\2", text)
-    if "=" in text:
-        text = text.rsplit("=", 1)[1]
-    number = _first_number(text)
-    if number is not None:
-        return number
-    stripped = " ".join(text.replace("\\", " ").replace("{", " ").replace("}", " ").split())
-    return stripped or None
-
-
-def extract_answer(text: str | None) -> str | None:
-    """The final answer a model wrote, normalised (``"1,000"`` -> ``"1000"``, ``"$5.00"`` -> ``"5"``,
-    ``"1/2"`` -> ``"0.5"``, ``"50%"`` -> ``"50"``), or None when the text holds no answer.
-
-    Order: the last ``\\boxed{...}``; the number after the last ``####``; the number after the last
-    "answer is" / "Answer:"; the last number of the text.
-    """
-    if not text:
-        return None
-    boxed = _last_boxed(text)
-    if boxed is not None:
-        answer = _from_boxed(boxed)
-        if answer is not None:
-            return answer
-    for pattern in (_HASHES, _ANSWER_PHRASE):
-        for m in reversed(list(pattern.finditer(text))):
-            answer = _number_of_statement(text[m.end() :])
-            if answer is not None:
-                return answer
-    return _last_number(text)
-
-
-def _value(text: str | None) -> Fraction | None:
-    """The number a short answer text is, or None when it is not just a number."""
-    if text is None:
-        return None
-    t = text.strip()
-    if "####" in t:
-        t = t.rsplit("####", 1)[1]
-    for junk in ("\\$", "$", "\\%", "%", ",", "€", "£", "¥", " "):
-        t = t.replace(junk, "")
-    t = t.replace("−", "-").rstrip(".")
-    m = _PLAIN_VALUE.fullmatch(t)
-    if not m:
-        return None
-    value = Fraction(m.group("num").rstrip(".") or "0")
-    if m.group("den") is not None:
-        if int(m.group("den")) == 0:
-            return None
-        value /= int(m.group("den"))
-    return -value if m.group("sign") == "-" else value
-
-
-def _normalise_text(text: str) -> str:
-    return " ".join(text.split()).strip().rstrip(".").lower()
-
-
-def answers_match(pred: str | None, gold: str) -> bool:
-    """True when the predicted answer equals the gold one: numbers compared exactly as rationals
-    (``0.5`` == ``1/2``, ``18.00`` == ``18``, ``$1,000`` == ``1000``), anything else as normalised text."""
-    if pred is None or gold is None:
-        return False
-    gold_value = _value(str(gold))
-    if gold_value is None:
-        gold_value = _value(extract_answer(str(gold)))
-    pred_value = _value(pred)
-    if pred_value is None:
-        pred_value = _value(extract_answer(pred))
-    if gold_value is not None and pred_value is not None:
-        return pred_value == gold_value
-    if gold_value is not None or pred_value is not None:
-        return False
-    return _normalise_text(pred) == _normalise_text(str(gold))
-
-
-# --- paired metrics --------------------------------------------------------------------------------
-
-
-def mcnemar_exact(base_only: int, tuned_only: int) -> float:
-    """Two-sided exact McNemar p-value: a binomial test of the discordant pairs against p = 1/2."""
-    n = base_only + tuned_only
-    if n == 0:
-        return 1.0
-    k = min(base_only, tuned_only)
-    tail = Fraction(sum(math.comb(n, i) for i in range(k + 1)), 2**n)
-    return float(min(Fraction(1), 2 * tail))
-
-
-def bootstrap_delta_ci(correct_base: np.ndarray, correct_tuned: np.ndarray, samples: int, seed: int,
-                       level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the paired accuracy delta (problems resampled with replacement)."""
-    diff = np.asarray(correct_tuned, dtype=np.int8) - np.asarray(correct_base, dtype=np.int8)
-    n = len(diff)
-    if n == 0:
-        raise LightReasonerError("bootstrap: no problems to resample")
-    rng = np.random.default_rng(seed)
-    deltas = np.empty(samples, dtype=np.float64)
-    chunk = max(1, min(samples, 2_000_000 // n))
-    for start in range(0, samples, chunk):
-        stop = min(samples, start + chunk)
-        idx = rng.integers(0, n, size=(stop - start, n))
-        deltas[start:stop] = diff[idx].mean(axis=1)
-    tail = (1.0 - level) / 2.0 * 100.0
-    low, high = np.percentile(deltas, [tail, 100.0 - tail])
-    return float(low), float(high)
-
-
-def paired_metrics(correct_base, correct_tuned=None, *, bootstrap_samples: int = 10000,
-                   seed: int = 0) -> dict[str, Any]:
-    """Accuracy of each, delta = tuned - base, its bootstrap 95% CI and the exact McNemar p-value.
-    Without ``correct_tuned`` the tuned fields are None."""
-    base = np.asarray(correct_base, dtype=bool)
-    n = int(base.size)
-    metrics: dict[str, Any] = {
-        "n": n,
-        "correct_base": int(base.sum()),
-        "accuracy_base": float(base.mean()) if n else 0.0,
-        "correct_tuned": None,
-        "accuracy_tuned": None,
-        "delta": None,
-        "delta_ci_low": None,
-        "delta_ci_high": None,
-        "mcnemar_p": None,
-        "base_only_correct": None,
-        "tuned_only_correct": None,
-    }
-    if correct_tuned is None:
-        return metrics
-    tuned = np.asarray(correct_tuned, dtype=bool)
-    if tuned.shape != base.shape:
-        raise LightReasonerError(f"paired metrics: {base.size} base vs {tuned.size} tuned predictions")
-    base_only = int((base & ~tuned).sum())
-    tuned_only = int((tuned & ~base).sum())
-    low, high = bootstrap_delta_ci(base, tuned, bootstrap_samples, seed)
-    metrics.update(
-        correct_tuned=int(tuned.sum()),
-        accuracy_tuned=float(tuned.mean()),
-        delta=float(tuned.mean() - base.mean()),
-        delta_ci_low=low,
-        delta_ci_high=high,
-        mcnemar_p=mcnemar_exact(base_only, tuned_only),
-        base_only_correct=base_only,
-        tuned_only_correct=tuned_only,
-    )
-    return metrics
 
 
 # --- generation ----------------------------------------------------------------------------------

@@ -30,7 +30,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import math
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -41,6 +40,7 @@ from typing import Any
 from . import __version__, storage, tracking
 from .config import Config
 from .errors import LightReasonerError
+from .stats import mcnemar_exact
 
 log = logging.getLogger(__name__)
 
@@ -438,16 +438,6 @@ def register(config: Config, training: str | Path, evaluation: str | Path, sampl
 
 
 # --- promote ----------------------------------------------------------------------------------------
-
-
-def mcnemar_exact(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value for b and c discordant pairs."""
-    n = b + c
-    if n == 0:
-        return 1.0
-    k = min(b, c)
-    tail = sum(math.comb(n, i) for i in range(k + 1))
-    return min(1.0, 2.0 * tail / 2**n)
 
 
 @dataclass
