@@ -190,3 +190,119 @@ def answers_match(pred: str | None, gold: str) -> bool:
     if gold_value is not None or pred_value is not None:
         return False
     return _normalise_text(pred) == _normalise_text(str(gold))
+
+
+# --- grading by answer type --------------------------------------------------------------------------
+
+# number: GSM8K, SVAMP, ASDiv (exact rationals, text when not a number); latex: MATH, Minerva, OlympiadBench
+# (math-verify); choice: MMLU-STEM (a letter A-D).
+ANSWER_TYPES = ("number", "latex", "choice")
+CHOICE_LETTERS = "ABCDEFGHIJ"
+
+_CHOICE_PHRASE = re.compile(r"\banswer\b[^A-Za-z0-9(]{0,20}(?:is\b|:)?\s*(?:option\s+)?\(?([A-J])\)?(?![A-Za-z])",
+                            re.IGNORECASE)
+_CHOICE_PAREN = re.compile(r"\(([A-J])\)")
+_LATEX_DOLLARS = re.compile(r"^\$+|\$+$")
+
+
+def _phrase_statement(text: str) -> str | None:
+    """The rest of the line after the last "answer is" / "Answer:", without a closing period or dollars."""
+    matches = list(_ANSWER_PHRASE.finditer(text))
+    if not matches:
+        return None
+    line = text[matches[-1].end() :].strip().split("\n", 1)[0].strip()
+    line = re.sub(r"\.\s*$", "", line).strip()
+    line = _LATEX_DOLLARS.sub("", line).strip()
+    return line or None
+
+
+def extract_latex(text: str | None) -> str | None:
+    """The final LaTeX answer: the last ``\\boxed{...}``, else the statement after the last "answer is", else
+    the last number of the text."""
+    if not text:
+        return None
+    boxed = _last_boxed(text)
+    if boxed is not None and boxed.strip():
+        return boxed.strip()
+    return _phrase_statement(text) or _last_number(text)
+
+
+def extract_choice(text: str | None) -> str | None:
+    """The multiple-choice letter: in the last ``\\boxed{...}``, else after the last "answer is", else the last
+    ``(X)`` of the text; None when there is none."""
+    if not text:
+        return None
+    boxed = _last_boxed(text)
+    if boxed is not None:
+        inner = _TEXT.sub(r"\1", boxed).strip().strip("()").strip()
+        if re.fullmatch(r"[A-Ja-j]", inner) or re.match(r"[A-J](?![A-Za-z])", inner):
+            return inner[0].upper()
+    phrases = list(_CHOICE_PHRASE.finditer(text))
+    if phrases:
+        return phrases[-1].group(1).upper()
+    parens = list(_CHOICE_PAREN.finditer(text))
+    if parens:
+        return parens[-1].group(1)
+    return None
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+_STRICT_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[-+]?\.\d+")
+
+
+def _strict_value(text: str) -> Fraction | None:
+    """A plain number (``-3``, ``0.50``, ``1,000``), else None (``1,3,5`` is a list, not a number)."""
+    t = _LATEX_DOLLARS.sub("", text).strip()
+    return Fraction(t.replace(",", "")) if _STRICT_NUMBER.fullmatch(t) else None
+
+
+def latex_match(pred: str | None, gold: str | None) -> bool:
+    """True when two LaTeX answers are mathematically equal, by Hugging Face's math-verify (``\\frac{1}{2}`` ==
+    ``0.5``, ``\\sqrt{2}/2`` == ``\\frac{\\sqrt2}{2}``, intervals, sets, ``x=3`` == ``3``). Plain numbers are
+    compared as exact rationals first (so ``1,000`` is a thousand, not a set)."""
+    if pred is None or gold is None or not str(pred).strip() or not str(gold).strip():
+        return False
+    pred, gold = str(pred).strip(), str(gold).strip()
+    pv, gv = _strict_value(pred), _strict_value(gold)
+    if pv is not None and gv is not None:
+        return pv == gv
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+    # math-verify's timeouts use SIGALRM, which only works in the main thread.
+    timeout = 5 if _main_thread() else None
+    configs = [LatexExtractionConfig(), ExprExtractionConfig()]
+    try:
+        gold_parsed = parse(f"${_LATEX_DOLLARS.sub('', gold)}$", extraction_config=configs, parsing_timeout=timeout)
+        pred_parsed = parse(f"${_LATEX_DOLLARS.sub('', pred)}$", extraction_config=configs, parsing_timeout=timeout)
+        if not gold_parsed or not pred_parsed:
+            return _normalise_text(pred) == _normalise_text(gold)
+        return bool(verify(gold_parsed, pred_parsed, timeout_seconds=timeout))
+    except Exception:  # noqa: BLE001 - an answer math-verify cannot read is not a match
+        return False
+
+
+def extract(text: str | None, answer_type: str) -> str | None:
+    """The final answer of a model's output, read as ``answer_type`` expects it."""
+    if answer_type == "number":
+        return extract_answer(text)
+    if answer_type == "latex":
+        return extract_latex(text)
+    if answer_type == "choice":
+        return extract_choice(text)
+    raise ValueError(f"answer type {answer_type!r}: expected one of {', '.join(ANSWER_TYPES)}")
+
+
+def grade(pred: str | None, gold: str, answer_type: str) -> bool:
+    """True when the extracted answer ``pred`` equals ``gold`` under the rules of ``answer_type``."""
+    if answer_type == "number":
+        return answers_match(pred, gold)
+    if answer_type == "latex":
+        return latex_match(pred, gold)
+    if answer_type == "choice":
+        return pred is not None and pred.strip().upper() == str(gold).strip().upper()
+    raise ValueError(f"answer type {answer_type!r}: expected one of {', '.join(ANSWER_TYPES)}")
