@@ -110,7 +110,12 @@ def _last_boxed(text: str) -> str | None:
     return result
 
 
+_CLOCK = re.compile(r"\s*\d{1,2}:\d{2}\b")
+
+
 def _from_boxed(content: str) -> str | None:
+    if _CLOCK.match(content):  # a time of day (ASDiv: 3:30 p.m.) is an answer, not the number 3
+        return " ".join(_TEXT.sub(r" \1 ", content).replace("\\", " ").split()) or None
     text = re.sub(r"(?<=\d)(?:\{,\}|\\[,!])(?=\d{3})", ",", content)
     text = _TEXT.sub(r" \1 ", text)
     for _ in range(3):  # nested \frac, innermost first

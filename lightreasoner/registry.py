@@ -415,8 +415,8 @@ def register(config: Config, training: str | Path, evaluation: str | Path, sampl
                     "expert": expert_location(dict(cfg.get("expert") or config.expert.model_dump())),
                     "system_prompt": (cfg.get("prompt") or {}).get("system_prompt", config.prompt.system_prompt),
                     "chat_template": (cfg.get("prompt") or {}).get("chat_template", config.prompt.chat_template),
-                    "max_new_tokens": (cfg.get("evaluation") or {}).get("max_new_tokens",
-                                                                        config.evaluation.max_new_tokens),
+                    "max_new_tokens": ((cfg.get("evaluation") or {}).get("max_new_tokens")
+                                       or config.evaluation.max_new_tokens or 512),
                 }
                 save_pyfunc(tmp / "model", artifacts, model_config, model_requirements(), {"lightreasoner": tags})
                 _log_model(client, run, tmp / "model")
