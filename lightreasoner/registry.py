@@ -145,6 +145,13 @@ def lineage_tags(train_manifest: Mapping[str, Any], metrics: Mapping[str, Any],
             tags[key] = metrics[key]
     if correctness is not None:
         tags["eval_set_sha256"] = eval_set_sha256(correctness)
+    protocol = metrics.get("protocol")
+    if isinstance(protocol, Mapping):  # evaluations are comparable only under the same protocol
+        tags["eval_protocol"] = protocol.get("name") or ""
+        tags["eval_protocol_sha256"] = protocol.get("sha256") or ""
+    benchmarks = [k for k in (metrics.get("benchmarks") or {}) if k != "data"]
+    if benchmarks:
+        tags["eval_benchmarks"] = ",".join(benchmarks)
     return {k: tracking.redact_text(_fmt(v))[:5000] for k, v in tags.items() if v != ""}
 
 
@@ -512,6 +519,12 @@ def _judge(client, name: str, challenger, champion, min_delta: float, max_p: flo
         if a != b:
             return False, None, None, (f"{c} and champion version {champion.version} were evaluated on different "
                                        "problems; evaluate both on the same set")
+        pa_, pb_ = challenger.tags.get("eval_protocol_sha256"), champion.tags.get("eval_protocol_sha256")
+        if pa_ and pb_ and pa_ != pb_:
+            return False, None, None, (
+                f"{c} and champion version {champion.version} were evaluated under different protocols "
+                f"({challenger.tags.get('eval_protocol', '?')} {pa_[:12]} vs {champion.tags.get('eval_protocol', '?')} "
+                f"{pb_[:12]}); evaluate both under the same evaluation.protocol")
         with tempfile.TemporaryDirectory(prefix="lightreasoner-promote-") as tmp:
             mine, theirs = _correctness(client, challenger, Path(tmp)), _correctness(client, champion, Path(tmp))
         if mine is None or theirs is None:
