@@ -110,11 +110,11 @@ def _last_boxed(text: str) -> str | None:
     return result
 
 
-_CLOCK = re.compile(r"\s*\d{1,2}:\d{2}\b")
+_CLOCK = re.compile(r"\s*\d+\s*:\s*\d+\b")  # a time of day (3:30 p.m.) or a ratio (5:6)
 
 
 def _from_boxed(content: str) -> str | None:
-    if _CLOCK.match(content):  # a time of day (ASDiv: 3:30 p.m.) is an answer, not the number 3
+    if _CLOCK.match(content):  # a time of day or ratio (ASDiv: 3:30 p.m., 5:6) is an answer, not the number 3
         return " ".join(_TEXT.sub(r" \1 ", content).replace("\\", " ").split()) or None
     text = re.sub(r"(?<=\d)(?:\{,\}|\\[,!])(?=\d{3})", ",", content)
     text = _TEXT.sub(r" \1 ", text)
@@ -184,6 +184,8 @@ def answers_match(pred: str | None, gold: str) -> bool:
     (``0.5`` == ``1/2``, ``18.00`` == ``18``, ``$1,000`` == ``1000``), anything else as normalised text."""
     if pred is None or gold is None:
         return False
+    if _CLOCK.match(str(gold)):  # times and ratios: as text, without spaces around the colon
+        return _normalise_text(re.sub(r"\s*:\s*", ":", pred)) == _normalise_text(re.sub(r"\s*:\s*", ":", str(gold)))
     gold_value = _value(str(gold))
     if gold_value is None:
         gold_value = _value(extract_answer(str(gold)))
