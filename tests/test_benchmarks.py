@@ -270,3 +270,22 @@ def test_real_gold_answers_grade_as_correct(name, real_dir):
     wrong = [p.answer for p in data.problems
              if not grade(extract(f"Step by step.\nThe final answer is $\\boxed{{{p.answer}}}$.", kind), p.answer, kind)]
     assert wrong == [], wrong[:10]
+
+
+@pytest.mark.slow
+def test_cli_evaluate_benchmarks(answering, tmp_path, capsys):
+    from lightreasoner.cli import main
+
+    bench_dir = write_benchmarks(tmp_path / "bench", ["gsm8k", "svamp"])
+    sets = ["--set", "evaluation.max_new_tokens=12", "--set", "evaluation.bootstrap_samples=100",
+            "--set", "tracking.enabled=false", "--model", str(answering["four"])]
+    out = tmp_path / "bad"
+    code = main(["evaluate", *sets, "--benchmarks", "gsm8k,gsm9k", "--output", str(out)])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert code == 2 and len(err) == 1 and "unknown benchmark 'gsm9k'" in err[0]
+    assert not out.exists()
+    code = main(["evaluate", *sets, "--benchmarks", "gsm8k,svamp", "--benchmark-dir", str(bench_dir),
+                 "--protocol", "sampling-prompt", "--output", str(tmp_path / "ok")])
+    printed = capsys.readouterr().out
+    assert code == 0 and "n=4 " in printed and "protocol sampling-prompt" in printed
+    assert "| gsm8k | 2 | 50.0 |" in printed and "| svamp | 2 | 50.0 |" in printed and "| average | 4 | 50.0 |" in printed
