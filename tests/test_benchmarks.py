@@ -289,3 +289,15 @@ def test_cli_evaluate_benchmarks(answering, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert code == 0 and "n=4 " in printed and "protocol sampling-prompt" in printed
     assert "| gsm8k | 2 | 50.0 |" in printed and "| svamp | 2 | 50.0 |" in printed and "| average | 4 | 50.0 |" in printed
+
+
+def test_pipeline_parameter_sets_the_benchmark_list():
+    from lightreasoner import parameters
+
+    cfg = parameters.config_from_settings("", 'eval_benchmarks=["gsm8k", "mmlu_stem"]\neval_protocol=sampling-prompt')
+    assert cfg.evaluation.benchmarks == ["gsm8k", "mmlu_stem"] and cfg.evaluation.protocol == "sampling-prompt"
+    assert {"eval_benchmarks", "eval_protocol", "eval_benchmark_dir", "eval_prediction_cache"} <= {
+        p.name for p in parameters.table()}
+    with pytest.raises(LightReasonerError, match="unknown benchmark 'gsm9k'") as info:
+        parameters.config_from_settings("", 'eval_benchmarks=["gsm9k"]')
+    assert "\n" not in str(info.value)
