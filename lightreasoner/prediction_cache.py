@@ -72,14 +72,24 @@ def load(cache: str, key: str) -> list[dict[str, Any]] | None:
                 return None
         return pq.read_table(path).to_pylist()
     except Exception as exc:  # noqa: BLE001 - a broken entry is regenerated, never trusted
-        log.warning("prediction cache %s: unreadable entry (%s); generating again", uri, str(exc).splitlines()[0:1])
+        log.warning("prediction cache %s: unreadable entry (%s); generating again", uri,
+                    (str(exc).splitlines() or [""])[0])
         return None
 
 
 def store(cache: str, key: str, rows: list[dict[str, Any]], schema: pa.Schema) -> str | None:
-    """Write ``rows`` under ``key`` (atomically); returns the entry's location."""
+    """Write ``rows`` under ``key`` (atomically); returns the entry's location, or None when the cache is off
+    or cannot be written (a warning: the cache only saves time, the evaluation goes on)."""
     if not cache:
         return None
+    try:
+        return _store(cache, key, rows, schema)
+    except Exception as exc:  # noqa: BLE001 - an unwritable cache never fails the evaluation
+        log.warning("prediction cache %s: cannot store %s (%s)", cache, key[:12], (str(exc).splitlines() or [""])[0])
+        return None
+
+
+def _store(cache: str, key: str, rows: list[dict[str, Any]], schema: pa.Schema) -> str:
     from . import storage
 
     uri = _uri(cache, key)

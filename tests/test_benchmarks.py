@@ -301,3 +301,28 @@ def test_pipeline_parameter_sets_the_benchmark_list():
     with pytest.raises(LightReasonerError, match="unknown benchmark 'gsm9k'") as info:
         parameters.config_from_settings("", 'eval_benchmarks=["gsm9k"]')
     assert "\n" not in str(info.value)
+
+
+def test_prediction_cache_entries(tmp_path, caplog):
+    from lightreasoner import prediction_cache
+    from lightreasoner.evaluation import PREDICTION_SCHEMA
+
+    expert = {"model": "m", "revision": "r", "sha256": "s" * 64}
+    protocol = {"name": "qwen25-math-cot", "max_new_tokens": 2048, "sha256": "x"}
+    bench = {"problems_sha256": "p" * 64, "answer_type": "number"}
+    key = prediction_cache.cache_key(expert, "auto", protocol, bench)
+    assert key != prediction_cache.cache_key(expert, "auto", {**protocol, "max_new_tokens": 512}, bench)
+    assert key != prediction_cache.cache_key(expert, "auto", protocol, {**bench, "problems_sha256": "q" * 64})
+    assert key != prediction_cache.cache_key({**expert, "sha256": "t" * 64}, "auto", protocol, bench)
+    assert key != prediction_cache.cache_key(expert, "float32", protocol, bench)
+    row = {"problem_id": "gsm8k/1", "output": "4", "extracted": "4", "gold": "4", "correct": True,
+           "tokens_generated": 3, "benchmark": "gsm8k", "answer_type": "number"}
+    assert prediction_cache.load(str(tmp_path / "c"), key) is None  # a miss
+    assert prediction_cache.store(str(tmp_path / "c"), key, [row], PREDICTION_SCHEMA)
+    assert prediction_cache.load(str(tmp_path / "c"), key) == [row]
+    (tmp_path / "c" / f"{key}.parquet").write_bytes(b"not parquet")  # a broken entry is a miss, never trusted
+    assert prediction_cache.load(str(tmp_path / "c"), key) is None
+    (tmp_path / "file").write_text("x")  # an unwritable cache: a warning, the evaluation goes on
+    assert prediction_cache.store(str(tmp_path / "file"), key, [row], PREDICTION_SCHEMA) is None
+    assert "cannot store" in caplog.text
+    assert prediction_cache.load("", key) is None and prediction_cache.store("", key, [row], PREDICTION_SCHEMA) is None
