@@ -91,17 +91,24 @@ def finetune_lora(config: str, samples: Input[Dataset], adapter: Output[Model], 
 def evaluate(config: str, adapter: Input[Model], evaluation: Output[Dataset], metrics: Output[Metrics],
              confusion: Output[ClassificationMetrics], summary: Output[Markdown],
              samples: Input[Dataset] = None):
-    """Stage 3: base Expert and Expert + adapter on the same held-out problems. Besides the evaluation
-    folder: the McNemar table as a confusion matrix (base right/wrong x tuned right/wrong) and a summary
+    """Stage 3: base Expert and Expert + adapter on the same held-out problems (every benchmark of
+    ``evaluation.benchmarks``, in one model load). Besides the evaluation folder: per-benchmark metrics, the
+    McNemar table as a confusion matrix (base right/wrong x tuned right/wrong) and a summary
     page with the accuracy plot and, given ``samples``, the KL histogram (KFP UI)."""
     from lightreasoner.config import load_config_text
     from lightreasoner.evaluation import evaluate as stage
-    from lightreasoner.report import log_kfp_metrics, mcnemar_table, summary_markdown, write_kfp_file
+    from lightreasoner.report import (
+        benchmark_metrics,
+        log_kfp_metrics,
+        mcnemar_table,
+        summary_markdown,
+        write_kfp_file,
+    )
 
     cfg = load_config_text(config, None, "evaluate config")
     result = stage(cfg, None, adapter.path, evaluation.path)
     keys = ("accuracy_base", "accuracy_tuned", "delta", "delta_ci_low", "delta_ci_high", "mcnemar_p")
-    log_kfp_metrics(metrics, {k: result.metrics.get(k) for k in keys})
+    log_kfp_metrics(metrics, {**{k: result.metrics.get(k) for k in keys}, **benchmark_metrics(result.metrics)})
     table = mcnemar_table(result.metrics)
     if table is not None:
         confusion.log_confusion_matrix(["right", "wrong"], table)

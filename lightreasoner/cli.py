@@ -129,6 +129,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate
 
+    for flag, key in (("benchmarks", "evaluation.benchmarks"), ("benchmark_dir", "evaluation.benchmark_dir"),
+                      ("protocol", "evaluation.protocol")):
+        if getattr(args, flag, None) is not None:
+            args.overrides = [*args.overrides, f"{key}={getattr(args, flag)}"]
     cfg = config_from_args(args)
     with ExitStack() as stack:
         adapter = stack.enter_context(local_input(args.adapter)) if args.adapter else None
@@ -145,6 +149,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"delta={fmt(m['delta'], '+.4f')} ci95=[{fmt(m['delta_ci_low'], '+.4f')}, {fmt(m['delta_ci_high'], '+.4f')}] "
         f"mcnemar_p={fmt(m['mcnemar_p'], '.4g')} output={result.output}"
     )
+    from .report import benchmark_markdown
+
+    table = benchmark_markdown(m)
+    if table:
+        print(f"protocol {m['protocol']['name']} (accuracy in %; the average is over the benchmarks)")
+        print(table, end="")
     return 0
 
 
@@ -331,7 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="the Expert (overrides expert.model)")
     p.add_argument("--adapter", help="training output folder or LoRA adapter folder; omit to score the base only")
     p.add_argument("--output", required=True, help="output folder for predictions, metrics, plot and manifest")
-    p.add_argument("--limit", type=int, help="evaluate only the first N problems")
+    p.add_argument("--limit", type=int, help="evaluate only the first N problems (of each benchmark)")
+    p.add_argument("--benchmarks", help="comma-separated benchmarks, any of gsm8k,math,svamp,asdiv,minerva_math,"
+                   "olympiadbench,mmlu_stem (sets evaluation.benchmarks)")
+    p.add_argument("--benchmark-dir", help="folder or s3:// prefix with <benchmark>/test.jsonl files "
+                   "(sets evaluation.benchmark_dir; default: the Hugging Face data sets)")
+    p.add_argument("--protocol", choices=["qwen25-math-cot", "sampling-prompt"], help="sets evaluation.protocol")
 
     p = sub.add_parser("doctor", help="read-only cluster preflight: auth, namespace, Secrets, GPUs, KFP, MLflow")
     p.add_argument("--namespace", help="namespace to check (default: the context's, else default)")

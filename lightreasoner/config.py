@@ -225,12 +225,53 @@ class EvaluationConfig(_Section):
     data: DataConfig = Field(
         default_factory=lambda: DataConfig(split="test"), description="Evaluation problems."
     )
-    max_new_tokens: int = Field(512, ge=1, description="Generation length at evaluation.")
+    protocol: Literal["qwen25-math-cot", "sampling-prompt"] = Field(
+        "qwen25-math-cot",
+        description="Evaluation protocol preset. qwen25-math-cot (the paper's Qwen2.5-Math toolkit): system prompt "
+        "\"Please reason step by step, and put your final answer within \\boxed{}.\", the chat template, greedy, 2048 "
+        "new tokens, stop at every end token of the chat template; sampling-prompt: the sampling stage's prompt "
+        "(prompt.*), 512 new tokens, stop at the model's eos.",
+    )
+    benchmarks: list[str] = Field(
+        [],
+        description="Benchmarks to evaluate in one model load (any of gsm8k, math, svamp, asdiv, minerva_math, "
+        "olympiadbench, mmlu_stem; a list or comma-separated text); empty: the problems of evaluation.data.",
+    )
+    benchmark_dir: str = Field(
+        "",
+        description="Folder or s3:// prefix holding <benchmark>/test.jsonl files (the Qwen2.5-Math toolkit's layout); "
+        "empty: the benchmarks' Hugging Face data sets.",
+    )
+    prediction_cache: str = Field(
+        "",
+        description="Folder or s3:// prefix of the base Expert's predictions, reused by later evaluations of the same "
+        "Expert, protocol, generation settings and benchmark version (content-addressed); empty: off.",
+    )
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="Generation length at evaluation; empty: the protocol's (2048 or 512)."
+    )
+    _max_new_tokens = field_validator("max_new_tokens", mode="before")(classmethod(lambda cls, v: _empty_to_none(v)))
     batch_size: BatchSize = Field(
         16, description=f"Problems generated together; auto: from free GPU memory ({AUTO_BATCH_CPU} on CPU)."
     )
     bootstrap_samples: int = Field(10000, ge=100, description="Resamples for the delta's confidence interval.")
     seed: int = Field(0, description="Bootstrap seed.")
+
+    @field_validator("benchmarks", mode="before")
+    @classmethod
+    def _split_benchmarks(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _known_benchmarks(cls, value: list[str]) -> list[str]:
+        from .benchmarks import check_names
+
+        return check_names(value)
 
 
 class TrackingConfig(_Section):

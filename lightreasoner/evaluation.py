@@ -1,15 +1,18 @@
 """Stage 3: evaluation of the base Expert and the Expert with its LoRA adapter on the same problems.
 
-Answer extraction (``extract_answer``, ``answers_match``) reads what math models write: GSM8K's
-``#### N``, ``\\boxed{...}``, "The answer is N", "Answer: N", else the last number of the text. Answers are
-compared as exact rationals, so ``0.5`` == ``1/2`` == ``0.50`` and ``$1,000`` == ``1000``.
+Answers are extracted and graded by :mod:`lightreasoner.answers`; the paired statistics live in
+:mod:`lightreasoner.stats` (both re-exported here under their old names).
 
-The run generates greedily in batches (left padding, the sampling stage's prompt), scores pass@1 for the
-base Expert and for the Expert with the adapter, and compares the two on the same problems: the paired
-delta with a bootstrap 95% confidence interval and the exact McNemar p-value.
+The run generates greedily in batches (left padding) under the evaluation protocol
+(:mod:`lightreasoner.protocols`), scores pass@1 for the base Expert and for the Expert with the adapter on
+every benchmark of ``evaluation.benchmarks`` (:mod:`lightreasoner.benchmarks`; else ``evaluation.data``), and
+compares the two on the same problems: the paired delta with a bootstrap 95% confidence interval and the exact
+McNemar p-value, per benchmark, pooled over all problems (the top-level fields) and averaged over the
+benchmarks (``average``, the paper's column).
 
 Output folder (keep these names): ``predictions_base.parquet``, ``predictions_tuned.parquet``,
-``metrics.json``, ``accuracy.png`` and ``manifest.json`` (written last).
+``metrics.json``, ``accuracy.png``, with benchmarks ``benchmarks.csv`` and ``benchmark_deltas.png``, and
+``manifest.json`` (written last).
 """
 
 from __future__ import annotations
@@ -17,20 +20,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
-import re
 import time
 from dataclasses import dataclass
-from decimal import Decimal, localcontext
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from .answers import answers_match, extract, extract_answer, grade  # noqa: F401 - re-exported
 from .config import Config
 from .data import Problem, load_problems
 from .errors import LightReasonerError
@@ -46,8 +45,9 @@ from .models import (
     resolve_source,
     same_model,
 )
-from .outputs import folder_sha256
-from .sampling import write_json_atomic
+from .outputs import folder_sha256, write_json_atomic
+from .protocols import resolve_protocol, stop_token_ids
+from .stats import bootstrap_delta_ci, mcnemar_exact, paired_metrics  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ PREDICTIONS_TUNED = "predictions_tuned.parquet"
 METRICS = "metrics.json"
 PLOT = "accuracy.png"
 MANIFEST = "manifest.json"
+BENCHMARK_TABLE = "benchmarks.csv"
+DELTA_PLOT = "benchmark_deltas.png"
 
 PREDICTION_SCHEMA = pa.schema(
     [
@@ -65,261 +67,10 @@ PREDICTION_SCHEMA = pa.schema(
         ("gold", pa.string()),
         ("correct", pa.bool_()),
         ("tokens_generated", pa.int32()),
+        ("benchmark", pa.string()),
+        ("answer_type", pa.string()),
     ]
 )
-
-
-# --- answer extraction ---------------------------------------------------------------------------
-
-# A number: thousands-separated, plain or decimal; an optional sign and currency before it; an optional
-# simple-fraction denominator and percent sign after it.
-_NUMBER = re.compile(
-    r"(?P<sign>[-−+])?(?:(?:\\?\$|[€£¥])\s?)?(?P<sign2>[-−])?"
-    r"(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
-    r"(?:\s?/\s?(?P<den>\d+)(?![.,]?\d))?"
-)
-_ANSWER_PHRASE = re.compile(r"\banswer\b\s*(?:is\b|was\b|:|=)\s*[:=]?", re.IGNORECASE)
-_HASHES = re.compile(r"####")
-_BOXED = re.compile(r"\\(?:boxed|fbox)\s*")
-_FRAC = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
-_FRAC_SHORT = re.compile(r"\\[dt]?frac\s*(\d)(\d)")
-_TEXT = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{([^{}]*)\}")
-_LATEX_SPACES = re.compile(r"\\[,!;: ]|\\left|\\right")
-_PLAIN_VALUE = re.compile(r"(?P<sign>[-+]?)(?P<num>\d+(?:\.\d*)?|\.\d+)(?:/(?P<den>\d+))?")
-
-
-def _format(value: Fraction) -> str:
-    """Canonical text: integers as ``18``, terminating fractions as decimals (``0.5``), others ``p/q``."""
-    if value.denominator == 1:
-        return str(value.numerator)
-    den = value.denominator
-    for p in (2, 5):
-        while den % p == 0:
-            den //= p
-    if den == 1:
-        with localcontext() as ctx:
-            ctx.prec = 100
-            text = format(Decimal(value.numerator) / Decimal(value.denominator), "f")
-        return text.rstrip("0").rstrip(".") if "." in text else text
-    return f"{value.numerator}/{value.denominator}"
-
-
-def _numbers(text: str) -> list[tuple[Fraction, int]]:
-    """Every number in ``text`` as (value, start offset). A ``-`` right after a digit, letter or closing
-    bracket is an operator (``16-3``), not a sign."""
-    found = []
-    for m in _NUMBER.finditer(text):
-        num = m.group("num").replace(",", "")
-        value = Fraction(num)
-        den = m.group("den")
-        if den is not None:
-            if int(den) == 0:
-                continue
-            value /= int(den)
-        sign = m.group("sign") or m.group("sign2") or ""
-        if m.group("sign") in ("-", "−"):
-            before = text[m.start() - 1] if m.start() > 0 else " "
-            if before.isalnum() or before in ")]}":
-                sign = m.group("sign2") or ""
-        if sign in ("-", "−"):
-            value = -value
-        found.append((value, m.start()))
-    return found
-
-
-def _first_number(text: str) -> str | None:
-    nums = _numbers(text)
-    return _format(nums[0][0]) if nums else None
-
-
-def _last_number(text: str) -> str | None:
-    nums = _numbers(text)
-    return _format(nums[-1][0]) if nums else None
-
-
-def _number_of_statement(rest: str) -> str | None:
-    """The number a statement like "is 3 * 4 = 12." gives: its first sentence, after its last ``=``."""
-    line = rest.lstrip().split("\n", 1)[0]
-    line = re.split(r"\.(?:\s|$)", line, maxsplit=1)[0]
-    if "=" in line:
-        line = line.rsplit("=", 1)[1]
-    return _first_number(line)
-
-
-def _last_boxed(text: str) -> str | None:
-    """Content of the last complete ``\\boxed{...}`` (nested braces allowed) or ``\\boxed N``."""
-    result = None
-    for m in _BOXED.finditer(text):
-        i = m.end()
-        if i < len(text) and text[i] == "{":
-            depth = 0
-            for j in range(i, len(text)):
-                if text[j] == "{":
-                    depth += 1
-                elif text[j] == "}":
-                    depth -= 1
-                    if depth == 0:
-                        result = text[i + 1 : j]
-                        break
-        else:
-            word = re.match(r"[^\s$]+", text[i:])
-            if word:
-                result = word.group(0)
-    return result
-
-
-def _from_boxed(content: str) -> str | None:
-    text = re.sub(r"(?<=\d)(?:\{,\}|\\[,!])(?=\d{3})", ",", content)
-    text = _TEXT.sub(r" \1 ", text)
-    for _ in range(3):  # nested \frac, innermost first
-        text = _FRAC.sub(r"(\1)/(\2)", text)
-    text = _FRAC_SHORT.sub(r"\1/\2", text)
-    text = _LATEX_SPACES.sub(" ", text)
-    text = re.sub(r"\((-?[\d.]+)\)/\((\d+)\)", r"\1/\2", text)
-    if "=" in text:
-        text = text.rsplit("=", 1)[1]
-    number = _first_number(text)
-    if number is not None:
-        return number
-    stripped = " ".join(text.replace("\\", " ").replace("{", " ").replace("}", " ").split())
-    return stripped or None
-
-
-def extract_answer(text: str | None) -> str | None:
-    """The final answer a model wrote, normalised (``"1,000"`` -> ``"1000"``, ``"$5.00"`` -> ``"5"``,
-    ``"1/2"`` -> ``"0.5"``, ``"50%"`` -> ``"50"``), or None when the text holds no answer.
-
-    Order: the last ``\\boxed{...}``; the number after the last ``####``; the number after the last
-    "answer is" / "Answer:"; the last number of the text.
-    """
-    if not text:
-        return None
-    boxed = _last_boxed(text)
-    if boxed is not None:
-        answer = _from_boxed(boxed)
-        if answer is not None:
-            return answer
-    for pattern in (_HASHES, _ANSWER_PHRASE):
-        for m in reversed(list(pattern.finditer(text))):
-            answer = _number_of_statement(text[m.end() :])
-            if answer is not None:
-                return answer
-    return _last_number(text)
-
-
-def _value(text: str | None) -> Fraction | None:
-    """The number a short answer text is, or None when it is not just a number."""
-    if text is None:
-        return None
-    t = text.strip()
-    if "####" in t:
-        t = t.rsplit("####", 1)[1]
-    for junk in ("\\$", "$", "\\%", "%", ",", "€", "£", "¥", " "):
-        t = t.replace(junk, "")
-    t = t.replace("−", "-").rstrip(".")
-    m = _PLAIN_VALUE.fullmatch(t)
-    if not m:
-        return None
-    value = Fraction(m.group("num").rstrip(".") or "0")
-    if m.group("den") is not None:
-        if int(m.group("den")) == 0:
-            return None
-        value /= int(m.group("den"))
-    return -value if m.group("sign") == "-" else value
-
-
-def _normalise_text(text: str) -> str:
-    return " ".join(text.split()).strip().rstrip(".").lower()
-
-
-def answers_match(pred: str | None, gold: str) -> bool:
-    """True when the predicted answer equals the gold one: numbers compared exactly as rationals
-    (``0.5`` == ``1/2``, ``18.00`` == ``18``, ``$1,000`` == ``1000``), anything else as normalised text."""
-    if pred is None or gold is None:
-        return False
-    gold_value = _value(str(gold))
-    if gold_value is None:
-        gold_value = _value(extract_answer(str(gold)))
-    pred_value = _value(pred)
-    if pred_value is None:
-        pred_value = _value(extract_answer(pred))
-    if gold_value is not None and pred_value is not None:
-        return pred_value == gold_value
-    if gold_value is not None or pred_value is not None:
-        return False
-    return _normalise_text(pred) == _normalise_text(str(gold))
-
-
-# --- paired metrics --------------------------------------------------------------------------------
-
-
-def mcnemar_exact(base_only: int, tuned_only: int) -> float:
-    """Two-sided exact McNemar p-value: a binomial test of the discordant pairs against p = 1/2."""
-    n = base_only + tuned_only
-    if n == 0:
-        return 1.0
-    k = min(base_only, tuned_only)
-    tail = Fraction(sum(math.comb(n, i) for i in range(k + 1)), 2**n)
-    return float(min(Fraction(1), 2 * tail))
-
-
-def bootstrap_delta_ci(correct_base: np.ndarray, correct_tuned: np.ndarray, samples: int, seed: int,
-                       level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the paired accuracy delta (problems resampled with replacement)."""
-    diff = np.asarray(correct_tuned, dtype=np.int8) - np.asarray(correct_base, dtype=np.int8)
-    n = len(diff)
-    if n == 0:
-        raise LightReasonerError("bootstrap: no problems to resample")
-    rng = np.random.default_rng(seed)
-    deltas = np.empty(samples, dtype=np.float64)
-    chunk = max(1, min(samples, 2_000_000 // n))
-    for start in range(0, samples, chunk):
-        stop = min(samples, start + chunk)
-        idx = rng.integers(0, n, size=(stop - start, n))
-        deltas[start:stop] = diff[idx].mean(axis=1)
-    tail = (1.0 - level) / 2.0 * 100.0
-    low, high = np.percentile(deltas, [tail, 100.0 - tail])
-    return float(low), float(high)
-
-
-def paired_metrics(correct_base, correct_tuned=None, *, bootstrap_samples: int = 10000,
-                   seed: int = 0) -> dict[str, Any]:
-    """Accuracy of each, delta = tuned - base, its bootstrap 95% CI and the exact McNemar p-value.
-    Without ``correct_tuned`` the tuned fields are None."""
-    base = np.asarray(correct_base, dtype=bool)
-    n = int(base.size)
-    metrics: dict[str, Any] = {
-        "n": n,
-        "correct_base": int(base.sum()),
-        "accuracy_base": float(base.mean()) if n else 0.0,
-        "correct_tuned": None,
-        "accuracy_tuned": None,
-        "delta": None,
-        "delta_ci_low": None,
-        "delta_ci_high": None,
-        "mcnemar_p": None,
-        "base_only_correct": None,
-        "tuned_only_correct": None,
-    }
-    if correct_tuned is None:
-        return metrics
-    tuned = np.asarray(correct_tuned, dtype=bool)
-    if tuned.shape != base.shape:
-        raise LightReasonerError(f"paired metrics: {base.size} base vs {tuned.size} tuned predictions")
-    base_only = int((base & ~tuned).sum())
-    tuned_only = int((tuned & ~base).sum())
-    low, high = bootstrap_delta_ci(base, tuned, bootstrap_samples, seed)
-    metrics.update(
-        correct_tuned=int(tuned.sum()),
-        accuracy_tuned=float(tuned.mean()),
-        delta=float(tuned.mean() - base.mean()),
-        delta_ci_low=low,
-        delta_ci_high=high,
-        mcnemar_p=mcnemar_exact(base_only, tuned_only),
-        base_only_correct=base_only,
-        tuned_only_correct=tuned_only,
-    )
-    return metrics
 
 
 # --- generation ----------------------------------------------------------------------------------
@@ -333,6 +84,8 @@ class Prediction:
     gold: str
     correct: bool
     tokens_generated: int
+    benchmark: str = "data"
+    answer_type: str = "number"
 
 
 def answers_changed(base: list[Prediction], tuned: list[Prediction] | None) -> int | None:
@@ -350,14 +103,16 @@ def plan_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
 
 
 def generate_completions(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
-                         progress: bool = False, desc: str = "generate", compile: bool = False) -> list[list[int]]:
-    """Greedy completions (ids up to and including EOS) in the prompts' order, ``batch_size`` at a time
-    (``compile``: static KV cache and torch.compile, see :func:`generate_greedy`)."""
+                         progress: bool = False, desc: str = "generate", compile: bool = False,
+                         extra_stops: list[int] | None = None) -> list[list[int]]:
+    """Greedy completions (ids up to and including the stop token) in the prompts' order, ``batch_size`` at a
+    time (``compile``: static KV cache and torch.compile, see :func:`generate_greedy`; ``extra_stops``: end
+    tokens besides the eos)."""
     completions: list[list[int] | None] = [None] * len(prompts)
     with tqdm(total=len(prompts), desc=desc, unit="problem", disable=not progress) as bar:
         for members in plan_batches([len(p) for p in prompts], batch_size):
             outs, _ = generate_greedy(model, tokenizer, [prompts[i] for i in members], max_new_tokens,
-                                      compile=compile)
+                                      compile=compile, extra_stops=extra_stops)
             for i, out in zip(members, outs, strict=True):
                 completions[i] = out
             bar.update(len(members))
@@ -365,21 +120,23 @@ def generate_completions(model, tokenizer, prompts: list[list[int]], max_new_tok
 
 
 def predict(model, tokenizer, problems: list[Problem], config: Config, progress: bool = False,
-            desc: str = "evaluate") -> list[Prediction]:
-    """Generate, decode, extract and score every problem."""
-    prompts = [prompt_token_ids(tokenizer, p.question, config.prompt.system_prompt, config.prompt.chat_template)
+            desc: str = "evaluate", *, answer_type: str = "number", benchmark: str = "data") -> list[Prediction]:
+    """Generate (under the config's evaluation protocol), decode, extract and grade every problem."""
+    protocol = resolve_protocol(config)
+    prompts = [prompt_token_ids(tokenizer, p.question, protocol.system_prompt, protocol.chat_template)
                for p in problems]
     ecfg = config.evaluation
     batch_size = auto_batch_size(ecfg.batch_size, [model], max((len(p) for p in prompts), default=1)
-                                 + ecfg.max_new_tokens, fraction=config.performance.memory_fraction)
-    completions = generate_completions(model, tokenizer, prompts, ecfg.max_new_tokens, batch_size, progress, desc,
-                                       compile=resolve_compile(config.performance.compile, model.device))
+                                 + protocol.max_new_tokens, fraction=config.performance.memory_fraction)
+    completions = generate_completions(model, tokenizer, prompts, protocol.max_new_tokens, batch_size, progress,
+                                       desc, compile=resolve_compile(config.performance.compile, model.device),
+                                       extra_stops=stop_token_ids(tokenizer, protocol))
     predictions = []
     for prob, ids in zip(problems, completions, strict=True):
         text = tokenizer.decode(ids, skip_special_tokens=True)
-        extracted = extract_answer(text)
+        extracted = extract(text, answer_type)
         predictions.append(Prediction(prob.problem_id, text, extracted, prob.answer,
-                                      answers_match(extracted, prob.answer), len(ids)))
+                                      grade(extracted, prob.answer, answer_type), len(ids), benchmark, answer_type))
     return predictions
 
 
@@ -489,7 +246,8 @@ def write_predictions(predictions: list[Prediction], path: Path) -> None:
     table = pa.Table.from_pylist(
         [
             {"problem_id": p.problem_id, "output": p.output, "extracted": p.extracted, "gold": p.gold,
-             "correct": p.correct, "tokens_generated": p.tokens_generated}
+             "correct": p.correct, "tokens_generated": p.tokens_generated, "benchmark": p.benchmark,
+             "answer_type": p.answer_type}
             for p in predictions
         ],
         schema=PREDICTION_SCHEMA,
@@ -559,7 +317,8 @@ def _prepare_output(out: Path) -> None:
     _check_output(out)
     (out / MANIFEST).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    (out / PREDICTIONS_TUNED).unlink(missing_ok=True)
+    for name in (PREDICTIONS_TUNED, BENCHMARK_TABLE, DELTA_PLOT):
+        (out / name).unlink(missing_ok=True)
 
 
 def problems_digest(problems: list[Problem]) -> str:
@@ -571,6 +330,39 @@ def problems_digest(problems: list[Problem]) -> str:
 
 
 @dataclass
+class EvalSet:
+    """One benchmark (or the problems of ``evaluation.data``) and how its answers are graded."""
+
+    name: str
+    problems: list[Problem]
+    answer_type: str
+    version: dict[str, Any]  # source, file_sha256, problems_sha256, n, answer_type
+
+
+def evaluation_sets(config: Config, problems: list[Problem] | None = None) -> list[EvalSet]:
+    """What to evaluate: ``problems`` when given, else the benchmarks of ``evaluation.benchmarks`` (problem
+    ids prefixed ``<benchmark>/``), else ``evaluation.data``."""
+    ecfg = config.evaluation
+    if problems is None and ecfg.benchmarks:
+        from .benchmarks import load_benchmark
+
+        sets = []
+        for name in ecfg.benchmarks:
+            data = load_benchmark(name, ecfg.benchmark_dir, ecfg.data.limit)
+            probs = [Problem(f"{name}/{p.problem_id}", p.question, p.answer) for p in data.problems]
+            sets.append(EvalSet(name, probs, data.benchmark.answer_type, data.version()))
+        return sets
+    source = "given" if problems is not None else ecfg.data.path
+    if problems is None:
+        problems = load_problems(ecfg.data)
+    if not problems:
+        raise LightReasonerError(f"{ecfg.data.path}: no problems (empty data set)")
+    version = {"source": source, "file_sha256": None, "problems_sha256": problems_digest(problems),
+               "n": len(problems), "answer_type": "number"}
+    return [EvalSet("data", problems, "number", version)]
+
+
+@dataclass
 class EvalResult:
     output: Path
     metrics: dict[str, Any]
@@ -579,17 +371,92 @@ class EvalResult:
     predictions_tuned: list[Prediction] | None
 
 
+def _prediction_rows(predictions: list[Prediction]) -> list[dict[str, Any]]:
+    return [{"problem_id": p.problem_id, "output": p.output, "extracted": p.extracted, "gold": p.gold,
+             "correct": p.correct, "tokens_generated": p.tokens_generated, "benchmark": p.benchmark,
+             "answer_type": p.answer_type} for p in predictions]
+
+
+def _cached_base(rows: list[dict[str, Any]] | None, eval_set: EvalSet) -> list[Prediction] | None:
+    if rows is None or [r["problem_id"] for r in rows] != [p.problem_id for p in eval_set.problems]:
+        return None
+    return [Prediction(r["problem_id"], r["output"], r["extracted"], r["gold"], bool(r["correct"]),
+                       int(r["tokens_generated"]), r.get("benchmark") or eval_set.name,
+                       r.get("answer_type") or eval_set.answer_type) for r in rows]
+
+
+def benchmark_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-benchmark table (the paper's): one row per benchmark, then the average, as plain values."""
+    rows = []
+    for name, m in (metrics.get("benchmarks") or {}).items():
+        rows.append({"benchmark": name, **{k: m.get(k) for k in BENCHMARK_COLUMNS[1:]}})
+    average = metrics.get("average")
+    if average and len(rows) > 1:
+        rows.append({"benchmark": "average", **{k: average.get(k) for k in BENCHMARK_COLUMNS[1:]}})
+    return rows
+
+
+BENCHMARK_COLUMNS = ("benchmark", "n", "accuracy_base", "accuracy_tuned", "delta", "delta_ci_low", "delta_ci_high",
+                     "mcnemar_p")
+
+
+def write_benchmark_table(metrics: dict[str, Any], path: Path) -> None:
+    """``benchmarks.csv``: the per-benchmark table (accuracies, delta, its 95% interval, McNemar p)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(BENCHMARK_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for row in benchmark_rows(metrics):
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(buf.getvalue())
+    tmp.replace(path)
+
+
+def plot_benchmark_deltas(metrics: dict[str, Any], path: Path, title: str = "") -> None:
+    """Per-benchmark paired delta (tuned - base) with its bootstrap 95% interval, and the average."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in benchmark_rows(metrics) if r["delta"] is not None]
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.1 * len(rows) + 1.5), 4.0), dpi=100)
+    names = [r["benchmark"] for r in rows]
+    deltas = [r["delta"] * 100 for r in rows]
+    colors = ["#2a7ab9" if d >= 0 else "#c0504d" for d in deltas]
+    ax.bar(names, deltas, color=colors, width=0.6)
+    low = [max(0.0, (r["delta"] - r["delta_ci_low"]) * 100) if r["delta_ci_low"] is not None else 0 for r in rows]
+    high = [max(0.0, (r["delta_ci_high"] - r["delta"]) * 100) if r["delta_ci_high"] is not None else 0 for r in rows]
+    ax.errorbar(names, deltas, yerr=[low, high], fmt="none", ecolor="black", capsize=5, linewidth=1.2)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_ylabel("delta accuracy, points (tuned - base, 95% CI)")
+    ax.set_title(title or "LightReasoner: per-benchmark delta", fontsize=10)
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right", fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+
+
 def evaluate(config: Config, model: str | None, adapter: str | Path | None, output: str | Path, *,
              problems: list[Problem] | None = None, limit: int | None = None,
              progress: bool = True, base_predictions: list[Prediction] | None = None) -> EvalResult:
     """Stage 3: score the base Expert and (with ``adapter``) the Expert + adapter on the same problems.
 
-    ``model`` overrides ``expert.model``; ``limit`` overrides ``evaluation.data.limit``;
+    ``model`` overrides ``expert.model``; ``limit`` overrides ``evaluation.data.limit`` (per benchmark);
     ``base_predictions`` (of the same Expert on the same problems, from an earlier evaluation) are reused
-    instead of generating the base again (how ``run --method both`` scores both adapters against one base). Writes the
-    predictions, ``metrics.json``, ``accuracy.png`` and finally ``manifest.json`` to ``output``.
+    instead of generating the base again (how ``run --method both`` scores both adapters against one base).
+    With ``evaluation.benchmarks`` every benchmark is evaluated with one model load; the base predictions are
+    read from ``evaluation.prediction_cache`` when an earlier evaluation made them. Writes the predictions,
+    ``metrics.json``, ``accuracy.png`` (and ``benchmarks.csv``, ``benchmark_deltas.png``) and finally
+    ``manifest.json`` to ``output``.
     """
-    from .sampling import library_versions
+    from . import prediction_cache
+    from .outputs import library_versions
 
     started = time.perf_counter()
     config = config.model_copy(deep=True)
@@ -602,16 +469,17 @@ def evaluate(config: Config, model: str | None, adapter: str | Path | None, outp
             raise LightReasonerError(f"--limit {limit}: must be at least 1")
         config.evaluation.data.limit = limit
     out = Path(output)
+    protocol = resolve_protocol(config)
 
     # Everything that can be refused is checked before any output is written.
     _check_output(out)
     source = resolve_adapter(adapter) if adapter is not None else None
-    if problems is None:
-        problems = load_problems(config.evaluation.data)
-    elif limit is not None:
+    if problems is not None and limit is not None:
         problems = problems[:limit]
-    if not problems:
+    if problems is not None and not problems:
         raise LightReasonerError(f"{config.evaluation.data.path}: no problems (empty data set)")
+    sets = evaluation_sets(config, problems)
+    all_problems = [p for s in sets for p in s.problems]
     device = resolve_device(config.expert.device)
     tokenizer = load_tokenizer(config.expert, "expert")
     expert = load_model(config.expert, "expert", device)
@@ -621,27 +489,59 @@ def evaluate(config: Config, model: str | None, adapter: str | Path | None, outp
         check_adapter_base(source, config, expert_info, expert)
         tuned_model = attach_adapter(expert, source)
     adapter_sha256 = folder_sha256(source.folder) if source is not None else None
+    if base_predictions is not None and [p.problem_id for p in base_predictions] != [p.problem_id for p in all_problems]:
+        raise LightReasonerError("base predictions: made for other evaluation problems")
     _prepare_output(out)
     load_seconds = time.perf_counter() - started
 
-    t0 = time.perf_counter()
-    if base_predictions is not None:
-        if [p.problem_id for p in base_predictions] != [p.problem_id for p in problems]:
-            raise LightReasonerError("base predictions: made for other evaluation problems")
-        base_preds = list(base_predictions)
-    elif tuned_model is not None:
-        with tuned_model.disable_adapter():
-            base_preds = predict(tuned_model, tokenizer, problems, config, progress, "evaluate base")
-    else:
-        base_preds = predict(expert, tokenizer, problems, config, progress, "evaluate base")
-    base_seconds = time.perf_counter() - t0
-    tuned_preds, tuned_seconds = None, None
-    if tuned_model is not None:
-        t0 = time.perf_counter()
-        tuned_preds = predict(tuned_model, tokenizer, problems, config, progress, "evaluate tuned")
-        tuned_seconds = time.perf_counter() - t0
-
     ecfg = config.evaluation
+    protocol_info = protocol.as_dict()
+    protocol_info["stop_token_ids"] = stop_token_ids(tokenizer, protocol)
+    base_preds: list[Prediction] = []
+    tuned_preds: list[Prediction] | None = [] if tuned_model is not None else None
+    base_seconds, tuned_seconds = 0.0, (0.0 if tuned_model is not None else None)
+    per_set: dict[str, Any] = {}
+    cache_hits: dict[str, bool] = {}
+    offset = 0
+    for eval_set in sets:
+        n = len(eval_set.problems)
+        kw = {"answer_type": eval_set.answer_type, "benchmark": eval_set.name}
+        label = "" if eval_set.name == "data" else f" {eval_set.name}"
+        t0 = time.perf_counter()
+        key = prediction_cache.cache_key(expert_info, config.expert.dtype, protocol_info, eval_set.version)
+        if base_predictions is not None:
+            preds = [Prediction(p.problem_id, p.output, p.extracted, p.gold, p.correct, p.tokens_generated,
+                                eval_set.name, eval_set.answer_type) for p in base_predictions[offset:offset + n]]
+            cache_hits[eval_set.name] = False
+        else:
+            preds = _cached_base(prediction_cache.load(ecfg.prediction_cache, key), eval_set)
+            cache_hits[eval_set.name] = preds is not None
+            if preds is None:
+                if tuned_model is not None:
+                    with tuned_model.disable_adapter():
+                        preds = predict(tuned_model, tokenizer, eval_set.problems, config, progress,
+                                        f"evaluate base{label}", **kw)
+                else:
+                    preds = predict(expert, tokenizer, eval_set.problems, config, progress, f"evaluate base{label}",
+                                    **kw)
+                prediction_cache.store(ecfg.prediction_cache, key, _prediction_rows(preds), PREDICTION_SCHEMA)
+        base_seconds += time.perf_counter() - t0
+        base_preds += preds
+        tuned_set = None
+        if tuned_model is not None:
+            t0 = time.perf_counter()
+            tuned_set = predict(tuned_model, tokenizer, eval_set.problems, config, progress,
+                                f"evaluate tuned{label}", **kw)
+            tuned_seconds += time.perf_counter() - t0
+            tuned_preds += tuned_set
+        m = paired_metrics([p.correct for p in preds], None if tuned_set is None else [p.correct for p in tuned_set],
+                           bootstrap_samples=ecfg.bootstrap_samples, seed=ecfg.seed)
+        m["version"] = eval_set.version
+        m["base_cache_key"] = key
+        m["base_from_cache"] = cache_hits[eval_set.name]
+        per_set[eval_set.name] = m
+        offset += n
+
     metrics = paired_metrics(
         [p.correct for p in base_preds],
         None if tuned_preds is None else [p.correct for p in tuned_preds],
@@ -652,17 +552,33 @@ def evaluate(config: Config, model: str | None, adapter: str | Path | None, outp
     metrics["outputs_changed"] = (None if tuned_preds is None else
                                   sum(b.output != t.output for b, t in zip(base_preds, tuned_preds, strict=True)))
     metrics["data"] = ecfg.data.model_dump(mode="json")
-    metrics["problems_sha256"] = problems_digest(problems)
+    metrics["problems_sha256"] = problems_digest(all_problems)
     metrics["expert"] = expert_info
     metrics["adapter"] = str(source.given) if source is not None else None
     # The identity of the adapter scored here: `register` refuses to pair these metrics with another one.
     metrics["adapter_sha256"] = adapter_sha256
+    # The protocol and the benchmark versions: two evaluations are comparable only when these match.
+    metrics["protocol"] = protocol_info
+    metrics["benchmarks"] = per_set
+    names = list(per_set)
+    average = {"n_benchmarks": len(names), "n": sum(per_set[k]["n"] for k in names)}
+    for key in ("accuracy_base", "accuracy_tuned", "delta"):
+        values = [per_set[k][key] for k in names]
+        average[key] = None if any(v is None for v in values) else sum(values) / len(values)
+    for key in ("delta_ci_low", "delta_ci_high", "mcnemar_p"):
+        average[key] = None
+    metrics["average"] = average  # the paper's "Avg." column: the mean over the benchmarks run
 
     write_predictions(base_preds, out / PREDICTIONS_BASE)
     if tuned_preds is not None:
         write_predictions(tuned_preds, out / PREDICTIONS_TUNED)
     write_json_atomic(metrics, out / METRICS)
-    plot_accuracy(metrics, out / PLOT, title=f"{Path(config.expert.model).name} on {Path(ecfg.data.path).name}")
+    what = ", ".join(names) if ecfg.benchmarks and problems is None else Path(ecfg.data.path).name
+    plot_accuracy(metrics, out / PLOT, title=f"{Path(config.expert.model).name} on {what}")
+    if ecfg.benchmarks and problems is None:
+        write_benchmark_table(metrics, out / BENCHMARK_TABLE)
+        if tuned_preds is not None:
+            plot_benchmark_deltas(metrics, out / DELTA_PLOT, title=f"{Path(config.expert.model).name}: delta per benchmark")
 
     def _tokens(preds):
         return sum(p.tokens_generated for p in preds) if preds else 0
@@ -677,6 +593,9 @@ def evaluate(config: Config, model: str | None, adapter: str | Path | None, outp
             "training_manifest": source.training_manifest is not None,
             "sha256": adapter_sha256,
         } if source is not None else None,
+        "protocol": protocol_info,
+        "benchmarks": {name: m["version"] for name, m in per_set.items()},
+        "base_from_cache": cache_hits,
         "metrics": metrics,
         "versions": library_versions(),
         "timing": {

@@ -491,7 +491,7 @@ def generation_inputs(model, prompts: list[list[int]], pad: int, max_new_tokens:
 
 @torch.inference_mode()
 def generate_greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, return_logits: bool = False,
-                    stop_at_eos: bool = True, compile: bool = False):
+                    stop_at_eos: bool = True, compile: bool = False, extra_stops: list[int] | None = None):
     """Greedy generation for a batch of prompts (left padding, KV cache).
 
     Returns ``(completions, logits)``: completions are the generated ids of each row up to and including
@@ -500,11 +500,12 @@ def generate_greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
     ``compile``: a static KV cache and ``torch.compile``d decoding steps, with the batch padded to
     :func:`padded_rows` rows (copies of the first prompt, dropped afterwards) and the prompts to a
     multiple of ``PROMPT_BUCKET`` tokens, so the model compiles once per shape, not once per batch.
+    ``extra_stops``: more ids that end a completion besides the eos (a chat template's end tokens).
     """
     from transformers import GenerationConfig
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    stops = eos_ids(tokenizer, model) if stop_at_eos else []
+    stops = sorted(set(eos_ids(tokenizer, model)) | set(extra_stops or [])) if stop_at_eos else []
     rows = len(prompts)
     ids, mask, extra = generation_inputs(model, prompts, pad, max_new_tokens, compile)
     gen_cfg = GenerationConfig(

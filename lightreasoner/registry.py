@@ -30,7 +30,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import math
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -42,6 +41,8 @@ from . import __version__, storage, tracking
 from .config import Config
 from .errors import LightReasonerError, passthrough
 from .outputs import folder_sha256, read_json
+from .redaction import redact, redact_text
+from .stats import mcnemar_exact
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,14 @@ def lineage_tags(train_manifest: Mapping[str, Any], metrics: Mapping[str, Any],
             tags[key] = metrics[key]
     if correctness is not None:
         tags["eval_set_sha256"] = eval_set_sha256(correctness)
-    return {k: tracking.redact_text(_fmt(v))[:5000] for k, v in tags.items() if v != ""}
+    protocol = metrics.get("protocol")
+    if isinstance(protocol, Mapping):  # evaluations are comparable only under the same protocol
+        tags["eval_protocol"] = protocol.get("name") or ""
+        tags["eval_protocol_sha256"] = protocol.get("sha256") or ""
+    benchmarks = [k for k in (metrics.get("benchmarks") or {}) if k != "data"]
+    if benchmarks:
+        tags["eval_benchmarks"] = ",".join(benchmarks)
+    return {k: redact_text(_fmt(v))[:5000] for k, v in tags.items() if v != ""}
 
 
 def save_pyfunc(path: Path, artifacts: dict[str, str], model_config: dict[str, Any], requirements: list[str],
@@ -385,12 +393,12 @@ def register(config: Config, training: str | Path, evaluation: str | Path, sampl
                                                              for k in METRIC_KEYS if metrics.get(k) is not None])
                 (tmp / "evaluation").mkdir()
                 (tmp / "evaluation" / "metrics.json").write_text(
-                    json.dumps(tracking.redact(metrics), indent=2, sort_keys=True, default=str))
+                    json.dumps(redact(metrics), indent=2, sort_keys=True, default=str))
                 if correctness is not None:
                     (tmp / "evaluation" / "correctness.json").write_text(json.dumps(correctness, sort_keys=True))
                 tracking.log_artifact(client, run, tmp / "evaluation", "evaluation", last="metrics.json")
                 manifest_copy = tmp / "training_manifest.json"
-                manifest_copy.write_text(json.dumps(tracking.redact(train_manifest), indent=2, default=str))
+                manifest_copy.write_text(json.dumps(redact(train_manifest), indent=2, default=str))
                 tracking.log_artifact(client, run, manifest_copy)
                 cfg = train_manifest.get("config") or {}
                 artifacts = {"adapter": str(adapter)}
@@ -400,8 +408,8 @@ def register(config: Config, training: str | Path, evaluation: str | Path, sampl
                     "expert": expert_location(dict(cfg.get("expert") or config.expert.model_dump())),
                     "system_prompt": (cfg.get("prompt") or {}).get("system_prompt", config.prompt.system_prompt),
                     "chat_template": (cfg.get("prompt") or {}).get("chat_template", config.prompt.chat_template),
-                    "max_new_tokens": (cfg.get("evaluation") or {}).get("max_new_tokens",
-                                                                        config.evaluation.max_new_tokens),
+                    "max_new_tokens": ((cfg.get("evaluation") or {}).get("max_new_tokens")
+                                       or config.evaluation.max_new_tokens or 512),
                 }
                 save_pyfunc(tmp / "model", artifacts, model_config, model_requirements(), {"lightreasoner": tags})
                 _log_model(client, run, tmp / "model")
@@ -423,16 +431,6 @@ def register(config: Config, training: str | Path, evaluation: str | Path, sampl
 
 
 # --- promote ----------------------------------------------------------------------------------------
-
-
-def mcnemar_exact(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value for b and c discordant pairs."""
-    n = b + c
-    if n == 0:
-        return 1.0
-    k = min(b, c)
-    tail = sum(math.comb(n, i) for i in range(k + 1))
-    return min(1.0, 2.0 * tail / 2**n)
 
 
 @dataclass
@@ -507,6 +505,12 @@ def _judge(client, name: str, challenger, champion, min_delta: float, max_p: flo
         if a != b:
             return False, None, None, (f"{c} and champion version {champion.version} were evaluated on different "
                                        "problems; evaluate both on the same set")
+        pa_, pb_ = challenger.tags.get("eval_protocol_sha256"), champion.tags.get("eval_protocol_sha256")
+        if pa_ and pb_ and pa_ != pb_:
+            return False, None, None, (
+                f"{c} and champion version {champion.version} were evaluated under different protocols "
+                f"({challenger.tags.get('eval_protocol', '?')} {pa_[:12]} vs {champion.tags.get('eval_protocol', '?')} "
+                f"{pb_[:12]}); evaluate both under the same evaluation.protocol")
         with tempfile.TemporaryDirectory(prefix="lightreasoner-promote-") as tmp:
             mine, theirs = _correctness(client, challenger, Path(tmp)), _correctness(client, champion, Path(tmp))
         if mine is None or theirs is None:

@@ -205,6 +205,42 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _pct(value: Any, sign: bool = False) -> str:
+    return "n/a" if value is None else (f"{value * 100:+.1f}" if sign else f"{value * 100:.1f}")
+
+
+def benchmark_markdown(metrics: dict[str, Any]) -> str:
+    """The per-benchmark table of an evaluation (accuracy in %, as the paper's table): base, tuned, delta with
+    its 95% interval, McNemar p, then the average over the benchmarks; empty without benchmarks."""
+    from .evaluation import benchmark_rows
+
+    per = metrics.get("benchmarks") or {}
+    if not per or list(per) == ["data"]:
+        return ""
+    lines = ["| benchmark | n | base | tuned | delta | 95% interval | McNemar p |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for row in benchmark_rows(metrics):
+        interval = ("" if row["delta_ci_low"] is None else
+                    f"[{_pct(row['delta_ci_low'], True)}, {_pct(row['delta_ci_high'], True)}]")
+        p = "" if row["mcnemar_p"] is None else f"{row['mcnemar_p']:.3g}"
+        lines.append(f"| {row['benchmark']} | {row['n']} | {_pct(row['accuracy_base'])} | {_pct(row['accuracy_tuned'])} "
+                     f"| {_pct(row['delta'], True)} | {interval} | {p} |")
+    return "\n".join(lines) + "\n"
+
+
+def benchmark_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """Per-benchmark metrics as flat names (``<benchmark>/accuracy_base`` ...), for KFP and MLflow."""
+    out: dict[str, float] = {}
+    per = metrics.get("benchmarks") or {}
+    if not per or list(per) == ["data"]:
+        return out
+    for name, m in [*per.items(), ("average", metrics.get("average") or {})]:
+        for key in ("accuracy_base", "accuracy_tuned", "delta", "mcnemar_p"):
+            value = m.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                out[f"{name}/{key}"] = float(value)
+    return out
+
+
 def summary_markdown(evaluation: str | Path, samples: str | Path | None = None) -> str:
     """The run's summary page: accuracy base/tuned with interval and McNemar p, the paired table, the
     accuracy plot and (given the samples folder) the KL histogram, as self-contained Markdown."""
@@ -227,8 +263,17 @@ def summary_markdown(evaluation: str | Path, samples: str | Path | None = None) 
     if table is not None:
         lines += ["", "| | tuned right | tuned wrong |", "| --- | --- | --- |",
                   f"| base right | {table[0][0]} | {table[0][1]} |", f"| base wrong | {table[1][0]} | {table[1][1]} |"]
+    protocol = metrics.get("protocol") or {}
+    if protocol:
+        lines += ["", f"Protocol: `{protocol.get('name')}` ({protocol.get('max_new_tokens')} new tokens, "
+                  f"sha256 {str(protocol.get('sha256'))[:12]})."]
+    bench = benchmark_markdown(metrics)
+    if bench:
+        lines += ["", bench.rstrip("\n")]
     if (evaluation / "accuracy.png").is_file():
         lines += ["", _png(evaluation / "accuracy.png", "accuracy")]
+    if (evaluation / "benchmark_deltas.png").is_file():
+        lines += ["", _png(evaluation / "benchmark_deltas.png", "delta per benchmark")]
     if samples is not None:
         with tempfile.TemporaryDirectory() as tmp:
             beta = float(manifest.get("effective_beta") or 0.0)

@@ -27,10 +27,10 @@ import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
+from .answers import answers_match, extract_answer
 from .config import Config
 from .data import Problem, load_problems
 from .errors import LightReasonerError
-from .evaluation import answers_match, extract_answer
 from .models import (
     auto_batch_size,
     eos_ids,

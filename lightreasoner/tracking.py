@@ -381,7 +381,11 @@ def read_evaluate(folder: Path, tmp: Path, prefix: str = "evaluate") -> StageRec
     keys = ("n", "accuracy_base", "accuracy_tuned", "delta", "delta_ci_low", "delta_ci_high", "mcnemar_p",
             "answers_changed")
     metrics = _metrics(prefix, {k: values.get(k) for k in keys})
-    files = [(folder / n, None) for n in ("predictions_base.parquet", "predictions_tuned.parquet") if (folder / n).is_file()]
+    from .report import benchmark_metrics
+
+    metrics.update(_metrics(prefix, benchmark_metrics(values)))  # evaluate/<benchmark>/accuracy_base ...
+    files = [(folder / n, None) for n in ("predictions_base.parquet", "predictions_tuned.parquet", "benchmarks.csv")
+             if (folder / n).is_file()]
     jsons = [(folder / "metrics.json", None)] + ([(manifest, None)] if manifest.is_file() else [])
     if (folder / "accuracy.png").is_file():
         plots = [folder / "accuracy.png"]
@@ -389,9 +393,16 @@ def read_evaluate(folder: Path, tmp: Path, prefix: str = "evaluate") -> StageRec
         plots = [accuracy_plot(values, tmp)]
     else:
         plots = []
+    if (folder / "benchmark_deltas.png").is_file():
+        plots.append(folder / "benchmark_deltas.png")
     inputs = []
     data = ((config or {}).get("evaluation") or {}).get("data")
-    if data:  # the evaluation problems: their source, digested by the problem ids really scored
+    benchmarks = {k: v for k, v in (values.get("benchmarks") or {}).items() if k != "data"}
+    for name, bench in benchmarks.items():  # each benchmark, digested by its version (ids and gold answers)
+        version = bench.get("version") or {}
+        inputs.append(StageInput(name, str(version.get("source") or name), "evaluation",
+                                 digest=_digest(version.get("problems_sha256")), rows=_int(version.get("n"))))
+    if data and not benchmarks:  # the evaluation problems: their source, digested by the problem ids really scored
         inputs.append(_problems_input(data, "evaluation", _ids_digest(folder / "predictions_base.parquet"),
                                       _int(values.get("n"))))
     return StageRecord(config, metrics, [], files, jsons, plots, inputs)

@@ -91,8 +91,9 @@ def make_training(folder: Path, config, samples: Path | None = None, *, extra_ma
 
 
 def make_evaluation(folder: Path, config, base: list[bool], tuned: list[bool], *, with_png: bool = False,
-                    training: Path | None = None) -> Path:
-    """``training``: the training folder whose adapter this evaluation scored (its sha256 is recorded)."""
+                    training: Path | None = None, protocol: dict | None = None) -> Path:
+    """``training``: the training folder whose adapter this evaluation scored (its sha256 is recorded);
+    ``protocol``: the evaluation protocol recorded in metrics.json (none by default, as before protocols)."""
     folder.mkdir(parents=True, exist_ok=True)
     ids = [f"q{i:03d}" for i in range(len(base))]
     for name, correct in (("base", base), ("tuned", tuned)):
@@ -109,6 +110,8 @@ def make_evaluation(folder: Path, config, base: list[bool], tuned: list[bool], *
                "data": {"path": "synthetic", "split": "test", "limit": n},
                "expert": {"model": config.expert.model}, "adapter": "train-out",
                "adapter_sha256": folder_sha256(training / "adapter") if training else None}
+    if protocol is not None:
+        metrics["protocol"] = protocol
     (folder / "metrics.json").write_text(json.dumps(metrics))
     (folder / "manifest.json").write_text(json.dumps({"stage": "evaluate", "config": config.dump()}))
     if with_png:

@@ -80,7 +80,7 @@ def test_bad_settings_are_one_line(settings, message):
 def test_each_stage_gets_only_its_sections():
     cfg = parameters.paper_config()
     changed = cfg.model_copy(deep=True)
-    changed.evaluation.max_new_tokens = 2048
+    changed.evaluation.max_new_tokens = 1024
     changed.registry.max_p = 0.01
     for stage in ("prepare", "sample", "train", "sft"):
         assert parameters.stage_yaml(cfg, stage) == parameters.stage_yaml(changed, stage), stage

@@ -110,6 +110,28 @@ def test_register_promote_flow(mlflow_server, aws_env, tmp_path, capsys):
     assert mv3.tags["promoted_over"] == "1" and float(mv3.tags["promotion_delta"]) == pytest.approx(0.2)
 
 
+def test_promotion_refuses_evaluations_of_different_protocols(mlflow_server, aws_env, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    name = f"lr-{uuid.uuid4().hex[:8]}"
+    cfg = make_config(mlflow_server.uri, experiment=f"reg-{name}", model_name=name)
+    client = MlflowClient(mlflow_server.uri)
+    paper = {"name": "qwen25-math-cot", "sha256": "a" * 64}
+    demo = {"name": "sampling-prompt", "sha256": "b" * 64}
+    for tag, tuned, protocol in (("v1", V1, paper), ("v2", V3, demo)):
+        samples = make_samples(tmp_path / f"samples-{tag}", cfg)
+        training = make_training(tmp_path / f"train-{tag}", cfg, samples)
+        evaluation = make_evaluation(tmp_path / f"eval-{tag}", cfg, BASE, tuned, training=training, protocol=protocol)
+        registry.register(cfg, training, evaluation, samples)
+        if tag == "v1":
+            assert registry.promote(cfg, echo=False).promoted
+    assert client.get_model_version(name, "2").tags["eval_protocol"] == "sampling-prompt"
+    d = registry.promote(cfg, echo=False)  # v2 is better, but measured under another protocol
+    assert not d.promoted and "different protocols" in d.reason and "\n" not in d.reason
+    assert "sampling-prompt" in d.reason and "qwen25-math-cot" in d.reason
+    assert aliases(client, name) == {"challenger": "2", "champion": "1"}
+
+
 def test_register_fails_cleanly(mlflow_server, aws_env, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
