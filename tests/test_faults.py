@@ -469,3 +469,84 @@ def test_4_s3_training_resumes_from_its_checkpoint(tiny_models, cli_samples, ful
     # a rerun without --resume into the finished prefix is refused and changes nothing
     again = run_cli(args[:-1])
     assert again.returncode == 2 and uri in one_line_error(again)
+
+
+# --- (f) `lightreasoner run` resumes --------------------------------------------------------------------
+
+
+def _run_args(tiny_models, work, uri, name):
+    return ["run", "--workdir", work, *common(
+        tiny_models, "tracking.enabled=true", f"tracking.tracking_uri={uri}", f"tracking.experiment=faults-{name}",
+        f"registry.model_name={name}", "training.max_steps=2", "training.samples_per_step=4",
+        "training.holdout_fraction=0", "evaluation.data.limit=2", "evaluation.max_new_tokens=8",
+        "evaluation.bootstrap_samples=100")]
+
+
+def _parents(client, name):
+    exp = client.get_experiment_by_name(f"faults-{name}").experiment_id
+    return {r.info.run_id: r for r in client.search_runs([exp], "tags.`lightreasoner.kind` = 'pipeline'")}
+
+
+@pytest.mark.slow
+def test_8_run_killed_after_sampling_resumes_without_sampling_again(tiny_models, mlflow_server, aws_env, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    name = f"lr-{uuid.uuid4().hex[:8]}"
+    work = tmp_path / "work"
+    args = _run_args(tiny_models, work, mlflow_server.uri, name)
+    killed = kill_when(args, file_appears(work, "runs/*/samples/manifest.json"))
+    assert killed.killed, killed.stderr
+    client = MlflowClient(mlflow_server.uri)
+    (first,) = _parents(client, name).values()
+    assert first.info.status == "RUNNING"
+    (folder,) = (work / "runs").iterdir()
+    manifest = folder / "samples" / "manifest.json"
+    stamp = manifest.stat().st_mtime_ns
+    # The rerun continues that folder: sampling again (its scorer) would kill it.
+    rerun = kill_at_call(args, "lightreasoner.sampling:score_chunked", mode="before")
+    assert not rerun.killed and rerun.returncode == 0, rerun.stderr
+    assert "resuming the unfinished run" in rerun.stderr
+    assert list((work / "runs").iterdir()) == [folder] and manifest.stat().st_mtime_ns == stamp
+    parents = _parents(client, name)
+    assert len(parents) == 2
+    assert parents[first.info.run_id].info.status == "FAILED"
+    assert parents[first.info.run_id].data.tags["lightreasoner.error"].startswith("interrupted")
+    (second,) = [r for r in parents.values() if r.info.run_id != first.info.run_id]
+    assert second.info.status == "FINISHED"
+    assert json.loads((folder / "run.json").read_text())["status"] == "finished"
+    # a run after a finished one is a new run (new folder), not a resumption
+    exp = first.info.experiment_id
+    assert not client.search_runs([exp], "attributes.status = 'RUNNING'")
+
+
+@pytest.mark.slow
+def test_8_run_whose_tracking_server_dies_is_resumed_and_its_run_failed(tiny_models, mlflow_server, aws_env,
+                                                                        tmp_path):
+    import glob
+
+    from mlflow.tracking import MlflowClient
+
+    name = f"lr-{uuid.uuid4().hex[:8]}"
+    work = tmp_path / "work"
+    args = _run_args(tiny_models, work, mlflow_server.uri, name)
+    with paused(mlflow_server.proc) as pause:
+        def stop_server_after_sampling() -> bool:
+            if not pause.stopped and glob.glob(str(work / "runs" / "*" / "samples" / "manifest.json")):
+                pause.stop()
+            return False
+
+        failed = kill_when(args, stop_server_after_sampling, timeout=240,
+                           env={"MLFLOW_HTTP_REQUEST_TIMEOUT": "2", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
+    assert pause.stopped is False and failed.returncode == 2
+    assert mlflow_server.uri.split("//")[1] in one_line_error(failed)
+    client = MlflowClient(mlflow_server.uri)
+    (first,) = _parents(client, name).values()
+    assert first.info.status == "RUNNING"  # the server was gone when the run failed
+    (folder,) = (work / "runs").iterdir()
+    stamp = (folder / "samples" / "manifest.json").stat().st_mtime_ns
+    rerun = kill_at_call(args, "lightreasoner.sampling:score_chunked", mode="before")
+    assert not rerun.killed and rerun.returncode == 0, rerun.stderr
+    assert (folder / "samples" / "manifest.json").stat().st_mtime_ns == stamp
+    statuses = {r.info.run_id: r.info.status for r in _parents(client, name).values()}
+    assert statuses.pop(first.info.run_id) == "FAILED" and list(statuses.values()) == ["FINISHED"]
+
