@@ -52,7 +52,7 @@ from .models import (
     prompt_token_ids,
     resolve_compile,
 )
-from .storage import output_lock
+from .storage import output_lock, save_progress
 
 log = logging.getLogger(__name__)
 
@@ -429,8 +429,11 @@ def sha256_file(path: Path) -> str:
 
 def _atomic_write_table(table: pa.Table, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    try:
+        pq.write_table(table, tmp)
+        tmp.replace(path)
+    finally:  # a failed write (disk full) leaves no partial file behind
+        tmp.unlink(missing_ok=True)
 
 
 def write_json_atomic(data: dict, path: Path) -> None:
@@ -551,6 +554,7 @@ def _claim_output(out: Path, fingerprint: str, clear: bool) -> None:
         shutil.rmtree(out)
     (out / SHARDS).mkdir(parents=True, exist_ok=True)
     write_json_atomic({"fingerprint": fingerprint}, out / SHARDS / "state.json")
+    save_progress(out / SHARDS / "state.json")  # s3:// outputs: kept under the prefix too
 
 
 def _batch_ok(path: Path, rows: int) -> bool:
@@ -576,6 +580,7 @@ def _batch_size(config: Config, out: Path, pair: ModelPair, prompts: list[list[i
     size = auto_batch_size("auto", [pair.expert, pair.amateur], width, reserve_bytes=reserve,
                            fraction=perf.memory_fraction)
     write_json_atomic({"batch_size": size}, plan)
+    save_progress(plan)
     return size
 
 
@@ -644,6 +649,7 @@ def _sample(config: Config, out: Path, reference: bool, overwrite: bool, problem
             scored = score_chunked(pair, ids, batch_prompts, completions, scfg.alpha, floor,
                                    config.performance.score_chunk_tokens, scfg.skip_first_step)
         _atomic_write_table(_shard_table(list(zip(members, scored, strict=True))), shard_file)
+        save_progress(shard_file)  # s3:// outputs: another machine resumes from here
         bar.update(len(members))
     bar.close()
     elapsed = time.perf_counter() - started

@@ -49,6 +49,7 @@ from .sampling import (
     sha256_file,
     write_json_atomic,
 )
+from .storage import prune_progress, save_progress
 
 log = logging.getLogger(__name__)
 
@@ -469,6 +470,9 @@ def trainer_classes():
                 else:
                     rotate_checkpoints(output_dir=str(run_dir), save_total_limit=limit,
                                        best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+            # s3:// outputs: the complete checkpoint under the prefix (its counters file last), the rotated gone
+            save_progress(run_dir / f"checkpoint-{self.state.global_step}", last=COUNTERS)
+            prune_progress(run_dir)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             loss = batch_loss(model, inputs)
@@ -653,6 +657,7 @@ def _claim_output(out: Path, fingerprint: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if not (out / STATE).is_file():
         (out / STATE).write_text(json.dumps({"fingerprint": fingerprint}))
+    save_progress(out / STATE)  # s3:// outputs: kept under the prefix with the checkpoints
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:

@@ -550,3 +550,54 @@ def test_8_run_whose_tracking_server_dies_is_resumed_and_its_run_failed(tiny_mod
     statuses = {r.info.run_id: r.info.status for r in _parents(client, name).values()}
     assert statuses.pop(first.info.run_id) == "FAILED" and list(statuses.values()) == ["FINISHED"]
 
+
+# --- (g) s3:// work in progress resumes on another machine ----------------------------------------------
+
+
+@pytest.mark.slow
+def test_4_s3_sampling_resumes_on_another_machine(tiny_models, aws_env, tmp_path):
+    prefix = f"faults-{uuid.uuid4().hex[:8]}"
+    uri = f"s3://{aws_env.bucket}/{prefix}/samples"
+    env = {"LIGHTREASONER_CACHE": str(tmp_path / "cache")}
+    # 6 problems in batches of 2: killed before the third batch is generated (two batches are done)
+    first = kill_at_call(_s3_args(tiny_models, uri), "lightreasoner.sampling:generate_greedy", nth=3, env=env)
+    assert first.killed
+    keys = aws_env.keys(f"{prefix}/samples/_work/")
+    assert sorted(k.rsplit("/", 1)[1] for k in keys if "batch-" in k) == ["batch-00000.parquet",
+                                                                          "batch-00001.parquet"]
+    # another machine: no local work folder (another cache); it generates only the batch left
+    other = {"LIGHTREASONER_CACHE": str(tmp_path / "other-cache")}
+    second = kill_at_call(_s3_args(tiny_models, uri), "lightreasoner.sampling:generate_greedy", nth=2, env=other)
+    assert not second.killed and second.returncode == 0, second.stderr
+    assert not aws_env.keys(f"{prefix}/samples/_work/")  # removed once the output is complete
+    # byte-identical to an uninterrupted run
+    whole = f"s3://{aws_env.bucket}/{prefix}/whole"
+    assert run_cli(_s3_args(tiny_models, whole), env=env).returncode == 0
+    s3 = aws_env.client()
+    body = {u: s3.get_object(Bucket=aws_env.bucket, Key=f"{prefix}/{u}/samples.parquet")["Body"].read()
+            for u in ("samples", "whole")}
+    assert body["samples"] == body["whole"]
+
+
+@pytest.mark.slow
+def test_4_s3_training_resumes_on_another_machine(tiny_models, cli_samples, full_training, aws_env, tmp_path):
+    prefix = f"faults-{uuid.uuid4().hex[:8]}"
+    uri = f"s3://{aws_env.bucket}/{prefix}/train"
+    args = ["train", *common(tiny_models, *TRAIN), "--samples", cli_samples, "--output", uri, "--resume"]
+    # killed as the third checkpoint (step 6) is saved: checkpoint-4 is complete and uploaded
+    killed = kill_at_call(args, "transformers.trainer_callback:TrainerState.save_to_json", nth=3,
+                          env={"LIGHTREASONER_CACHE": str(tmp_path / "cache")})
+    assert killed.killed, killed.stderr
+    work = sorted(k.split("/_work/")[1] for k in aws_env.keys(f"{prefix}/train/_work/"))
+    assert "checkpoints/checkpoint-4/lightreasoner-counters.json" in work
+    assert not any(k.startswith("checkpoints/checkpoint-2/") for k in work)  # rotated away there too
+    done = run_cli(args, env={"LIGHTREASONER_CACHE": str(tmp_path / "other-cache")})
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads(aws_env.client().get_object(Bucket=aws_env.bucket,
+                                                      Key=f"{prefix}/train/manifest.json")["Body"].read())
+    full = json.loads((full_training / "manifest.json").read_text())
+    assert manifest["resumed_from"] == "checkpoint-4" and manifest["tuned_tokens"] == full["tuned_tokens"]
+    assert not aws_env.keys(f"{prefix}/train/_work/")
+    local = tmp_path / "downloaded"
+    storage.download_dir(uri, local)
+    assert same_adapter(local, full_training)
