@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -601,3 +603,63 @@ def test_4_s3_training_resumes_on_another_machine(tiny_models, cli_samples, full
     local = tmp_path / "downloaded"
     storage.download_dir(uri, local)
     assert same_adapter(local, full_training)
+
+
+# --- (h) item 10: read-only output folder, disk full ---------------------------------------------------
+
+
+@contextmanager
+def read_only(folder: Path):
+    """``folder`` cannot be written to: mode 0o555, or for root (who ignores permissions) the immutable
+    attribute (``chattr +i``; skipped where the file system or the container does not allow it)."""
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("running as root and chattr +i is not available: no read-only folder to test with")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+@pytest.mark.slow
+def test_10_read_only_output_folder_is_one_line_and_blocks_nothing(tiny_models, cli_samples, tmp_path, capsys):
+    parent = tmp_path / "read-only"
+    with read_only(parent):
+        for command in (["sample"], ["train", "--samples", str(cli_samples)], ["prepare-data"]):
+            out = parent / command[0]
+            assert main([command[0], *common(tiny_models, "training.max_steps=1"), *command[1:],
+                         "--output", str(out)]) == 2
+            line = one_line_error(capsys.readouterr().err)
+            assert str(out) in line and ("Permission denied" in line or "Operation not permitted" in line), line
+            assert not out.exists()
+    assert main(["sample", *common(tiny_models), "--output", str(parent / "sample")]) == 0
+    assert (parent / "sample" / "samples.parquet").read_bytes() == (cli_samples / "samples.parquet").read_bytes()
+
+
+@pytest.mark.slow
+def test_10_disk_full_is_one_line_and_the_rerun_resumes(tiny_models, cli_samples, full_training, tmp_path):
+    # a file may not grow past 1 KiB: the first batch file of sampling cannot be written (EFBIG)
+    out = tmp_path / "samples"
+    full = run_cli(["sample", *common(tiny_models), "--output", out], max_file_bytes=1024)
+    line = one_line_error(full)
+    assert full.returncode == 2 and str(out) in line and "File too large" in line, line
+    assert not list(out.rglob("*.tmp"))
+    done = run_cli(["sample", *common(tiny_models), "--output", out])
+    assert done.returncode == 0, done.stderr
+    assert (out / "samples.parquet").read_bytes() == (cli_samples / "samples.parquet").read_bytes()
+    # training: the first checkpoint cannot be saved; --resume then trains to the same adapter
+    train = tmp_path / "train"
+    args = ["train", *common(tiny_models, *TRAIN), "--samples", cli_samples, "--output", train]
+    full = run_cli(args, max_file_bytes=1024)
+    line = one_line_error(full)
+    assert full.returncode == 2 and "File too large" in line, line
+    done = run_cli([*args, "--resume"])
+    assert done.returncode == 0, done.stderr
+    assert same_adapter(train, full_training)
