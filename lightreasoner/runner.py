@@ -196,8 +196,11 @@ def _run_in(config: Config, workdir: Path, out: Path, stamp: str, key: str, prev
             progress: bool, promote: bool, run_name: str | None, method: str) -> RunSummary:
     from . import tracking
 
+    previous = previous or {}
+    # first_run_id: the first attempt's parent run, the identity of this job's registration across attempts
     state = {"key": key, "method": method, "status": "running", "parent_run_id": None,
-             "attempts": int((previous or {}).get("attempts", 0)) + 1}
+             "first_run_id": previous.get("first_run_id") or previous.get("parent_run_id"),
+             "attempts": int(previous.get("attempts", 0)) + 1}
     _write_state(out, state)
     if config.tracking.enabled and config.tracking.tracking_uri is None:
         config = config.model_copy(deep=True)
@@ -214,9 +217,11 @@ def _run_in(config: Config, workdir: Path, out: Path, stamp: str, key: str, prev
         with tracking.pipeline_run(config, run_name or f"lightreasoner-{stamp}") as parent:
             summary.parent_run_id = parent
             state["parent_run_id"] = parent
+            state["first_run_id"] = state["first_run_id"] or parent
             _write_state(out, state)
-            _end_interrupted(config, (previous or {}).get("parent_run_id"), parent)
-            _stages(config, out, summary, parent, timed, progress=progress, promote=promote, method=method)
+            _end_interrupted(config, previous.get("parent_run_id"), parent)
+            _stages(config, out, summary, parent, timed, progress=progress, promote=promote, method=method,
+                    first_run_id=state["first_run_id"])
     except BaseException:
         state["status"] = "failed"
         _write_state(out, state)
@@ -229,7 +234,7 @@ def _run_in(config: Config, workdir: Path, out: Path, stamp: str, key: str, prev
 
 
 def _stages(config: Config, out: Path, summary: RunSummary, parent: str | None, timed, *, progress: bool,
-            promote: bool, method: str) -> None:
+            promote: bool, method: str, first_run_id: str | None = None) -> None:
     """The stages, each skipped when its output in ``out`` is already complete (a resumed run)."""
     from . import registry, tracking
     from .data import prepare_data, read_problem_file
@@ -275,7 +280,7 @@ def _stages(config: Config, out: Path, summary: RunSummary, parent: str | None, 
         if config.tracking.enabled:  # idempotent: a retry completes the same version
             start = time.perf_counter()
             summary.registered = registry.register(config, out / "train", out / "evaluate", out / "samples",
-                                                   parent_run_id=parent)
+                                                   parent_run_id=parent, key_run_id=first_run_id)
             if promote:
                 summary.decision = registry.promote(config, echo=False)
             summary.seconds["register"] = time.perf_counter() - start

@@ -663,3 +663,21 @@ def test_10_disk_full_is_one_line_and_the_rerun_resumes(tiny_models, cli_samples
     done = run_cli([*args, "--resume"])
     assert done.returncode == 0, done.stderr
     assert same_adapter(train, full_training)
+
+
+@pytest.mark.slow
+def test_8_run_killed_inside_register_completes_the_same_version(tiny_models, mlflow_server, aws_env, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    name = f"lr-{uuid.uuid4().hex[:8]}"
+    work = tmp_path / "work"
+    args = _run_args(tiny_models, work, mlflow_server.uri, name)
+    killed = kill_at_call(args, "mlflow.tracking.client:MlflowClient.create_model_version", mode="after")
+    assert killed.killed, killed.stderr
+    client = MlflowClient(mlflow_server.uri)
+    assert len(versions(client, name)) == 1
+    done = kill_at_call(args, "lightreasoner.sampling:score_chunked", mode="before")
+    assert not done.killed and done.returncode == 0, done.stderr
+    (version,) = versions(client, name)  # the resumed run completed the version, made no second one
+    assert dict(client.get_registered_model(name).aliases) == {"challenger": version.version}
+    assert sorted(r.info.status for r in _parents(client, name).values()) == ["FAILED", "FINISHED"]
