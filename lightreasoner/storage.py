@@ -381,7 +381,7 @@ def download_dir(uri: str, dest: str | Path) -> Path:
         prefix += "/"
     s3 = client()
     objects = [o for o in list_objects(uri, s3=s3) if not o["Key"].endswith("/")
-               and not o["Key"][len(prefix):].startswith(WORK_PREFIX + "/")]
+               and not o["Key"][len(prefix):].startswith((WORK_PREFIX + "/", WORK_PREFIX + ".lock"))]
     if not objects:
         raise LightReasonerError(f"{uri}: no objects under this prefix")
     root = Path(dest)
@@ -652,35 +652,44 @@ def local_output(uri_or_path: str | Path, *, resume: bool = False) -> Iterator[P
                 raise
         return
     uri = str(uri_or_path)
-    bucket, prefix = split_s3(uri)
-    with output_lock(uri):
+    from .s3lock import s3_output_lock
+
+    with output_lock(uri):  # this machine; the lock object under the prefix: every machine
         check_writable(uri)
-        work = work_dir(uri)
-        manifest_key = "/".join(p for p in (prefix.rstrip("/"), MANIFEST) if p)
-        finished = any(o["Key"] == manifest_key for o in list_objects(uri))
-        unchanged = None
-        if finished:  # the stage sees it as it would a local folder (returns it, or refuses to overwrite)
-            shutil.rmtree(work, ignore_errors=True)
-            download_dir(uri, work)
-            unchanged = _snapshot(work)
-        elif not resume:
-            shutil.rmtree(work, ignore_errors=True)
-            _delete_prefix(join(uri, WORK_PREFIX))
-        else:
-            _restore_progress(uri, work)
-        work.mkdir(parents=True, exist_ok=True)
-        resolved = work.resolve()
+        with s3_output_lock(uri), _s3_output(uri, resume) as work:
+            yield work
+
+
+@contextmanager
+def _s3_output(uri: str, resume: bool) -> Iterator[Path]:
+    """The work folder of an s3:// output (see :func:`local_output`), uploaded when the block succeeds."""
+    bucket, prefix = split_s3(uri)
+    work = work_dir(uri)
+    manifest_key = "/".join(p for p in (prefix.rstrip("/"), MANIFEST) if p)
+    finished = any(o["Key"] == manifest_key for o in list_objects(uri))
+    unchanged = None
+    if finished:  # the stage sees it as it would a local folder (returns it, or refuses to overwrite)
+        shutil.rmtree(work, ignore_errors=True)
+        download_dir(uri, work)
+        unchanged = _snapshot(work)
+    elif not resume:
+        shutil.rmtree(work, ignore_errors=True)
+        _delete_prefix(join(uri, WORK_PREFIX))
+    else:
+        _restore_progress(uri, work)
+    work.mkdir(parents=True, exist_ok=True)
+    resolved = work.resolve()
+    with _PROGRESS_GUARD:
+        _PROGRESS[resolved] = uri
+    try:
+        with _name_the_output(work, uri):
+            yield work
+    finally:
         with _PROGRESS_GUARD:
-            _PROGRESS[resolved] = uri
-        try:
-            with _name_the_output(work, uri):
-                yield work
-        finally:
-            with _PROGRESS_GUARD:
-                _PROGRESS.pop(resolved, None)
-        if unchanged is not None and _snapshot(work) == unchanged:
-            log.info("%s: already complete, nothing to upload", uri)
-        else:
-            upload_dir(work, uri)
-        _delete_prefix(join(uri, WORK_PREFIX))  # after the manifest: the output is complete
-        shutil.rmtree(work.parent, ignore_errors=True)
+            _PROGRESS.pop(resolved, None)
+    if unchanged is not None and _snapshot(work) == unchanged:
+        log.info("%s: already complete, nothing to upload", uri)
+    else:
+        upload_dir(work, uri)
+    _delete_prefix(join(uri, WORK_PREFIX))  # after the manifest: the output is complete
+    shutil.rmtree(work.parent, ignore_errors=True)

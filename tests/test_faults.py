@@ -681,3 +681,47 @@ def test_8_run_killed_inside_register_completes_the_same_version(tiny_models, ml
     (version,) = versions(client, name)  # the resumed run completed the version, made no second one
     assert dict(client.get_registered_model(name).aliases) == {"challenger": version.version}
     assert sorted(r.info.status for r in _parents(client, name).values()) == ["FAILED", "FINISHED"]
+
+
+# --- (i) one writer per s3:// output across machines -----------------------------------------------------
+
+
+@pytest.mark.slow
+def test_s3_output_lock_holds_across_machines(tiny_models, aws_env, tmp_path, monkeypatch):
+    import glob
+
+    prefix = f"faults-{uuid.uuid4().hex[:8]}"
+    uri = f"s3://{aws_env.bucket}/{prefix}/samples"
+    machines = {}
+    for name in ("a", "b"):  # another cache and another temp folder (the per-machine lock): another machine
+        (tmp_path / name / "tmp").mkdir(parents=True)
+        machines[name] = {"LIGHTREASONER_CACHE": str(tmp_path / name / "cache"), "TMPDIR": str(tmp_path / name / "tmp")}
+    monkeypatch.setenv("LIGHTREASONER_CACHE", machines["a"]["LIGHTREASONER_CACHE"])
+    work_a = storage.work_dir(uri)
+    args = ["sample", *common(tiny_models, "data.limit=40"), "--output", uri]  # 20 batches: long enough
+    state = {}
+
+    def second_machine_while_first_works() -> bool:
+        if not glob.glob(str(work_a / "shards" / "batch-*.parquet")):
+            return False
+        state["second"] = run_cli(args, env=machines["b"])
+        return True
+
+    first = kill_when(args, second_machine_while_first_works, env=machines["a"])
+    assert first.killed
+    line = one_line_error(state["second"])
+    assert state["second"].returncode == 2 and "another lightreasoner process is writing this output (host" in line
+    # A lock of a live process on another host is honoured until it is stale ...
+    s3 = aws_env.client()
+    lock = {"host": "node-elsewhere", "pid": 1, "token": "x"}
+    s3.put_object(Bucket=aws_env.bucket, Key=f"{prefix}/samples/_work.lock", Body=json.dumps(lock).encode())
+    refused = run_cli(args, env=machines["b"])
+    assert refused.returncode == 2 and "host node-elsewhere" in one_line_error(refused)
+    # ... then taken over: machine b resumes the batches machine a uploaded, and releases the lock
+    import time
+
+    time.sleep(2.5)
+    done = run_cli(args, env={**machines["b"], "LIGHTREASONER_S3_LOCK_STALE_SECONDS": "2"})
+    assert done.returncode == 0, done.stderr
+    keys = aws_env.keys(f"{prefix}/samples/")
+    assert f"{prefix}/samples/manifest.json" in keys and not any("_work" in k for k in keys)
