@@ -24,10 +24,9 @@ from contextlib import contextmanager
 from email.utils import parsedate_to_datetime
 
 from .errors import LightReasonerError
+from .storage import LOCK_NAME
 
 log = logging.getLogger(__name__)
-
-LOCK_NAME = "_work.lock"
 
 
 def _seconds(name: str, default: float) -> float:

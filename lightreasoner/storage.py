@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 WORK_PREFIX = "_work"  # <output>/_work/: work in progress of an s3:// output (reserved name, never downloaded)
+LOCK_NAME = WORK_PREFIX + ".lock"  # <output>/_work.lock: the output's lock across machines (s3lock.py)
 SHA256_META = "sha256"
 _MB = 1024 * 1024
 _MAX_PARTS = 10000
@@ -381,7 +382,7 @@ def download_dir(uri: str, dest: str | Path) -> Path:
         prefix += "/"
     s3 = client()
     objects = [o for o in list_objects(uri, s3=s3) if not o["Key"].endswith("/")
-               and not o["Key"][len(prefix):].startswith((WORK_PREFIX + "/", WORK_PREFIX + ".lock"))]
+               and not o["Key"][len(prefix):].startswith((WORK_PREFIX + "/", LOCK_NAME))]
     if not objects:
         raise LightReasonerError(f"{uri}: no objects under this prefix")
     root = Path(dest)
