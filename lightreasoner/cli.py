@@ -6,6 +6,7 @@ Bad input raises :class:`LightReasonerError`; ``main`` prints it as one line and
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -413,6 +414,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _close_progress_bars() -> None:
+    """Progress bars a failed stage left open (the Trainer's) are closed before the error line, so that
+    they do not redraw after it at exit: the error stays the last line."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001,S110 - cosmetic only
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -422,18 +437,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except LightReasonerError as exc:
+        _close_progress_bars()
         _traceback(exc, args.verbose)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _close_progress_bars()
         print("error: interrupted", file=sys.stderr)
         return 130
     except OSError as exc:
         if exc.errno is None:
             raise
+        _close_progress_bars()
         # Disk full, a read-only or missing folder ...: one line naming the file, not a traceback.
         _traceback(exc, args.verbose)
-        where = exc.filename or "output"
+        # pyarrow and plain writes often name no file: then the output being written.
+        where = exc.filename or getattr(args, "output", None) or getattr(args, "workdir", None) or "output"
+        if errno.ENOSPC == exc.errno or errno.EFBIG == exc.errno:
+            print(f"error: {where}: {exc.strerror or exc} (free some space and rerun: sample, "
+                  "run and train --resume continue where they stopped)", file=sys.stderr)
+            return 2
         print(f"error: {where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
 

@@ -318,7 +318,7 @@ def _log_model(client, run, folder: Path) -> None:
 
 
 def register(config: Config, training: str | Path, evaluation: str | Path, samples: str | Path | None = None,
-             *, parent_run_id: str | None = None) -> RegisteredVersion:
+             *, parent_run_id: str | None = None, key_run_id: str | None = None) -> RegisteredVersion:
     """Log the adapter (pyfunc) in a ``register`` run, register it under ``registry.model_name`` with lineage
     tags and point the alias ``challenger`` at the new version (set last). Inputs: local folders or s3://.
 
@@ -327,7 +327,9 @@ def register(config: Config, training: str | Path, evaluation: str | Path, sampl
     of the same registration (same model, adapter, evaluation, samples and pipeline run) finds the version
     the first call made and completes it instead of creating another; register runs a killed call left
     RUNNING are marked FAILED. Order: artifacts (MLmodel last), version, alias, run FINISHED; a failure
-    deletes the version it made and marks the run FAILED (or, with the server gone, the next call resumes)."""
+    deletes the version it made and marks the run FAILED (or, with the server gone, the next call resumes).
+    ``key_run_id``: the pipeline run that identifies the registration when it differs from the parent
+    (``lightreasoner run`` resumed: each attempt has its own parent run, the first one's id is the key)."""
     if not config.tracking.enabled:
         raise LightReasonerError("tracking.enabled is false: registering needs MLflow (set tracking.enabled=true)")
     name = config.registry.model_name
@@ -361,7 +363,7 @@ def register(config: Config, training: str | Path, evaluation: str | Path, sampl
         tags = lineage_tags(train_manifest, metrics, samples_manifest, correctness, adapter_sha,
                             str(training), str(evaluation))
         key = registration_key(name, adapter_sha, storage.file_digests(eval_dir / "metrics.json")[0],
-                               str(train_manifest.get("samples_sha256") or ""), parent_run_id)
+                               str(train_manifest.get("samples_sha256") or ""), key_run_id or parent_run_id)
         tags[REGISTRATION_KEY] = key
         client = tracking.client_for(config)
         uri = client.tracking_uri

@@ -58,7 +58,7 @@ from .outputs import (
     write_json_atomic,
     write_table_atomic,
 )
-from .storage import output_lock
+from .storage import output_lock, save_progress
 
 log = logging.getLogger(__name__)
 
@@ -511,6 +511,7 @@ def _claim_output(out: Path, fingerprint: str, clear: bool) -> None:
         shutil.rmtree(out)
     (out / SHARDS).mkdir(parents=True, exist_ok=True)
     write_json_atomic({"fingerprint": fingerprint}, out / SHARDS / "state.json")
+    save_progress(out / SHARDS / "state.json")  # s3:// outputs: kept under the prefix too
 
 
 def _batch_ok(path: Path, rows: int) -> bool:
@@ -536,6 +537,7 @@ def _batch_size(config: Config, out: Path, pair: ModelPair, prompts: list[list[i
     size = auto_batch_size("auto", [pair.expert, pair.amateur], width, reserve_bytes=reserve,
                            fraction=perf.memory_fraction)
     write_json_atomic({"batch_size": size}, plan)
+    save_progress(plan)
     return size
 
 
@@ -583,29 +585,32 @@ def _sample(config: Config, out: Path, reference: bool, overwrite: bool, problem
         bar.total = sum(len(m) for _, m in batches)
     else:
         batches = list(enumerate(batches))
-    for index, members in batches:
-        shard_file = out / SHARDS / f"batch-{index:05d}.parquet"
-        if shard_file.is_file():
-            if _batch_ok(shard_file, len(members)):
-                bar.update(len(members))
-                continue
-            log.warning("%s: damaged batch file, computing it again", shard_file)
-            shard_file.unlink()
-        batch_prompts = [prompts[i] for i in members]
-        ids = [problems[i].problem_id for i in members]
-        if reference:
-            completions, logits = generate_greedy(pair.expert, tok, batch_prompts, scfg.max_new_tokens,
-                                                  return_logits=True)
-            scored = [score_reference(pair, ids[0], batch_prompts[0], completions[0], logits[0], scfg.alpha, floor,
-                                      scfg.skip_first_step)]
-            del logits
-        else:
-            completions, _ = generate_greedy(pair.expert, tok, batch_prompts, scfg.max_new_tokens, compile=compiled)
-            scored = score_chunked(pair, ids, batch_prompts, completions, scfg.alpha, floor,
-                                   config.performance.score_chunk_tokens, scfg.skip_first_step)
-        write_table_atomic(_shard_table(list(zip(members, scored, strict=True))), shard_file)
-        bar.update(len(members))
-    bar.close()
+    try:  # the bar is closed before an error is printed (a full disk), not at exit after it
+        for index, members in batches:
+            shard_file = out / SHARDS / f"batch-{index:05d}.parquet"
+            if shard_file.is_file():
+                if _batch_ok(shard_file, len(members)):
+                    bar.update(len(members))
+                    continue
+                log.warning("%s: damaged batch file, computing it again", shard_file)
+                shard_file.unlink()
+            batch_prompts = [prompts[i] for i in members]
+            ids = [problems[i].problem_id for i in members]
+            if reference:
+                completions, logits = generate_greedy(pair.expert, tok, batch_prompts, scfg.max_new_tokens,
+                                                      return_logits=True)
+                scored = [score_reference(pair, ids[0], batch_prompts[0], completions[0], logits[0], scfg.alpha, floor,
+                                          scfg.skip_first_step)]
+                del logits
+            else:
+                completions, _ = generate_greedy(pair.expert, tok, batch_prompts, scfg.max_new_tokens, compile=compiled)
+                scored = score_chunked(pair, ids, batch_prompts, completions, scfg.alpha, floor,
+                                       config.performance.score_chunk_tokens, scfg.skip_first_step)
+            write_table_atomic(_shard_table(list(zip(members, scored, strict=True))), shard_file)
+            save_progress(shard_file)  # s3:// outputs: another machine resumes from here
+            bar.update(len(members))
+    finally:
+        bar.close()
     elapsed = time.perf_counter() - started
     models_info = {"expert": pair.expert_info, "amateur": pair.amateur_info, "vocab_size": pair.vocab_size,
                    "excluded_token_ids": list(getattr(pair, "excluded_ids", []) or [])}

@@ -28,6 +28,8 @@ class Stage:
     methods: tuple[str, ...]  # the methods that run it
     gpu_memory: str | None = None  # a GPU stage's memory request; None: a small CPU step
     cached: bool = True  # pure (same inputs, same output): Kubeflow may reuse an earlier result
+    logged: bool = True  # recorded as its own nested MLflow run from its output folder (register and
+    # report record themselves)
 
 
 GRAPH: tuple[Stage, ...] = (
@@ -36,11 +38,12 @@ GRAPH: tuple[Stage, ...] = (
     Stage("train", "LoRA fine-tuning", "train", ("sample",), LIGHTREASONER, gpu_memory="64Gi"),
     Stage("evaluate", "evaluate base and tuned", "evaluate", ("train", "sample"), LIGHTREASONER,
           gpu_memory="48Gi"),
-    Stage("register", "register and promote", None, ("train", "evaluate", "sample"), LIGHTREASONER, cached=False),
+    Stage("register", "register and promote", None, ("train", "evaluate", "sample"), LIGHTREASONER, cached=False,
+          logged=False),
     Stage("sft", "SFT baseline (rejection sampling + LoRA)", "sft", ("prepare",), SFT, gpu_memory="64Gi"),
     Stage("evaluate_sft", "evaluate base and SFT", "evaluate-sft", ("sft",), SFT, gpu_memory="48Gi"),
     Stage("report", "efficiency report: LightReasoner vs SFT", "report",
-          ("sample", "train", "evaluate", "sft", "evaluate_sft"), ("both",), cached=False),
+          ("sample", "train", "evaluate", "sft", "evaluate_sft"), ("both",), cached=False, logged=False),
 )
 STAGES = {stage.name: stage for stage in GRAPH}
 

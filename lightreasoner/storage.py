@@ -10,7 +10,9 @@
   the recorded sha256); every download is checked against the size and the recorded sha256.
 * ``upload_dir`` removes the destination's ``manifest.json`` first and uploads the new one LAST, after every
   other file is verified, so a failed upload never leaves a folder that a reader takes as complete.
-* ``local_input`` / ``local_output`` let a stage work on a local folder whatever its argument was.
+* ``local_input`` / ``local_output`` let a stage work on a local folder whatever its argument was; an
+  s3:// output's work in progress (batches, checkpoints) is uploaded under ``<uri>/_work/`` as it is made
+  (``save_progress``), so a rerun on any machine resumes it.
 
 Errors become one-line :class:`LightReasonerError` messages naming the URI; credentials never appear.
 """
@@ -35,6 +37,8 @@ from .outputs import MANIFEST
 
 log = logging.getLogger(__name__)
 
+WORK_PREFIX = "_work"  # <output>/_work/: work in progress of an s3:// output (reserved name, never downloaded)
+LOCK_NAME = WORK_PREFIX + ".lock"  # <output>/_work.lock: the output's lock across machines (s3lock.py)
 SHA256_META = "sha256"
 _MB = 1024 * 1024
 _MAX_PARTS = 10000
@@ -348,7 +352,8 @@ def download_dir(uri: str, dest: str | Path) -> Path:
     if prefix and not prefix.endswith("/"):
         prefix += "/"
     s3 = client()
-    objects = [o for o in list_objects(uri, s3=s3) if not o["Key"].endswith("/")]
+    objects = [o for o in list_objects(uri, s3=s3) if not o["Key"].endswith("/")
+               and not o["Key"][len(prefix):].startswith((WORK_PREFIX + "/", LOCK_NAME))]
     if not objects:
         raise LightReasonerError(f"{uri}: no objects under this prefix")
     root = Path(dest)
@@ -498,6 +503,78 @@ def work_dir(uri: str) -> Path:
     return _cache_dir().parent / "outputs" / hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:32] / "output"
 
 
+# --- work in progress of s3:// outputs, kept under <uri>/_work/ -------------------------------------
+
+_PROGRESS: dict[Path, str] = {}  # work folder -> its s3:// output, while local_output holds it
+_PROGRESS_GUARD = threading.Lock()
+
+
+def _progress_target(path: Path) -> tuple[Path, str] | None:
+    path = Path(path).resolve()
+    with _PROGRESS_GUARD:
+        for work, uri in _PROGRESS.items():
+            if path == work or work in path.parents:
+                return work, uri
+    return None
+
+
+def save_progress(path: str | Path, *, last: str | None = None) -> None:
+    """Upload work in progress (a finished batch file, a complete checkpoint folder) of an s3:// output to
+    ``<uri>/_work/``, so that a rerun on another machine (a preempted pod rescheduled elsewhere) resumes it
+    as a rerun on this one would. ``path`` lies in the folder :func:`local_output` gave for an s3:// URI;
+    for any other path (a local output) this does nothing. ``last``: a file name uploaded after the
+    others (a checkpoint's completion marker)."""
+    found = _progress_target(Path(path))
+    if found is None:
+        return
+    work, uri = found
+    path = Path(path).resolve()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    files = [p for p in files if p.name != last] + [p for p in files if p.name == last]
+    s3 = client()
+    for file in files:
+        if not file.exists():  # rotated away meanwhile
+            continue
+        upload_file(file, join(uri, WORK_PREFIX, file.relative_to(work).as_posix()), s3=s3)
+
+
+def prune_progress(folder: str | Path) -> None:
+    """Delete the uploaded work in progress under ``folder`` whose local file is gone (rotated checkpoints)."""
+    found = _progress_target(Path(folder))
+    if found is None:
+        return
+    work, uri = found
+    rel = Path(folder).resolve().relative_to(work).as_posix()
+    base = join(uri, WORK_PREFIX)
+    bucket, base_key = split_s3(base)
+    s3 = client()
+    for obj in list_objects(join(base, rel) if rel != "." else base, s3=s3):
+        local = work / obj["Key"][len(base_key) + 1:]
+        if not local.exists():
+            with _s3_errors(f"s3://{bucket}/{obj['Key']}", "removing old work in progress"):
+                s3.delete_object(Bucket=bucket, Key=obj["Key"])
+
+
+def _delete_prefix(uri: str) -> None:
+    bucket, _ = split_s3(uri)
+    s3 = client()
+    keys = [o["Key"] for o in list_objects(uri, s3=s3)]
+    with _s3_errors(uri, "removing work in progress"):
+        for start in range(0, len(keys), 1000):
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[start:start + 1000]],
+                                                     "Quiet": True})
+
+
+def _restore_progress(uri: str, work: Path) -> None:
+    """An absent (or empty) local work folder: the work in progress uploaded under ``<uri>/_work/``, if any."""
+    if work.is_dir() and any(work.iterdir()):
+        return
+    remote = join(uri, WORK_PREFIX)
+    if list_objects(remote):
+        log.warning("%s: resuming the work in progress uploaded by an earlier run", uri)
+        download_dir(remote, work)
+
+
 def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     return {p.relative_to(folder).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
             for p in folder.rglob("*") if p.is_file()}
@@ -521,8 +598,10 @@ def local_output(uri_or_path: str | Path, *, resume: bool = False) -> Iterator[P
 
     Local paths: the folder itself (created when missing; removed again when the stage fails and leaves it
     empty). s3:// URIs: the prefix is checked for writability first, the stage works in :func:`work_dir`
-    (kept on failure so that a ``resume`` rerun continues it), and the result is uploaded with
-    :func:`upload_dir` (manifest last) when the block succeeds. A finished prefix (with a manifest) is
+    (kept on failure so that a ``resume`` rerun continues it; what the stage passes to
+    :func:`save_progress` is also uploaded under ``<uri>/_work/``, and a ``resume`` run whose local work
+    folder is absent, on another machine, starts from that), and the result is uploaded with
+    :func:`upload_dir` (manifest last) when the block succeeds, then ``_work/`` is deleted. A finished prefix (with a manifest) is
     downloaded first, so that the stage treats it as it would a local folder, and is never uploaded again
     when the stage changed nothing."""
     if not is_s3(str(uri_or_path)):
@@ -540,24 +619,44 @@ def local_output(uri_or_path: str | Path, *, resume: bool = False) -> Iterator[P
                 raise
         return
     uri = str(uri_or_path)
-    bucket, prefix = split_s3(uri)
-    with output_lock(uri):
+    from .s3lock import s3_output_lock
+
+    with output_lock(uri):  # this machine; the lock object under the prefix: every machine
         check_writable(uri)
-        work = work_dir(uri)
-        manifest_key = "/".join(p for p in (prefix.rstrip("/"), MANIFEST) if p)
-        finished = any(o["Key"] == manifest_key for o in list_objects(uri))
-        unchanged = None
-        if finished:  # the stage sees it as it would a local folder (returns it, or refuses to overwrite)
-            shutil.rmtree(work, ignore_errors=True)
-            download_dir(uri, work)
-            unchanged = _snapshot(work)
-        elif not resume:
-            shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True, exist_ok=True)
+        with s3_output_lock(uri), _s3_output(uri, resume) as work:
+            yield work
+
+
+@contextmanager
+def _s3_output(uri: str, resume: bool) -> Iterator[Path]:
+    """The work folder of an s3:// output (see :func:`local_output`), uploaded when the block succeeds."""
+    bucket, prefix = split_s3(uri)
+    work = work_dir(uri)
+    manifest_key = "/".join(p for p in (prefix.rstrip("/"), MANIFEST) if p)
+    finished = any(o["Key"] == manifest_key for o in list_objects(uri))
+    unchanged = None
+    if finished:  # the stage sees it as it would a local folder (returns it, or refuses to overwrite)
+        shutil.rmtree(work, ignore_errors=True)
+        download_dir(uri, work)
+        unchanged = _snapshot(work)
+    elif not resume:
+        shutil.rmtree(work, ignore_errors=True)
+        _delete_prefix(join(uri, WORK_PREFIX))
+    else:
+        _restore_progress(uri, work)
+    work.mkdir(parents=True, exist_ok=True)
+    resolved = work.resolve()
+    with _PROGRESS_GUARD:
+        _PROGRESS[resolved] = uri
+    try:
         with _name_the_output(work, uri):
             yield work
-        if unchanged is not None and _snapshot(work) == unchanged:
-            log.info("%s: already complete, nothing to upload", uri)
-        else:
-            upload_dir(work, uri)
-        shutil.rmtree(work.parent, ignore_errors=True)
+    finally:
+        with _PROGRESS_GUARD:
+            _PROGRESS.pop(resolved, None)
+    if unchanged is not None and _snapshot(work) == unchanged:
+        log.info("%s: already complete, nothing to upload", uri)
+    else:
+        upload_dir(work, uri)
+    _delete_prefix(join(uri, WORK_PREFIX))  # after the manifest: the output is complete
+    shutil.rmtree(work.parent, ignore_errors=True)

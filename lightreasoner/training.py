@@ -40,6 +40,7 @@ from .errors import LightReasonerError, passthrough
 from .models import load_model, load_tokenizer, model_fingerprint, resolve_device, same_model
 from .outputs import MANIFEST, library_versions, read_manifest, sha256_file, write_json_atomic
 from .sampling import SAMPLE_SCHEMA, SAMPLES, TRAJECTORIES, TRAJECTORY_SCHEMA
+from .storage import prune_progress, save_progress
 
 log = logging.getLogger(__name__)
 
@@ -462,6 +463,9 @@ def trainer_classes():
                 else:
                     rotate_checkpoints(output_dir=str(run_dir), save_total_limit=limit,
                                        best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+            # s3:// outputs: the complete checkpoint under the prefix (its counters file last), the rotated gone
+            save_progress(run_dir / f"checkpoint-{self.state.global_step}", last=COUNTERS)
+            prune_progress(run_dir)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             loss = batch_loss(model, inputs)
@@ -646,6 +650,7 @@ def _claim_output(out: Path, fingerprint: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if not (out / STATE).is_file():
         (out / STATE).write_text(json.dumps({"fingerprint": fingerprint}))
+    save_progress(out / STATE)  # s3:// outputs: kept under the prefix with the checkpoints
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:

@@ -50,10 +50,21 @@ def _finish(proc: subprocess.Popen, killed: bool) -> Outcome:
     return Outcome(proc.returncode, out, err, killed)
 
 
-def run_cli(args: list[str], *, env: dict[str, str] | None = None, timeout: float = 300) -> Outcome:
+def run_cli(args: list[str], *, env: dict[str, str] | None = None, timeout: float = 300,
+            max_file_bytes: int | None = None) -> Outcome:
+    """``max_file_bytes``: no file the command writes may grow past this (RLIMIT_FSIZE; a write beyond it
+    fails with EFBIG, like a full disk)."""
     proc = subprocess.run([sys.executable, "-m", "lightreasoner.cli", *map(str, args)], cwd=ROOT, env=_env(env),
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=None if max_file_bytes is None else lambda: _limit_files(max_file_bytes))
     return Outcome(proc.returncode, proc.stdout, proc.stderr, False)
+
+
+def _limit_files(size: int) -> None:
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
 
 
 def kill_when(args: list[str], condition: Callable[[], bool], *, env: dict[str, str] | None = None,

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -469,3 +471,257 @@ def test_4_s3_training_resumes_from_its_checkpoint(tiny_models, cli_samples, ful
     # a rerun without --resume into the finished prefix is refused and changes nothing
     again = run_cli(args[:-1])
     assert again.returncode == 2 and uri in one_line_error(again)
+
+
+# --- (f) `lightreasoner run` resumes --------------------------------------------------------------------
+
+
+def _run_args(tiny_models, work, uri, name):
+    return ["run", "--workdir", work, *common(
+        tiny_models, "tracking.enabled=true", f"tracking.tracking_uri={uri}", f"tracking.experiment=faults-{name}",
+        f"registry.model_name={name}", "training.max_steps=2", "training.samples_per_step=4",
+        "training.holdout_fraction=0", "evaluation.data.limit=2", "evaluation.max_new_tokens=8",
+        "evaluation.bootstrap_samples=100")]
+
+
+def _parents(client, name):
+    exp = client.get_experiment_by_name(f"faults-{name}").experiment_id
+    return {r.info.run_id: r for r in client.search_runs([exp], "tags.`lightreasoner.kind` = 'pipeline'")}
+
+
+@pytest.mark.slow
+def test_8_run_killed_after_sampling_resumes_without_sampling_again(tiny_models, mlflow_server, aws_env, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    name = f"lr-{uuid.uuid4().hex[:8]}"
+    work = tmp_path / "work"
+    args = _run_args(tiny_models, work, mlflow_server.uri, name)
+    killed = kill_when(args, file_appears(work, "runs/*/samples/manifest.json"))
+    assert killed.killed, killed.stderr
+    client = MlflowClient(mlflow_server.uri)
+    (first,) = _parents(client, name).values()
+    assert first.info.status == "RUNNING"
+    (folder,) = (work / "runs").iterdir()
+    manifest = folder / "samples" / "manifest.json"
+    stamp = manifest.stat().st_mtime_ns
+    # The rerun continues that folder: sampling again (its scorer) would kill it.
+    rerun = kill_at_call(args, "lightreasoner.sampling:score_chunked", mode="before")
+    assert not rerun.killed and rerun.returncode == 0, rerun.stderr
+    assert "resuming the unfinished run" in rerun.stderr
+    assert list((work / "runs").iterdir()) == [folder] and manifest.stat().st_mtime_ns == stamp
+    parents = _parents(client, name)
+    assert len(parents) == 2
+    assert parents[first.info.run_id].info.status == "FAILED"
+    assert parents[first.info.run_id].data.tags["lightreasoner.error"].startswith("interrupted")
+    (second,) = [r for r in parents.values() if r.info.run_id != first.info.run_id]
+    assert second.info.status == "FINISHED"
+    assert json.loads((folder / "run.json").read_text())["status"] == "finished"
+    # a run after a finished one is a new run (new folder), not a resumption
+    exp = first.info.experiment_id
+    assert not client.search_runs([exp], "attributes.status = 'RUNNING'")
+
+
+@pytest.mark.slow
+def test_8_run_whose_tracking_server_dies_is_resumed_and_its_run_failed(tiny_models, mlflow_server, aws_env,
+                                                                        tmp_path):
+    import glob
+
+    from mlflow.tracking import MlflowClient
+
+    name = f"lr-{uuid.uuid4().hex[:8]}"
+    work = tmp_path / "work"
+    args = _run_args(tiny_models, work, mlflow_server.uri, name)
+    with paused(mlflow_server.proc) as pause:
+        def stop_server_after_sampling() -> bool:
+            if not pause.stopped and glob.glob(str(work / "runs" / "*" / "samples" / "manifest.json")):
+                pause.stop()
+            return False
+
+        failed = kill_when(args, stop_server_after_sampling, timeout=240,
+                           env={"MLFLOW_HTTP_REQUEST_TIMEOUT": "2", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
+    assert pause.stopped is False and failed.returncode == 2
+    assert mlflow_server.uri.split("//")[1] in one_line_error(failed)
+    client = MlflowClient(mlflow_server.uri)
+    (first,) = _parents(client, name).values()
+    assert first.info.status == "RUNNING"  # the server was gone when the run failed
+    (folder,) = (work / "runs").iterdir()
+    stamp = (folder / "samples" / "manifest.json").stat().st_mtime_ns
+    rerun = kill_at_call(args, "lightreasoner.sampling:score_chunked", mode="before")
+    assert not rerun.killed and rerun.returncode == 0, rerun.stderr
+    assert (folder / "samples" / "manifest.json").stat().st_mtime_ns == stamp
+    statuses = {r.info.run_id: r.info.status for r in _parents(client, name).values()}
+    assert statuses.pop(first.info.run_id) == "FAILED" and list(statuses.values()) == ["FINISHED"]
+
+
+# --- (g) s3:// work in progress resumes on another machine ----------------------------------------------
+
+
+@pytest.mark.slow
+def test_4_s3_sampling_resumes_on_another_machine(tiny_models, aws_env, tmp_path):
+    prefix = f"faults-{uuid.uuid4().hex[:8]}"
+    uri = f"s3://{aws_env.bucket}/{prefix}/samples"
+    env = {"LIGHTREASONER_CACHE": str(tmp_path / "cache")}
+    # 6 problems in batches of 2: killed before the third batch is generated (two batches are done)
+    first = kill_at_call(_s3_args(tiny_models, uri), "lightreasoner.sampling:generate_greedy", nth=3, env=env)
+    assert first.killed
+    keys = aws_env.keys(f"{prefix}/samples/_work/")
+    assert sorted(k.rsplit("/", 1)[1] for k in keys if "batch-" in k) == ["batch-00000.parquet",
+                                                                          "batch-00001.parquet"]
+    # another machine: no local work folder (another cache); it generates only the batch left
+    other = {"LIGHTREASONER_CACHE": str(tmp_path / "other-cache")}
+    second = kill_at_call(_s3_args(tiny_models, uri), "lightreasoner.sampling:generate_greedy", nth=2, env=other)
+    assert not second.killed and second.returncode == 0, second.stderr
+    assert not aws_env.keys(f"{prefix}/samples/_work/")  # removed once the output is complete
+    # byte-identical to an uninterrupted run
+    whole = f"s3://{aws_env.bucket}/{prefix}/whole"
+    assert run_cli(_s3_args(tiny_models, whole), env=env).returncode == 0
+    s3 = aws_env.client()
+    body = {u: s3.get_object(Bucket=aws_env.bucket, Key=f"{prefix}/{u}/samples.parquet")["Body"].read()
+            for u in ("samples", "whole")}
+    assert body["samples"] == body["whole"]
+
+
+@pytest.mark.slow
+def test_4_s3_training_resumes_on_another_machine(tiny_models, cli_samples, full_training, aws_env, tmp_path):
+    prefix = f"faults-{uuid.uuid4().hex[:8]}"
+    uri = f"s3://{aws_env.bucket}/{prefix}/train"
+    args = ["train", *common(tiny_models, *TRAIN), "--samples", cli_samples, "--output", uri, "--resume"]
+    # killed as the third checkpoint (step 6) is saved: checkpoint-4 is complete and uploaded
+    killed = kill_at_call(args, "transformers.trainer_callback:TrainerState.save_to_json", nth=3,
+                          env={"LIGHTREASONER_CACHE": str(tmp_path / "cache")})
+    assert killed.killed, killed.stderr
+    work = sorted(k.split("/_work/")[1] for k in aws_env.keys(f"{prefix}/train/_work/"))
+    assert "checkpoints/checkpoint-4/lightreasoner-counters.json" in work
+    assert not any(k.startswith("checkpoints/checkpoint-2/") for k in work)  # rotated away there too
+    done = run_cli(args, env={"LIGHTREASONER_CACHE": str(tmp_path / "other-cache")})
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads(aws_env.client().get_object(Bucket=aws_env.bucket,
+                                                      Key=f"{prefix}/train/manifest.json")["Body"].read())
+    full = json.loads((full_training / "manifest.json").read_text())
+    assert manifest["resumed_from"] == "checkpoint-4" and manifest["tuned_tokens"] == full["tuned_tokens"]
+    assert not aws_env.keys(f"{prefix}/train/_work/")
+    local = tmp_path / "downloaded"
+    storage.download_dir(uri, local)
+    assert same_adapter(local, full_training)
+
+
+# --- (h) item 10: read-only output folder, disk full ---------------------------------------------------
+
+
+@contextmanager
+def read_only(folder: Path):
+    """``folder`` cannot be written to: mode 0o555, or for root (who ignores permissions) the immutable
+    attribute (``chattr +i``; skipped where the file system or the container does not allow it)."""
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("running as root and chattr +i is not available: no read-only folder to test with")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+@pytest.mark.slow
+def test_10_read_only_output_folder_is_one_line_and_blocks_nothing(tiny_models, cli_samples, tmp_path, capsys):
+    parent = tmp_path / "read-only"
+    with read_only(parent):
+        for command in (["sample"], ["train", "--samples", str(cli_samples)], ["prepare-data"]):
+            out = parent / command[0]
+            assert main([command[0], *common(tiny_models, "training.max_steps=1"), *command[1:],
+                         "--output", str(out)]) == 2
+            line = one_line_error(capsys.readouterr().err)
+            assert str(out) in line and ("Permission denied" in line or "Operation not permitted" in line), line
+            assert not out.exists()
+    assert main(["sample", *common(tiny_models), "--output", str(parent / "sample")]) == 0
+    assert (parent / "sample" / "samples.parquet").read_bytes() == (cli_samples / "samples.parquet").read_bytes()
+
+
+@pytest.mark.slow
+def test_10_disk_full_is_one_line_and_the_rerun_resumes(tiny_models, cli_samples, full_training, tmp_path):
+    # a file may not grow past 1 KiB: the first batch file of sampling cannot be written (EFBIG)
+    out = tmp_path / "samples"
+    full = run_cli(["sample", *common(tiny_models), "--output", out], max_file_bytes=1024)
+    line = one_line_error(full)
+    assert full.returncode == 2 and str(out) in line and "File too large" in line, line
+    assert not list(out.rglob("*.tmp"))
+    done = run_cli(["sample", *common(tiny_models), "--output", out])
+    assert done.returncode == 0, done.stderr
+    assert (out / "samples.parquet").read_bytes() == (cli_samples / "samples.parquet").read_bytes()
+    # training: the first checkpoint cannot be saved; --resume then trains to the same adapter
+    train = tmp_path / "train"
+    args = ["train", *common(tiny_models, *TRAIN), "--samples", cli_samples, "--output", train]
+    full = run_cli(args, max_file_bytes=1024)
+    line = one_line_error(full)
+    assert full.returncode == 2 and "File too large" in line, line
+    done = run_cli([*args, "--resume"])
+    assert done.returncode == 0, done.stderr
+    assert same_adapter(train, full_training)
+
+
+@pytest.mark.slow
+def test_8_run_killed_inside_register_completes_the_same_version(tiny_models, mlflow_server, aws_env, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    name = f"lr-{uuid.uuid4().hex[:8]}"
+    work = tmp_path / "work"
+    args = _run_args(tiny_models, work, mlflow_server.uri, name)
+    killed = kill_at_call(args, "mlflow.tracking.client:MlflowClient.create_model_version", mode="after")
+    assert killed.killed, killed.stderr
+    client = MlflowClient(mlflow_server.uri)
+    assert len(versions(client, name)) == 1
+    done = kill_at_call(args, "lightreasoner.sampling:score_chunked", mode="before")
+    assert not done.killed and done.returncode == 0, done.stderr
+    (version,) = versions(client, name)  # the resumed run completed the version, made no second one
+    assert dict(client.get_registered_model(name).aliases) == {"challenger": version.version}
+    assert sorted(r.info.status for r in _parents(client, name).values()) == ["FAILED", "FINISHED"]
+
+
+# --- (i) one writer per s3:// output across machines -----------------------------------------------------
+
+
+@pytest.mark.slow
+def test_s3_output_lock_holds_across_machines(tiny_models, aws_env, tmp_path, monkeypatch):
+    import glob
+
+    prefix = f"faults-{uuid.uuid4().hex[:8]}"
+    uri = f"s3://{aws_env.bucket}/{prefix}/samples"
+    machines = {}
+    for name in ("a", "b"):  # another cache and another temp folder (the per-machine lock): another machine
+        (tmp_path / name / "tmp").mkdir(parents=True)
+        machines[name] = {"LIGHTREASONER_CACHE": str(tmp_path / name / "cache"), "TMPDIR": str(tmp_path / name / "tmp")}
+    monkeypatch.setenv("LIGHTREASONER_CACHE", machines["a"]["LIGHTREASONER_CACHE"])
+    work_a = storage.work_dir(uri)
+    args = ["sample", *common(tiny_models, "data.limit=40"), "--output", uri]  # 20 batches: long enough
+    state = {}
+
+    def second_machine_while_first_works() -> bool:
+        if not glob.glob(str(work_a / "shards" / "batch-*.parquet")):
+            return False
+        state["second"] = run_cli(args, env=machines["b"])
+        return True
+
+    first = kill_when(args, second_machine_while_first_works, env=machines["a"])
+    assert first.killed
+    line = one_line_error(state["second"])
+    assert state["second"].returncode == 2 and "another lightreasoner process is writing this output (host" in line
+    # A lock of a live process on another host is honoured until it is stale ...
+    s3 = aws_env.client()
+    lock = {"host": "node-elsewhere", "pid": 1, "token": "x"}
+    s3.put_object(Bucket=aws_env.bucket, Key=f"{prefix}/samples/_work.lock", Body=json.dumps(lock).encode())
+    refused = run_cli(args, env=machines["b"])
+    assert refused.returncode == 2 and "host node-elsewhere" in one_line_error(refused)
+    # ... then taken over: machine b resumes the batches machine a uploaded, and releases the lock
+    import time
+
+    time.sleep(2.5)
+    done = run_cli(args, env={**machines["b"], "LIGHTREASONER_S3_LOCK_STALE_SECONDS": "2"})
+    assert done.returncode == 0, done.stderr
+    keys = aws_env.keys(f"{prefix}/samples/")
+    assert f"{prefix}/samples/manifest.json" in keys and not any("_work" in k for k in keys)

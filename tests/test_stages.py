@@ -54,3 +54,9 @@ def test_the_compiled_pipeline_runs_the_plan(method):
     spec = next(yaml.safe_load_all(COMPILED.read_text()))
     every = {s.title for s in stages.GRAPH}
     assert _stage_titles(spec, method) & every == {s.title for s in stages.plan(method)}
+
+
+def test_the_runner_has_one_function_per_stage_of_the_graph():
+    from lightreasoner import runner
+
+    assert set(runner.RUNNERS) == set(stages.STAGES)

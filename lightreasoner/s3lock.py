@@ -1,0 +1,152 @@
+"""One writer per ``s3://`` output across machines: a lock object ``<uri>/_work.lock``.
+
+The lock holds its owner (host, pid, a random token) and is rewritten every
+``LIGHTREASONER_S3_LOCK_HEARTBEAT_SECONDS`` (default 30) while the stage runs. Another process finds it and
+refuses in one line unless it is stale: its last heartbeat older than ``LIGHTREASONER_S3_LOCK_STALE_SECONDS``
+(default 120), measured on the store's own clock (the object's ``LastModified`` against the ``Date`` of the
+answer, so machines' clocks do not matter), or written by a process of this host that no longer runs (a
+killed run is taken over at once on the same machine). The lock is taken with a conditional write
+(``If-None-Match: *``) where the store supports it, and read back to confirm in any case; it is deleted
+when the stage ends, failed or not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from email.utils import parsedate_to_datetime
+
+from .errors import LightReasonerError
+from .storage import LOCK_NAME
+
+log = logging.getLogger(__name__)
+
+
+def _seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    try:
+        return float(raw) if raw else default
+    except ValueError:
+        raise LightReasonerError(f"environment {name}={raw!r}: expected a number of seconds") from None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read(s3, bucket: str, key: str) -> tuple[dict, float] | None:
+    """(the lock's content, its age in seconds on the store's clock), or None when there is none."""
+    from botocore.exceptions import ClientError
+
+    try:
+        got = s3.get_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+            return None
+        raise
+    body = got["Body"].read()
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = {}
+    date = got.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    now = parsedate_to_datetime(date).timestamp() if date else time.time()
+    return (data if isinstance(data, dict) else {}), max(0.0, now - got["LastModified"].timestamp())
+
+
+def _put(s3, bucket: str, key: str, owner: dict, *, if_absent: bool) -> bool:
+    """Write the lock; with ``if_absent`` only when no lock exists (False when one appeared meanwhile)."""
+    from botocore.exceptions import ClientError
+
+    body = json.dumps(owner).encode()
+    if if_absent:
+        try:
+            s3.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
+            return True
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
+                return False
+            if code not in ("NotImplemented", "501", "InvalidArgument"):
+                raise
+        except TypeError:  # an older botocore without conditional writes
+            pass
+    s3.put_object(Bucket=bucket, Key=key, Body=body)
+    return True
+
+
+def _holder(data: dict, age: float) -> str:
+    return f"host {data.get('host', '?')}, pid {data.get('pid', '?')}, last heartbeat {age:.0f} s ago"
+
+
+@contextmanager
+def s3_output_lock(uri: str) -> Iterator[None]:
+    """Hold ``<uri>/_work.lock`` for the block (see the module docstring); refuses in one line when another
+    live process holds it."""
+    from . import storage
+
+    bucket, prefix = storage.split_s3(uri)
+    key = "/".join(p for p in (prefix.rstrip("/"), LOCK_NAME) if p)
+    stale = _seconds("LIGHTREASONER_S3_LOCK_STALE_SECONDS", 120)
+    beat = _seconds("LIGHTREASONER_S3_LOCK_HEARTBEAT_SECONDS", min(30.0, stale / 4))
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex}
+    s3 = storage.client()
+    lock_uri = storage.join(uri, LOCK_NAME)
+    with storage._s3_errors(lock_uri, "taking the output lock"):
+        found = _read(s3, bucket, key)
+        if found is not None:
+            data, age = found
+            dead_here = data.get("host") == me["host"] and isinstance(data.get("pid"), int) \
+                and not _pid_alive(data["pid"])
+            if age < stale and not dead_here:
+                raise LightReasonerError(
+                    f"{uri}: another lightreasoner process is writing this output ({_holder(data, age)}); wait "
+                    f"for it to finish, or rerun once its lock is older than {stale:.0f} s "
+                    "(LIGHTREASONER_S3_LOCK_STALE_SECONDS)")
+            log.warning("%s: taking over the lock of a process that stopped (%s)", uri, _holder(data, age))
+        taken = _put(s3, bucket, key, me, if_absent=found is None)
+        confirmed = _read(s3, bucket, key) if taken else None
+        if confirmed is None or confirmed[0].get("token") != me["token"]:
+            holder = _holder(*confirmed) if confirmed else "another process"
+            raise LightReasonerError(f"{uri}: another lightreasoner process took this output first ({holder}); "
+                                     "wait for it to finish")
+    stop = threading.Event()
+
+    def heartbeat() -> None:
+        while not stop.wait(beat):
+            try:
+                current = _read(s3, bucket, key)
+                if current is None or current[0].get("token") != me["token"]:
+                    log.warning("%s: the output lock was taken over by another process", uri)
+                    return
+                s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(me).encode())
+            except Exception as exc:  # noqa: BLE001 - a missed heartbeat is retried at the next one
+                log.warning("%s: lock heartbeat failed (%s)", uri, type(exc).__name__)
+
+    thread = threading.Thread(target=heartbeat, name="lightreasoner-s3-lock", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        try:
+            current = _read(s3, bucket, key)
+            if current is not None and current[0].get("token") == me["token"]:
+                s3.delete_object(Bucket=bucket, Key=key)
+        except Exception as exc:  # noqa: BLE001 - the stage's outcome matters more; the lock goes stale
+            log.warning("%s: could not release the output lock (%s); it goes stale after %.0f s", uri,
+                        type(exc).__name__, stale)
