@@ -11,6 +11,8 @@ import re
 from decimal import Decimal, localcontext
 from fractions import Fraction
 
+import pyarrow as pa
+
 # --- answer extraction ---------------------------------------------------------------------------
 
 # A number: thousands-separated, plain or decimal; an optional sign and currency before it; an optional
@@ -28,6 +30,11 @@ _FRAC_SHORT = re.compile(r"\\[dt]?frac\s*(\d)(\d)")
 _TEXT = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{([^{}]*)\}")
 _LATEX_SPACES = re.compile(r"\\[,!;: ]|\\left|\\right")
 _PLAIN_VALUE = re.compile(r"(?P<sign>[-+]?)(?P<num>\d+(?:\.\d*)?|\.\d+)(?:/(?P<den>\d+))?")
+
+
+# The columns of a graded answer, in every predictions/solutions file: what was extracted, the gold answer,
+# and whether they match.
+GRADED_COLUMNS = [("extracted", pa.string()), ("gold", pa.string()), ("correct", pa.bool_())]
 
 
 def _format(value: Fraction) -> str:

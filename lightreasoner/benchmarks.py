@@ -9,7 +9,6 @@ benchmark's version is the sha256 of its problems (ids and gold answers) and, fo
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -163,20 +162,6 @@ def rows_to_problems(bench: Benchmark, rows, where: str) -> list:
     return problems
 
 
-def _read_rows(path: Path):
-    with path.open("r", encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise LightReasonerError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise LightReasonerError(f"{path}:{lineno}: expected a JSON object")
-            yield f":{lineno}", row
-
-
 def _digest(problems) -> str:
     digest = hashlib.sha256()
     for prob in sorted(problems, key=lambda p: p.problem_id):
@@ -186,7 +171,7 @@ def _digest(problems) -> str:
 
 def load_benchmark(name: str, benchmark_dir: str = "", limit: int | None = None) -> BenchmarkData:
     """A benchmark's problems (deduplicated, the first ``limit``), from ``benchmark_dir`` or the hub."""
-    from .data import deduplicate
+    from .data import deduplicate, read_jsonl_rows
 
     bench = get(name)
     file_sha = None
@@ -203,7 +188,7 @@ def load_benchmark(name: str, benchmark_dir: str = "", limit: int | None = None)
             if not path.is_file():
                 raise LightReasonerError(f"benchmark {name}: {path} not found (evaluation.benchmark_dir)")
         file_sha = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-        problems = rows_to_problems(bench, _read_rows(Path(path)), str(source))
+        problems = rows_to_problems(bench, read_jsonl_rows(Path(path)), str(source))
     else:
         source = f"{bench.hub}:{bench.split}" + (f" ({bench.hf_config})" if bench.hf_config else "")
         try:

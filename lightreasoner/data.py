@@ -11,8 +11,10 @@ import json
 import logging
 import random
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -66,9 +68,10 @@ def _record(source: str, where: str, row: dict, cfg: DataConfig) -> Problem:
     return Problem(problem_id(question), question, parse_gold_answer(row[cfg.answer_field]))
 
 
-def _read_jsonl(path: Path, cfg: DataConfig) -> list[Problem]:
-    problems = []
-    with path.open("r", encoding="utf-8") as handle:
+def read_jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The objects of a JSON Lines file with their place (``:<line>``); blank lines skipped, a bad line is a
+    one-line error naming the file and line."""
+    with Path(path).open("r", encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -78,8 +81,11 @@ def _read_jsonl(path: Path, cfg: DataConfig) -> list[Problem]:
                 raise LightReasonerError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
             if not isinstance(row, dict):
                 raise LightReasonerError(f"{path}:{lineno}: expected a JSON object")
-            problems.append(_record(str(path), f":{lineno}", row, cfg))
-    return problems
+            yield f":{lineno}", row
+
+
+def _read_jsonl(path: Path, cfg: DataConfig) -> list[Problem]:
+    return [_record(str(path), where, row, cfg) for where, row in read_jsonl_rows(path)]
 
 
 def _read_parquet(path: Path, cfg: DataConfig) -> list[Problem]:

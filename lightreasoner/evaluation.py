@@ -18,7 +18,6 @@ Output folder (keep these names): ``predictions_base.parquet``, ``predictions_tu
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -26,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from .answers import answers_match, extract, extract_answer, grade  # noqa: F401 - re-exported
+from .adapters import attach_adapter, check_adapter_base, resolve_adapter
+from .answers import GRADED_COLUMNS, answers_match, extract, extract_answer, grade  # noqa: F401 - re-exported
 from .config import Config
 from .data import Problem, load_problems
 from .errors import LightReasonerError
@@ -42,10 +41,18 @@ from .models import (
     prompt_token_ids,
     resolve_compile,
     resolve_device,
-    resolve_source,
-    same_model,
 )
-from .outputs import folder_sha256, write_json_atomic
+from .outputs import (
+    MANIFEST,
+    claim_output,
+    folder_sha256,
+    plan_batches,
+    prepare_output,
+    write_json_atomic,
+    write_table_atomic,
+    write_text_atomic,
+)
+from .plots import plot_accuracy, plot_benchmark_deltas
 from .protocols import resolve_protocol, stop_token_ids
 from .stats import bootstrap_delta_ci, mcnemar_exact, paired_metrics  # noqa: F401 - re-exported
 
@@ -55,7 +62,6 @@ PREDICTIONS_BASE = "predictions_base.parquet"
 PREDICTIONS_TUNED = "predictions_tuned.parquet"
 METRICS = "metrics.json"
 PLOT = "accuracy.png"
-MANIFEST = "manifest.json"
 BENCHMARK_TABLE = "benchmarks.csv"
 DELTA_PLOT = "benchmark_deltas.png"
 
@@ -63,9 +69,7 @@ PREDICTION_SCHEMA = pa.schema(
     [
         ("problem_id", pa.string()),
         ("output", pa.string()),
-        ("extracted", pa.string()),
-        ("gold", pa.string()),
-        ("correct", pa.bool_()),
+        *GRADED_COLUMNS,
         ("tokens_generated", pa.int32()),
         ("benchmark", pa.string()),
         ("answer_type", pa.string()),
@@ -94,12 +98,6 @@ def answers_changed(base: list[Prediction], tuned: list[Prediction] | None) -> i
     if tuned is None:
         return None
     return sum(b.extracted != t.extracted for b, t in zip(base, tuned, strict=True))
-
-
-def plan_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Indices per batch, prompts of similar length together (less padding)."""
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def generate_completions(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
@@ -140,105 +138,6 @@ def predict(model, tokenizer, problems: list[Problem], config: Config, progress:
     return predictions
 
 
-# --- adapter -------------------------------------------------------------------------------------
-
-
-@dataclass
-class AdapterSource:
-    folder: Path  # holds adapter_config.json
-    given: Path  # what the user passed
-    training_manifest: dict[str, Any] | None
-
-
-def resolve_adapter(path: str | Path) -> AdapterSource:
-    """A training output folder (``adapter/`` + ``manifest.json``) or an adapter folder itself."""
-    given = Path(path).expanduser()
-    if not given.exists():
-        raise LightReasonerError(f"adapter {given}: not found")
-    if not given.is_dir():
-        raise LightReasonerError(f"adapter {given}: expected a training output folder or an adapter folder")
-    if (given / "adapter" / "adapter_config.json").is_file():
-        folder, manifest_path = given / "adapter", given / MANIFEST
-    elif (given / "adapter_config.json").is_file():
-        folder, manifest_path = given, given.parent / MANIFEST
-        if given.name != "adapter":
-            manifest_path = None
-    else:
-        raise LightReasonerError(f"adapter {given}: no adapter_config.json (not a training output or adapter folder)")
-    manifest = None
-    if manifest_path is not None and manifest_path.is_file():
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise LightReasonerError(f"{manifest_path}: not valid JSON ({exc.msg})") from None
-        if not isinstance(manifest, dict):
-            raise LightReasonerError(f"{manifest_path}: expected a JSON object")
-    return AdapterSource(folder, given, manifest)
-
-
-def _adapter_base_name(folder: Path) -> str | None:
-    try:
-        data = json.loads((folder / "adapter_config.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise LightReasonerError(f"adapter {folder}: unreadable adapter_config.json ({exc})") from None
-    if not isinstance(data, dict):
-        raise LightReasonerError(f"adapter {folder}: adapter_config.json is not a JSON object")
-    name = data.get("base_model_name_or_path")
-    return str(name) if name else None
-
-
-def _names_same_model(recorded: str, candidates: list[str]) -> bool:
-    rec_path = Path(recorded).expanduser()
-    for cand in candidates:
-        if not cand:
-            continue
-        if recorded == cand:
-            return True
-        cand_path = Path(cand).expanduser()
-        if rec_path.exists() and cand_path.exists() and rec_path.resolve() == cand_path.resolve():
-            return True
-        if rec_path.name and rec_path.name == cand_path.name and not (rec_path.exists() and cand_path.exists()):
-            return True  # a hub id and a local copy of it ("Org/Name" vs "/models/Name")
-    return False
-
-
-def check_adapter_base(source: AdapterSource, config: Config, expert_info: dict[str, Any], model) -> None:
-    """Refuse an adapter made for another base model (training manifest first, else peft's record)."""
-    recorded = (source.training_manifest or {}).get("expert")
-    if isinstance(recorded, dict):
-        if not same_model(recorded, expert_info):
-            raise LightReasonerError(
-                f"adapter {source.given}: trained on expert {recorded.get('model')!r}, "
-                f"not on expert.model {config.expert.model!r} (different weights)"
-            )
-        return
-    base = _adapter_base_name(source.folder)
-    if base is None:
-        return
-    src = resolve_source(config.expert)
-    candidates = [config.expert.model, src.location, str(getattr(model, "name_or_path", "") or "")]
-    if not _names_same_model(base, candidates):
-        raise LightReasonerError(
-            f"adapter {source.given}: made for base model {base!r}, not for expert.model {config.expert.model!r}"
-        )
-
-
-def attach_adapter(model, source: AdapterSource):
-    """The Expert wrapped with the LoRA adapter; peft's loading errors become one line."""
-    from peft import PeftModel
-
-    try:
-        tuned = PeftModel.from_pretrained(model, str(source.folder), is_trainable=False)
-    except Exception as exc:  # noqa: BLE001 - shape mismatch, missing modules, bad files: all one line
-        text = str(exc).strip()
-        first = text.splitlines()[0] if text else type(exc).__name__
-        if "size mismatch" in text:
-            first = "weight shapes differ from this Expert's (adapter made for another base model)"
-        raise LightReasonerError(f"adapter {source.given}: cannot load onto expert.model ({first[:300]})") from None
-    tuned.eval()
-    return tuned
-
-
 # --- outputs ---------------------------------------------------------------------------------------
 
 
@@ -252,73 +151,7 @@ def write_predictions(predictions: list[Prediction], path: Path) -> None:
         ],
         schema=PREDICTION_SCHEMA,
     )
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
-
-
-def plot_accuracy(metrics: dict[str, Any], path: Path, title: str = "") -> None:
-    """Bars of base and tuned accuracy; the tuned bar carries the paired delta's 95% interval
-    (base accuracy + [ci_low, ci_high])."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    labels, values = ["base"], [metrics["accuracy_base"]]
-    tuned = metrics.get("accuracy_tuned")
-    if tuned is not None:
-        labels.append("tuned")
-        values.append(tuned)
-    fig, ax = plt.subplots(figsize=(4.5, 4.0), dpi=100)
-    bars = ax.bar(labels, values, color=["#8c8c8c", "#2a7ab9"][: len(values)], width=0.55)
-    if tuned is not None:
-        low = metrics["accuracy_base"] + metrics["delta_ci_low"]
-        high = metrics["accuracy_base"] + metrics["delta_ci_high"]
-        ax.errorbar([1], [tuned], yerr=[[max(0.0, tuned - low)], [max(0.0, high - tuned)]], fmt="none",
-                    ecolor="black", capsize=6, linewidth=1.5, label="base + 95% CI of paired delta")
-        ax.legend(loc="lower right", fontsize=7)
-        ax.set_xlabel(
-            f"delta {metrics['delta']:+.3f} [{metrics['delta_ci_low']:+.3f}, {metrics['delta_ci_high']:+.3f}], "
-            f"McNemar p={metrics['mcnemar_p']:.3g}",
-            fontsize=8,
-        )
-    for bar, value in zip(bars, values, strict=True):
-        inside = value >= 0.12
-        ax.text(bar.get_x() + bar.get_width() * 0.3, value / 2 if inside else value + 0.01, f"{value:.3f}",
-                ha="center", va="center" if inside else "bottom", fontsize=9, color="white" if inside else "black")
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel(f"pass@1 accuracy (n={metrics['n']})")
-    ax.set_title(title or "LightReasoner evaluation", fontsize=10)
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    tmp.replace(path)
-
-
-def _check_output(out: Path) -> None:
-    """Refuse a file, or a folder holding another stage's output."""
-    if out.exists() and not out.is_dir():
-        raise LightReasonerError(f"output {out}: exists and is not a folder")
-    manifest = out / MANIFEST
-    if manifest.is_file():
-        try:
-            stage = json.loads(manifest.read_text()).get("stage")
-        except (json.JSONDecodeError, AttributeError):
-            stage = None
-        if stage != "evaluate":
-            raise LightReasonerError(f"output {out}: holds the output of stage {stage!r}; choose another folder")
-
-
-def _prepare_output(out: Path) -> None:
-    """Drop a previous evaluation's manifest first, so a failed rerun never leaves a folder that looks
-    complete."""
-    _check_output(out)
-    (out / MANIFEST).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in (PREDICTIONS_TUNED, BENCHMARK_TABLE, DELTA_PLOT):
-        (out / name).unlink(missing_ok=True)
+    write_table_atomic(table, path)
 
 
 def problems_digest(problems: list[Problem]) -> str:
@@ -410,36 +243,7 @@ def write_benchmark_table(metrics: dict[str, Any], path: Path) -> None:
     writer.writeheader()
     for row in benchmark_rows(metrics):
         writer.writerow({k: "" if v is None else v for k, v in row.items()})
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(buf.getvalue())
-    tmp.replace(path)
-
-
-def plot_benchmark_deltas(metrics: dict[str, Any], path: Path, title: str = "") -> None:
-    """Per-benchmark paired delta (tuned - base) with its bootstrap 95% interval, and the average."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in benchmark_rows(metrics) if r["delta"] is not None]
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.1 * len(rows) + 1.5), 4.0), dpi=100)
-    names = [r["benchmark"] for r in rows]
-    deltas = [r["delta"] * 100 for r in rows]
-    colors = ["#2a7ab9" if d >= 0 else "#c0504d" for d in deltas]
-    ax.bar(names, deltas, color=colors, width=0.6)
-    low = [max(0.0, (r["delta"] - r["delta_ci_low"]) * 100) if r["delta_ci_low"] is not None else 0 for r in rows]
-    high = [max(0.0, (r["delta_ci_high"] - r["delta"]) * 100) if r["delta_ci_high"] is not None else 0 for r in rows]
-    ax.errorbar(names, deltas, yerr=[low, high], fmt="none", ecolor="black", capsize=5, linewidth=1.2)
-    ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_ylabel("delta accuracy, points (tuned - base, 95% CI)")
-    ax.set_title(title or "LightReasoner: per-benchmark delta", fontsize=10)
-    plt.setp(ax.get_xticklabels(), rotation=30, ha="right", fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    tmp.replace(path)
+    write_text_atomic(buf.getvalue(), path)
 
 
 def evaluate(config: Config, model: str | None, adapter: str | Path | None, output: str | Path, *,
@@ -472,7 +276,7 @@ def evaluate(config: Config, model: str | None, adapter: str | Path | None, outp
     protocol = resolve_protocol(config)
 
     # Everything that can be refused is checked before any output is written.
-    _check_output(out)
+    claim = prepare_output(out, stage="evaluate", what="evaluation", rerun=True)  # evaluations are redone
     source = resolve_adapter(adapter) if adapter is not None else None
     if problems is not None and limit is not None:
         problems = problems[:limit]
@@ -491,7 +295,7 @@ def evaluate(config: Config, model: str | None, adapter: str | Path | None, outp
     adapter_sha256 = folder_sha256(source.folder) if source is not None else None
     if base_predictions is not None and [p.problem_id for p in base_predictions] != [p.problem_id for p in all_problems]:
         raise LightReasonerError("base predictions: made for other evaluation problems")
-    _prepare_output(out)
+    claim_output(claim, retire=(PREDICTIONS_TUNED, BENCHMARK_TABLE, DELTA_PLOT))
     load_seconds = time.perf_counter() - started
 
     ecfg = config.evaluation
@@ -578,7 +382,7 @@ def evaluate(config: Config, model: str | None, adapter: str | Path | None, outp
     if ecfg.benchmarks and problems is None:
         write_benchmark_table(metrics, out / BENCHMARK_TABLE)
         if tuned_preds is not None:
-            plot_benchmark_deltas(metrics, out / DELTA_PLOT, title=f"{Path(config.expert.model).name}: delta per benchmark")
+            plot_benchmark_deltas(benchmark_rows(metrics), out / DELTA_PLOT, title=f"{Path(config.expert.model).name}: delta per benchmark")
 
     def _tokens(preds):
         return sum(p.tokens_generated for p in preds) if preds else 0
@@ -611,14 +415,3 @@ def evaluate(config: Config, model: str | None, adapter: str | Path | None, outp
     }
     write_json_atomic(manifest, out / MANIFEST)
     return EvalResult(out, metrics, manifest, base_preds, tuned_preds)
-
-
-def read_metrics(folder: str | Path) -> dict[str, Any]:
-    """``metrics.json`` of a finished evaluation folder (the manifest must exist: the run completed)."""
-    folder = Path(folder)
-    if not (folder / MANIFEST).is_file():
-        raise LightReasonerError(f"{folder}: missing {MANIFEST} (not a finished evaluation folder)")
-    try:
-        return json.loads((folder / METRICS).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise LightReasonerError(f"{folder / METRICS}: unreadable ({exc})") from None

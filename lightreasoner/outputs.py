@@ -41,18 +41,23 @@ def folder_sha256(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def write_json_atomic(data: dict, path: Path) -> None:
-    """Write JSON under a temporary name, then rename: a reader never sees half a manifest. Passwords in
-    URLs (``tracking.tracking_uri`` = ``http://user:pw@host``) are masked: manifests never hold credentials."""
-    from .redaction import redact_uris
-
+def write_text_atomic(text: str, path: Path) -> None:
+    """Write text under a temporary name, then rename: a reader never sees half a file."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(json.dumps(redact_uris(data), indent=2, sort_keys=True, default=str))
+        tmp.write_text(text)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(data: dict, path: Path) -> None:
+    """Write JSON atomically (:func:`write_text_atomic`). Passwords in URLs (``tracking.tracking_uri`` =
+    ``http://user:pw@host``) are masked: manifests never hold credentials."""
+    from .redaction import redact_uris
+
+    write_text_atomic(json.dumps(redact_uris(data), indent=2, sort_keys=True, default=str), path)
 
 
 def write_table_atomic(table, path: Path) -> None:
@@ -182,9 +187,9 @@ def prepare_output(out: Path, *, stage: str, what: str, fingerprint: str | None 
     if manifest_path.is_file():
         data = _json_object(manifest_path)
         if data is None:
-            return redo(f"{manifest_path}: not valid JSON, not a finished {what} folder")
+            return redo(f"{manifest_path}: not valid JSON (not a finished {what} output)")
         if data.get("stage", stage) != stage:
-            return redo(f"{out}: holds the output of stage {data.get('stage')!r}, not a {what} folder")
+            return redo(f"{out}: holds the output of stage {data.get('stage')!r}, not of stage {stage!r}")
         if rerun:
             return Claim(out)
         if fingerprint is None:

@@ -9,12 +9,27 @@ from typing import Any
 
 
 def pyplot():
+    """matplotlib's pyplot on the headless Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save(fig, path: Path, dpi: int = 110) -> Path:
+    """Write a figure as PNG under a temporary name, then rename (a reader never sees half an image)."""
+    plt = pyplot()
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp.png")
+    try:
+        fig.savefig(tmp, format="png", dpi=dpi)
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def kl_plots(trajectories: Path, beta: float, out: Path) -> list[Path]:
@@ -45,9 +60,7 @@ def kl_plots(trajectories: Path, beta: float, out: Path) -> list[Path]:
     ax.set_title("Expert-Amateur divergence")
     ax.legend()
     fig.tight_layout()
-    paths.append(out / "kl_histogram.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(save(fig, out / "kl_histogram.png"))
 
     fractions = np.sort(np.array([float((k > beta).mean()) if k.size else 0.0 for k in per_problem]))[::-1]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -60,32 +73,62 @@ def kl_plots(trajectories: Path, beta: float, out: Path) -> list[Path]:
     ax.set_ylim(0, 1)
     ax.set_title(f"Kept steps per problem (KL > {beta:.4g})")
     fig.tight_layout()
-    paths.append(out / "kept_fraction_per_problem.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(save(fig, out / "kept_fraction_per_problem.png"))
     return paths
 
 
-def accuracy_plot(metrics: Mapping[str, Any], out: Path) -> Path:
+def plot_accuracy(metrics: Mapping[str, Any], path: Path, title: str = "") -> Path:
+    """Bars of base and tuned accuracy; the tuned bar carries the paired delta's 95% interval
+    (base accuracy + [ci_low, ci_high])."""
     plt = pyplot()
-    base, tuned = float(metrics["accuracy_base"]), float(metrics["accuracy_tuned"])
-    fig, ax = plt.subplots(figsize=(5, 4))
-    bars = ax.bar(["Expert (base)", "Expert + LightReasoner"], [base, tuned], color=["tab:gray", "tab:orange"])
-    for bar, value in zip(bars, (base, tuned), strict=True):
-        ax.text(bar.get_x() + bar.get_width() / 2, value, f"{value:.1%}", ha="center", va="bottom")
-    title = f"delta {tuned - base:+.1%}"
-    if metrics.get("delta_ci_low") is not None and metrics.get("delta_ci_high") is not None:
-        title += f" [{float(metrics['delta_ci_low']):+.1%}, {float(metrics['delta_ci_high']):+.1%}]"
-    if metrics.get("mcnemar_p") is not None:
-        title += f", McNemar p = {float(metrics['mcnemar_p']):.3g}"
-    ax.set_title(title)
-    ax.set_ylabel(f"accuracy (n = {metrics.get('n', '?')})")
-    ax.set_ylim(0, min(1.0, max(base, tuned) * 1.2 + 0.05))
+    labels, values = ["base"], [metrics["accuracy_base"]]
+    tuned = metrics.get("accuracy_tuned")
+    if tuned is not None:
+        labels.append("tuned")
+        values.append(tuned)
+    fig, ax = plt.subplots(figsize=(4.5, 4.0), dpi=100)
+    bars = ax.bar(labels, values, color=["#8c8c8c", "#2a7ab9"][: len(values)], width=0.55)
+    if tuned is not None and metrics.get("delta_ci_low") is not None:
+        low = metrics["accuracy_base"] + metrics["delta_ci_low"]
+        high = metrics["accuracy_base"] + metrics["delta_ci_high"]
+        ax.errorbar([1], [tuned], yerr=[[max(0.0, tuned - low)], [max(0.0, high - tuned)]], fmt="none",
+                    ecolor="black", capsize=6, linewidth=1.5, label="base + 95% CI of paired delta")
+        ax.legend(loc="lower right", fontsize=7)
+        ax.set_xlabel(
+            f"delta {metrics['delta']:+.3f} [{metrics['delta_ci_low']:+.3f}, {metrics['delta_ci_high']:+.3f}], "
+            f"McNemar p={metrics['mcnemar_p']:.3g}",
+            fontsize=8,
+        )
+    for bar, value in zip(bars, values, strict=True):
+        inside = value >= 0.12
+        ax.text(bar.get_x() + bar.get_width() * 0.3, value / 2 if inside else value + 0.01, f"{value:.3f}",
+                ha="center", va="center" if inside else "bottom", fontsize=9, color="white" if inside else "black")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel(f"pass@1 accuracy (n={metrics['n']})")
+    ax.set_title(title or "LightReasoner evaluation", fontsize=10)
     fig.tight_layout()
-    path = out / "accuracy.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=100)
+
+
+def plot_benchmark_deltas(rows: list[Mapping[str, Any]], path: Path, title: str = "") -> Path:
+    """Per-benchmark paired delta (tuned - base) with its bootstrap 95% interval (``rows``: the evaluation's
+    per-benchmark table, :func:`lightreasoner.evaluation.benchmark_rows`)."""
+    plt = pyplot()
+    rows = [r for r in rows if r["delta"] is not None]
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.1 * len(rows) + 1.5), 4.0), dpi=100)
+    names = [r["benchmark"] for r in rows]
+    deltas = [r["delta"] * 100 for r in rows]
+    colors = ["#2a7ab9" if d >= 0 else "#c0504d" for d in deltas]
+    ax.bar(names, deltas, color=colors, width=0.6)
+    low = [max(0.0, (r["delta"] - r["delta_ci_low"]) * 100) if r["delta_ci_low"] is not None else 0 for r in rows]
+    high = [max(0.0, (r["delta_ci_high"] - r["delta"]) * 100) if r["delta_ci_high"] is not None else 0 for r in rows]
+    ax.errorbar(names, deltas, yerr=[low, high], fmt="none", ecolor="black", capsize=5, linewidth=1.2)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_ylabel("delta accuracy, points (tuned - base, 95% CI)")
+    ax.set_title(title or "LightReasoner: per-benchmark delta", fontsize=10)
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right", fontsize=8)
+    fig.tight_layout()
+    return save(fig, path, dpi=100)
 
 
 def plot_report(report: Mapping[str, Any], path: Path, labels: Mapping[str, str]) -> Path:
@@ -107,6 +150,4 @@ def plot_report(report: Mapping[str, Any], path: Path, labels: Mapping[str, str]
     ax.set_title("LightReasoner vs SFT" + (f": {ratio:.3g}x the tuned tokens" if ratio is not None else ""))
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, storage, tracking
+from .adapters import verify_adapter
 from .config import Config
 from .errors import LightReasonerError, passthrough
 from .outputs import folder_sha256, read_json
@@ -212,47 +213,6 @@ def _ensure_registered_model(client, name: str) -> None:
     except MlflowException as exc:
         if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code) and "already exists" not in str(exc).lower():
             raise
-
-
-def verify_adapter(adapter: Path, given: str | Path) -> None:
-    """The adapter folder must load: ``adapter_config.json`` readable, ``adapter_model.safetensors`` a valid
-    safetensors file (header and data) holding LoRA A/B matrices whose shapes match the configured rank."""
-    try:
-        cfg = json.loads((adapter / "adapter_config.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise LightReasonerError(f"{given}: adapter/adapter_config.json is unreadable ({exc})") from exc
-    if not isinstance(cfg, dict):
-        raise LightReasonerError(f"{given}: adapter/adapter_config.json is not a JSON object")
-    weights = adapter / "adapter_model.safetensors"
-    if not weights.is_file():
-        raise LightReasonerError(f"{given}: missing adapter/adapter_model.safetensors (not a training output)")
-    from safetensors.torch import load_file
-
-    try:
-        tensors = load_file(str(weights))
-    except Exception as exc:  # noqa: BLE001 - any parse failure is a corrupt file
-        if passthrough(exc):
-            raise
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise LightReasonerError(f"{given}: adapter/adapter_model.safetensors does not load ({reason})") from exc
-    rank = cfg.get("r")
-    pattern = cfg.get("rank_pattern") or {}
-    lora = {k: t for k, t in tensors.items() if ".lora_A." in k or ".lora_B." in k}
-    if not lora:
-        raise LightReasonerError(f"{given}: adapter/adapter_model.safetensors holds no LoRA weights")
-    for key, tensor in lora.items():
-        if tensor.dim() != 2 or not bool(tensor.isfinite().all()):
-            raise LightReasonerError(f"{given}: adapter weight {key} is not a finite matrix")
-        r = next((v for k, v in pattern.items() if k in key), rank)
-        got = tensor.shape[0] if ".lora_A." in key else tensor.shape[1]
-        if isinstance(r, int) and got != r:
-            raise LightReasonerError(f"{given}: adapter weight {key} has rank {got}, adapter_config.json says r={r}")
-    for key in lora:
-        twin = key.replace(".lora_A.", ".lora_B.") if ".lora_A." in key else key.replace(".lora_B.", ".lora_A.")
-        if twin not in lora:
-            raise LightReasonerError(f"{given}: adapter weight {key} has no matching {twin}")
-        if ".lora_A." in key and lora[key].shape[0] != lora[twin].shape[1]:
-            raise LightReasonerError(f"{given}: adapter weights {key} and {twin} have inconsistent shapes")
 
 
 def check_binding(metrics: Mapping[str, Any], adapter_sha: str, training: str | Path, evaluation: str | Path) -> None:

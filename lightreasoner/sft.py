@@ -27,7 +27,7 @@ import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
-from .answers import answers_match, extract_answer
+from .answers import GRADED_COLUMNS, answers_match, extract_answer
 from .config import Config
 from .data import Problem, load_problems
 from .errors import LightReasonerError
@@ -76,9 +76,7 @@ SOLUTION_SCHEMA = pa.schema(
         ("prompt_token_ids", pa.list_(pa.int32())),
         ("completion_token_ids", pa.list_(pa.int32())),
         ("text", pa.string()),
-        ("extracted", pa.string()),
-        ("gold", pa.string()),
-        ("correct", pa.bool_()),
+        *GRADED_COLUMNS,
         ("kept", pa.bool_()),
     ]
 )

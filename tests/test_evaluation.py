@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import GSM8K, tiny_config
 
+from lightreasoner.adapters import check_adapter_base, resolve_adapter
 from lightreasoner.config import ModelConfig
 from lightreasoner.data import Problem, load_problems, parse_gold_answer, problem_id
 from lightreasoner.errors import LightReasonerError
@@ -19,13 +20,11 @@ from lightreasoner.evaluation import (
     PREDICTION_SCHEMA,
     answers_match,
     bootstrap_delta_ci,
-    check_adapter_base,
     evaluate,
     extract_answer,
     generate_completions,
     mcnemar_exact,
     paired_metrics,
-    resolve_adapter,
 )
 from lightreasoner.models import load_model, load_tokenizer, model_fingerprint, prompt_token_ids
 

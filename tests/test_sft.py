@@ -9,11 +9,11 @@ import yaml
 from conftest import tiny_config
 from mlflow.tracking import MlflowClient
 
+from lightreasoner import records, tracking
 from lightreasoner import sft as sft_module
-from lightreasoner import tracking
+from lightreasoner.adapters import resolve_adapter
 from lightreasoner.data import load_problems
 from lightreasoner.errors import LightReasonerError
-from lightreasoner.evaluation import resolve_adapter
 from lightreasoner.models import load_model, load_tokenizer
 from lightreasoner.report import REPORT_JSON, REPORT_PLOT, SOURCES, efficiency_report
 from lightreasoner.training import SoftLabelCollator, batch_loss, build_examples
@@ -71,7 +71,7 @@ def test_rejection_keeps_only_correct_solutions_and_output_is_a_training_output(
         assert m[key] > 0
     # evaluation and tracking take it like a stage-2 output (evaluated in the run test below)
     assert resolve_adapter(tmp_path / "sft").training_manifest["stage"] == "sft"
-    record = tracking.READERS["sft"](tmp_path / "sft", tmp_path)
+    record = records.READERS["sft"](tmp_path / "sft", tmp_path)
     assert record.metrics["sft/tuned_tokens"] == 2 * completion and record.metrics["sft/problems"] == 4
 
 

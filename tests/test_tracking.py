@@ -10,7 +10,7 @@ import pytest
 from fake_outputs import make_config, make_evaluation, make_samples, make_training
 from servers import free_port
 
-from lightreasoner import storage, tracking
+from lightreasoner import records, storage, tracking
 from lightreasoner.errors import LightReasonerError
 
 
@@ -199,7 +199,7 @@ def test_stage_inputs_are_logged_as_mlflow_datasets(mlflow_server, aws_env, tmp_
     (name, (digest, _, _, context)), = _inputs(client, ids["evaluate"]).items()
     assert name == "synthetic:test" and context == "evaluation" and digest
     # A hub data set keeps its hub name and split (lineage links to the Hugging Face dataset).
-    hub = tracking._problems_input({"path": "openai/gsm8k", "split": "test", "hf_config": "main"}, "evaluation",
+    hub = records._problems_input({"path": "openai/gsm8k", "split": "test", "hf_config": "main"}, "evaluation",
                                    None, 10)
     assert (hub.hub, hub.name, hub.hf_config) == (True, "openai/gsm8k:test", "main")
 

@@ -236,9 +236,9 @@ def test_packed_and_per_step_see_the_same_samples_per_update(tiny_models, sample
         assert sched["kept_samples_seen"] == m["tuned_tokens"]
         assert m["schedule"]["kept_samples_per_update"]["min"] == (4 if kept % 4 == 0 else per_update["min"])
     assert packed["schedule"] == per_step["schedule"]
-    from lightreasoner import tracking
+    from lightreasoner import records
 
-    logged = tracking.READERS["train"](tmp_path / "packed", tmp_path).metrics
+    logged = records.READERS["train"](tmp_path / "packed", tmp_path).metrics
     assert logged["train/updates"] == 6 and logged["train/kept_samples_per_update_max"] == 4
     assert logged["train/kept_samples_seen"] == packed["tuned_tokens"]
     for a, b in zip(packed["loss_history"], per_step["loss_history"], strict=True):
@@ -274,9 +274,9 @@ def test_heldout_kl_is_reported_and_drops(tiny_models, samples_dir, tmp_path):
     assert h["kl_after"] == pytest.approx(soft_label_kl(tuned, held, pad), rel=1e-4)
     assert h["kl_after"] != pytest.approx(h["kl_before"], rel=1e-3)  # training moved it
     assert h["kl_drop"] == pytest.approx((h["kl_before"] - h["kl_after"]) / h["kl_before"])
-    from lightreasoner import tracking
+    from lightreasoner import records
 
-    logged = tracking.READERS["train"](tmp_path / "run", tmp_path).metrics
+    logged = records.READERS["train"](tmp_path / "run", tmp_path).metrics
     assert logged["train/heldout_kl_before"] == pytest.approx(h["kl_before"])
     assert logged["train/heldout_kl_drop"] == pytest.approx(h["kl_drop"])
     no_holdout = train(train_config(tiny_models, **{"training.max_steps": 1}), samples_dir, tmp_path / "plain",
