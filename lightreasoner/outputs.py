@@ -199,7 +199,9 @@ def prepare_output(out: Path, *, stage: str, what: str, fingerprint: str | None 
         return redo(f"{out}: holds {what} output of a different config")
     if state_path is not None and state_path.is_file():
         if has_work is not None and not has_work(out):
-            others = [p for p in out.rglob("*") if p.is_file() and p != state_path]
+            work = state_path.parent if state_path.parent != out else None  # the work folder's own files
+            others = [p for p in out.rglob("*") if p.is_file() and p != state_path
+                      and (work is None or work not in p.parents)]
             return Claim(out, clear=True) if not others else redo(f"{out}: output folder is not empty and holds "
                                                                    f"no {what} output")
         data = _json_object(state_path)

@@ -52,8 +52,10 @@ from .models import (
 )
 from .outputs import (
     MANIFEST,
+    claim_output,
     library_versions,
     plan_batches,
+    prepare_output,
     sha256_file,
     write_json_atomic,
     write_table_atomic,
@@ -450,68 +452,20 @@ class SampleResult:
     manifest: dict[str, Any]
 
 
-def _json_or_none(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
+STATE = f"{SHARDS}/state.json"  # the job's fingerprint while it runs (outputs.prepare_output)
 
 
-def _prepare_output(out: Path, fingerprint: str, overwrite: bool) -> tuple[dict | None, bool]:
-    """Check the output folder; writes nothing. Returns (the finished manifest when the same job is already
-    complete, whether the folder must be cleared before the run claims it). Refuses foreign content."""
-    if out.exists() and not out.is_dir():
-        raise LightReasonerError(f"{out}: output exists and is not a folder")
-    manifest_path = out / MANIFEST
-    state_path = out / SHARDS / "state.json"
-    batches = any((out / SHARDS).glob("batch-*.parquet")) if (out / SHARDS).is_dir() else False
-    recorded = None
-    if manifest_path.is_file():
-        data = _json_or_none(manifest_path)
-        if data is None or data.get("stage", "sample") != "sample":
-            if overwrite:
-                return None, True
-            what = "is not valid JSON" if data is None else f"belongs to stage {data.get('stage')!r}"
-            raise LightReasonerError(f"{manifest_path}: {what}, not a samples manifest (use --overwrite to replace "
-                                     "the folder)")
-        recorded = data.get("fingerprint")
-    elif state_path.is_file() and batches:
-        data = _json_or_none(state_path)
-        if data is None:
-            if overwrite:
-                return None, True
-            raise LightReasonerError(f"{state_path}: not valid JSON (damaged work in progress; use --overwrite to "
-                                     "start again)")
-        recorded = data.get("fingerprint")
-    elif state_path.is_file() or (out / SHARDS).is_dir():
-        # A run that stopped before its first batch: nothing worth keeping, whatever its config.
-        others = [p for p in out.iterdir() if p.name != SHARDS]
-        if others and not overwrite:
-            raise LightReasonerError(f"{out}: output folder is not empty and holds no samples (use --overwrite)")
-        return None, True
-    elif out.exists() and any(out.iterdir()) and not overwrite:
-        raise LightReasonerError(f"{out}: output folder is not empty and holds no samples (use --overwrite)")
-    if recorded is not None and recorded != fingerprint:
-        if not overwrite:
-            raise LightReasonerError(
-                f"{out}: holds samples of a different config (use --overwrite to replace them)"
-            )
-        return None, True
-    if overwrite and out.exists():
-        return None, True
-    if manifest_path.is_file():
-        return json.loads(manifest_path.read_text()), False
-    return None, False
+def _prepare_output(out: Path, fingerprint: str, overwrite: bool):
+    """The output-folder rule (:func:`lightreasoner.outputs.prepare_output`) for samples: work in progress
+    of the same config always resumes; a run killed before its first batch left nothing worth keeping."""
+    return prepare_output(out, stage="sample", what="samples", fingerprint=fingerprint, state=STATE, resume=True,
+                          overwrite=overwrite, has_work=lambda o: any((o / SHARDS).glob("batch-*.parquet")))
 
 
-def _claim_output(out: Path, fingerprint: str, clear: bool) -> None:
+def _claim_output(out: Path, fingerprint: str, claim) -> None:
     """Take the output folder once every input check passed: a refused run leaves nothing behind."""
-    if clear and out.exists():
-        shutil.rmtree(out)
-    (out / SHARDS).mkdir(parents=True, exist_ok=True)
-    write_json_atomic({"fingerprint": fingerprint}, out / SHARDS / "state.json")
-    save_progress(out / SHARDS / "state.json")  # s3:// outputs: kept under the prefix too
+    claim_output(claim, fingerprint=fingerprint, state=STATE)
+    save_progress(out / STATE)  # s3:// outputs: kept under the prefix too
 
 
 def _batch_ok(path: Path, rows: int) -> bool:
@@ -563,17 +517,17 @@ def _sample(config: Config, out: Path, reference: bool, overwrite: bool, problem
         raise LightReasonerError("sampling.batch_size auto: set a number for a sharded run (every shard must "
                                  "plan the same batches)")
     fingerprint = sampling_fingerprint(config, reference)
-    finished, clear = _prepare_output(out, fingerprint, overwrite)
-    if finished is not None:
+    claim = _prepare_output(out, fingerprint, overwrite)
+    if claim.finished is not None:
         log.info("%s: samples for this config are already complete", out)
-        return SampleResult(out, finished)
+        return SampleResult(out, claim.finished)
     scfg = config.sampling
     problems = problems if problems is not None else load_problems(config.data)
     pair = pair or load_pair(config)
     tok = pair.tokenizer
     prompts = [prompt_token_ids(tok, p.question, config.prompt.system_prompt, config.prompt.chat_template)
                for p in problems]
-    _claim_output(out, fingerprint, clear)
+    _claim_output(out, fingerprint, claim)
     floor = None if isinstance(scfg.beta, str) else float(scfg.beta)
     compiled = resolve_compile(config.performance.compile, pair.expert.device)
     batch_size = 1 if reference else _batch_size(config, out, pair, prompts)
@@ -644,10 +598,10 @@ def merge_shards(config: Config, shard_dirs: list[str | Path], output: str | Pat
     seen = sorted(b for i in infos for b in i["batches"])
     if seen != list(range(expected)):
         raise LightReasonerError(f"{output}: shards cover batches {seen}, expected 0..{expected - 1} once each")
-    finished, clear = _prepare_output(out, fingerprint, overwrite)
-    if finished is not None:
-        return SampleResult(out, finished)
-    _claim_output(out, fingerprint, clear)
+    claim = _prepare_output(out, fingerprint, overwrite)
+    if claim.finished is not None:
+        return SampleResult(out, claim.finished)
+    _claim_output(out, fingerprint, claim)
     for folder in shard_dirs:
         for batch in sorted((Path(folder) / SHARDS).glob("batch-*.parquet")):
             shutil.copyfile(batch, out / SHARDS / batch.name)

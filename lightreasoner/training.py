@@ -38,7 +38,15 @@ import torch
 from .config import Config
 from .errors import LightReasonerError, passthrough
 from .models import load_model, load_tokenizer, model_fingerprint, resolve_device, same_model
-from .outputs import MANIFEST, library_versions, read_manifest, sha256_file, write_json_atomic
+from .outputs import (
+    MANIFEST,
+    claim_output,
+    library_versions,
+    prepare_output,
+    read_manifest,
+    sha256_file,
+    write_json_atomic,
+)
 from .sampling import SAMPLE_SCHEMA, SAMPLES, TRAJECTORIES, TRAJECTORY_SCHEMA
 from .storage import prune_progress, save_progress
 
@@ -627,30 +635,17 @@ def training_fingerprint(config: Config, samples_sha: dict[str, str]) -> str:
     return hashlib.sha256(f"{digest}:{json.dumps(samples_sha, sort_keys=True)}".encode()).hexdigest()
 
 
-def _prepare_output(out: Path, fingerprint: str, resume: bool) -> dict | None:
-    """Checks the output folder (writes nothing); returns the finished manifest when resuming a complete job."""
-    state_path = out / STATE
-    if out.exists() and not out.is_dir():
-        raise LightReasonerError(f"{out}: output exists and is not a folder")
-    if resume and state_path.is_file():
-        recorded = json.loads(state_path.read_text()).get("fingerprint")
-        if recorded != fingerprint:
-            raise LightReasonerError(f"{out}: holds a training run of a different config or samples (cannot resume)")
-        if (out / MANIFEST).is_file():
-            return json.loads((out / MANIFEST).read_text())
-        return None
-    if out.exists() and any(out.iterdir()):
-        hint = "use --resume to continue it" if state_path.is_file() else "choose an empty folder"
-        raise LightReasonerError(f"{out}: output folder is not empty ({hint})")
-    return None
+def _prepare_output(out: Path, fingerprint: str, resume: bool):
+    """The output-folder rule (:func:`lightreasoner.outputs.prepare_output`) for training: ``--resume``
+    continues this job's checkpoints; a finished run of the same job is returned as it is."""
+    return prepare_output(out, stage="train", what="training", fingerprint=fingerprint, state=STATE, resume=resume,
+                          overwrite_flag=None)
 
 
-def _claim_output(out: Path, fingerprint: str) -> None:
+def _claim_output(claim, fingerprint: str) -> None:
     """Create the output folder once every input check passed (a refused run leaves nothing behind)."""
-    out.mkdir(parents=True, exist_ok=True)
-    if not (out / STATE).is_file():
-        (out / STATE).write_text(json.dumps({"fingerprint": fingerprint}))
-    save_progress(out / STATE)  # s3:// outputs: kept under the prefix with the checkpoints
+    claim_output(claim, fingerprint=fingerprint, state=STATE)
+    save_progress(claim.out / STATE)  # s3:// outputs: kept under the prefix with the checkpoints
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
@@ -789,10 +784,10 @@ def train(config: Config, samples_dir: str | Path, output_dir: str | Path, *, re
     samples = load_samples(samples_dir)
     expert_info = check_expert(config, samples)
     fingerprint = training_fingerprint(config, samples.sha256)
-    finished = _prepare_output(out, fingerprint, resume)
-    if finished is not None:
+    claim = _prepare_output(out, fingerprint, resume)
+    if claim.finished is not None:
         log.info("%s: this training run is already complete", out)
-        return TrainResult(out, finished)
+        return TrainResult(out, claim.finished)
 
     from transformers import set_seed
 
@@ -812,7 +807,7 @@ def train(config: Config, samples_dir: str | Path, output_dir: str | Path, *, re
     else:
         examples = build_examples(train_set, tcfg.layout)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    _claim_output(out, fingerprint)
+    _claim_output(claim, fingerprint)
 
     train_steps = sum(len(t.positions) for t in train_set)
     log.info("training on %d kept steps in %d trajectories (%s layout, %d %s; %d held-out problems)", train_steps,
