@@ -149,21 +149,23 @@ def contrast(expert_logits: torch.Tensor, amateur_logits: torch.Tensor, alpha: f
         plausible = le >= le.max(dim=-1, keepdim=True).values + log_alpha
         if out_mask is not None:
             plausible &= ~out_mask
-        soft = torch.softmax(diff.masked_fill(~plausible, float("-inf")), dim=-1)
         keep = torch.ones_like(kl, dtype=torch.bool) if floor is None else kl > floor
         if candidates is not None:
             keep &= candidates[start : start + chunk].to(keep.device)
         rows, cols = (plausible & keep[:, None]).nonzero(as_tuple=True)
-        vals = soft[rows, cols]
-        rows, cols, vals = rows.cpu().numpy(), cols.cpu().numpy(), vals.cpu().numpy()
+        # the soft label is a softmax of log p_E - log p_A over the plausible ids only: made from those few
+        # entries (on the host, in float64) rather than from a masked softmax over the whole vocabulary
+        vals = diff[rows, cols]
+        rows, cols, vals = rows.cpu().numpy(), cols.cpu().numpy(), vals.double().cpu().numpy()
         kls.append(kl.double().cpu().numpy())
         if len(rows):
             bounds = np.flatnonzero(np.diff(rows)) + 1
-            for r_ids, c_ids, v in zip(np.split(rows, bounds), np.split(cols, bounds), np.split(vals, bounds),
+            for r_ids, c_ids, d in zip(np.split(rows, bounds), np.split(cols, bounds), np.split(vals, bounds),
                                        strict=True):
                 i = start + int(r_ids[0])
                 targets[i] = c_ids.astype(np.int32)
-                weights[i] = (v / v.sum()).astype(np.float32)
+                w = np.exp(d - d.max())
+                weights[i] = (w / w.sum()).astype(np.float32)
     return StepContrast(np.concatenate(kls) if kls else np.zeros(0), targets, weights)
 
 
