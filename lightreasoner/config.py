@@ -308,6 +308,11 @@ class PerformanceConfig(_Section):
         description="Sampling: completion steps whose Expert and Amateur logits are computed and contrasted at once "
         "(scoring memory is about 6 x this x vocabulary x 4 bytes).",
     )
+    score_from_generation: bool = Field(
+        True,
+        description="Sampling without compile: keep each step's hidden states while the Expert generates and score "
+        "from them (no second Expert pass; B x T x hidden floats); false: a teacher-forced pass, as with compile.",
+    )
     memory_fraction: float = Field(
         0.8, gt=0.0, le=1.0, description="Share of the GPU's free memory that `auto` batch sizes may plan to use."
     )

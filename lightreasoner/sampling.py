@@ -27,6 +27,8 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,21 +156,23 @@ def contrast(expert_logits: torch.Tensor, amateur_logits: torch.Tensor, alpha: f
         plausible = le >= le.max(dim=-1, keepdim=True).values + log_alpha
         if out_mask is not None:
             plausible &= ~out_mask
-        soft = torch.softmax(diff.masked_fill(~plausible, float("-inf")), dim=-1)
         keep = torch.ones_like(kl, dtype=torch.bool) if floor is None else kl > floor
         if candidates is not None:
             keep &= candidates[start : start + chunk].to(keep.device)
         rows, cols = (plausible & keep[:, None]).nonzero(as_tuple=True)
-        vals = soft[rows, cols]
-        rows, cols, vals = rows.cpu().numpy(), cols.cpu().numpy(), vals.cpu().numpy()
+        # the soft label is a softmax of log p_E - log p_A over the plausible ids only: made from those few
+        # entries (on the host, in float64) rather than from a masked softmax over the whole vocabulary
+        vals = diff[rows, cols]
+        rows, cols, vals = rows.cpu().numpy(), cols.cpu().numpy(), vals.double().cpu().numpy()
         kls.append(kl.double().cpu().numpy())
         if len(rows):
             bounds = np.flatnonzero(np.diff(rows)) + 1
-            for r_ids, c_ids, v in zip(np.split(rows, bounds), np.split(cols, bounds), np.split(vals, bounds),
+            for r_ids, c_ids, d in zip(np.split(rows, bounds), np.split(cols, bounds), np.split(vals, bounds),
                                        strict=True):
                 i = start + int(r_ids[0])
                 targets[i] = c_ids.astype(np.int32)
-                weights[i] = (v / v.sum()).astype(np.float32)
+                w = np.exp(d - d.max())
+                weights[i] = (w / w.sum()).astype(np.float32)
     return StepContrast(np.concatenate(kls) if kls else np.zeros(0), targets, weights)
 
 
@@ -329,6 +333,64 @@ def shared_trunk(expert, amateur) -> tuple[int, Any] | None:
     return k, a_dec.norm
 
 
+@dataclass
+class StepHidden:
+    """Hidden states kept while a model generates: per forward pass, the final hidden state at the last
+    position (what the output layer turns into that step's logits) and, with a tap, the output of one
+    decoder layer there. ``hidden()`` stacks them to [B, steps, H]."""
+
+    finals: list[torch.Tensor] = field(default_factory=list)
+    tapped: list[torch.Tensor] = field(default_factory=list)
+
+    def hidden(self, tap_norm=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not self.finals:
+            raise LightReasonerError("no generation steps were captured")
+        final = torch.stack(self.finals, dim=1)
+        tapped = tap_norm(torch.stack(self.tapped, dim=1)) if self.tapped else None
+        return final, tapped
+
+
+def _last_position(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor[:, -1].detach().clone()  # a copy: a view would keep the whole prefill activation alive
+
+
+@contextmanager
+def capture_step_hidden(model, tap_layer: int | None = None) -> Iterator[StepHidden]:
+    """While the block runs ``model.generate`` (eager, not compiled: hooks do not run inside CUDA graphs),
+    keep each step's final hidden state ([B, H], the output layer's input) and, with ``tap_layer`` k,
+    the output of decoder layer k at the same position. Memory: B x steps x H per kept state."""
+    record = StepHidden()
+    hooks = [model.get_output_embeddings().register_forward_pre_hook(
+        lambda _m, args: record.finals.append(_last_position(args[0])))]
+    if tap_layer is not None:
+        layer = model.get_decoder().layers[tap_layer - 1]
+        hooks.append(layer.register_forward_hook(
+            lambda _m, _i, out: record.tapped.append(_last_position(out[0] if isinstance(out, tuple) else out))))
+    try:
+        yield record
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def generate_for_scoring(pair: ModelPair, prompts: list[list[int]], max_new_tokens: int, *, compile: bool = False,
+                         capture: bool = True):
+    """The Expert's greedy completions and, when ``capture`` (and not ``compile``), the hidden states that
+    :func:`score_chunked` needs, kept during generation: the Expert's final ones and, for a layer-truncated
+    Amateur (:func:`shared_trunk`), its own (the Expert's layer k output through the shared final norm).
+    Returns ``(completions, hidden)``; hidden is None when not captured (the scorer then runs its
+    teacher-forced pass)."""
+    if compile or not capture:
+        completions, _ = generate_greedy(pair.expert, pair.tokenizer, prompts, max_new_tokens, compile=compile)
+        return completions, None
+    trunk = shared_trunk(pair.expert, pair.amateur)
+    with capture_step_hidden(pair.expert, trunk[0] if trunk else None) as record:
+        completions, _ = generate_greedy(pair.expert, pair.tokenizer, prompts, max_new_tokens)
+    if not any(completions):
+        return completions, None
+    return completions, record.hidden(trunk[1] if trunk else None)
+
+
 def _head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
     """Logits of ``hidden`` [N, H] through the model's output layer (with its soft cap, where it has one)."""
     logits = model.get_output_embeddings()(hidden)
@@ -341,7 +403,8 @@ def _head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
 @torch.inference_mode()
 def score_chunked(pair: ModelPair, ids: list[str], prompts: list[list[int]], completions: list[list[int]],
                   alpha: float, floor: float | None, chunk_tokens: int = 512,
-                  skip_first_step: bool = False) -> list[Scored]:
+                  skip_first_step: bool = False,
+                  hidden: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> list[Scored]:
     """Contrast of a batch of trajectories with memory independent of batch x length x vocabulary.
 
     The Expert's and the Amateur's decoders each run ONE teacher-forced pass over prompt + completion (a
@@ -351,16 +414,31 @@ def score_chunked(pair: ModelPair, ids: list[str], prompts: list[list[int]], com
     next is made. Each row also counts the steps whose teacher-forced Expert argmax differs from the
     generated token (numerical near-ties between generation and the teacher-forced pass).
     ``skip_first_step``: t = 0 is never a candidate; ``pair.excluded_ids`` are left out of the contrast.
+
+    ``hidden``: the hidden states kept during generation (:func:`generate_for_scoring`), [B, steps, H]
+    for the Expert and, for a layer-truncated Amateur, for the Amateur (None: the Amateur runs its own
+    teacher-forced pass). The Expert then needs no second pass at all: its logits are remade from the
+    states that made the generated tokens (so its argmax mismatches are 0 unless generation was altered).
     """
     pad = pair.tokenizer.pad_token_id
     v = pair.vocab_size
     batch, mask, p_len, t_len = _pad_batch(prompts, completions, pad, pair.expert.device)
-    trunk = shared_trunk(pair.expert, pair.amateur)
-    if trunk is not None:  # a layer-truncated Amateur: its hidden states come out of the Expert's pass
-        hidden_e, hidden_a = _completion_hidden(pair.expert, batch, mask, p_len, t_len, trunk)
+    if hidden is not None:
+        hidden_e, hidden_a = hidden[0][:, :t_len], hidden[1]
+        if hidden_e.shape[:2] != (len(completions), t_len):
+            raise LightReasonerError(f"scoring: kept hidden states {tuple(hidden_e.shape)} do not cover "
+                                     f"{len(completions)} completions of up to {t_len} tokens")
+        if hidden_a is not None:
+            hidden_a = hidden_a[:, :t_len]
+        else:
+            hidden_a = _completion_hidden(pair.amateur, batch, mask, p_len, t_len)
     else:
-        hidden_e = _completion_hidden(pair.expert, batch, mask, p_len, t_len)
-        hidden_a = _completion_hidden(pair.amateur, batch, mask, p_len, t_len)
+        trunk = shared_trunk(pair.expert, pair.amateur)
+        if trunk is not None:  # a layer-truncated Amateur: its hidden states come out of the Expert's pass
+            hidden_e, hidden_a = _completion_hidden(pair.expert, batch, mask, p_len, t_len, trunk)
+        else:
+            hidden_e = _completion_hidden(pair.expert, batch, mask, p_len, t_len)
+            hidden_a = _completion_hidden(pair.amateur, batch, mask, p_len, t_len)
     lengths = torch.tensor([len(c) for c in completions], device=hidden_e.device)
     valid = torch.arange(t_len, device=lengths.device)[None, :] < lengths[:, None]
     rows, cols = valid.nonzero(as_tuple=True)  # row-major: the steps of row 0, then row 1, ...
@@ -557,9 +635,12 @@ def _sample(config: Config, out: Path, reference: bool, overwrite: bool, problem
                                           scfg.skip_first_step)]
                 del logits
             else:
-                completions, _ = generate_greedy(pair.expert, tok, batch_prompts, scfg.max_new_tokens, compile=compiled)
+                completions, hidden = generate_for_scoring(pair, batch_prompts, scfg.max_new_tokens,
+                                                           compile=compiled,
+                                                           capture=config.performance.score_from_generation)
                 scored = score_chunked(pair, ids, batch_prompts, completions, scfg.alpha, floor,
-                                       config.performance.score_chunk_tokens, scfg.skip_first_step)
+                                       config.performance.score_chunk_tokens, scfg.skip_first_step, hidden=hidden)
+                del hidden
             write_table_atomic(_shard_table(list(zip(members, scored, strict=True))), shard_file)
             save_progress(shard_file)  # s3:// outputs: another machine resumes from here
             bar.update(len(members))

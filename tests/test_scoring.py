@@ -54,6 +54,54 @@ def test_chunked_scorer_equals_scoring_with_generation_logits(tiny_models, exper
             assert b.argmax_mismatch == 0
 
 
+@pytest.mark.parametrize("expert, amateur", [("llama", "llama_small"), ("qwen2", "qwen2_small"), ("qwen2", None),
+                                             ("llama", None)])
+def test_scoring_from_generation_hidden_states_equals_the_teacher_forced_pass(tiny_models, expert, amateur):
+    """The CPU fast path (hidden states kept while the Expert generates, no second Expert pass) against the
+    straightforward one (teacher-forced passes over prompt + completion), with rows of different lengths."""
+    cfg = tiny_config(tiny_models, expert, amateur)
+    pair = load_pair(cfg)
+    ids, prompts = _batch(cfg, pair, 5)
+    completions, hidden = sampling.generate_for_scoring(pair, prompts, 12)
+    plain, _ = generate_greedy(pair.expert, pair.tokenizer, prompts, 12)
+    assert completions == plain and max(len(c) for c in completions) > 5
+    assert hidden[0].shape[:2] == (5, max(len(c) for c in completions)) and (hidden[1] is None) == (amateur is not None)
+    assert not pair.expert.get_output_embeddings()._forward_pre_hooks  # the capture hooks are gone
+    for chunk in (3, 512):
+        teacher = score_chunked(pair, ids, prompts, completions, 0.2, 0.4, chunk_tokens=chunk, skip_first_step=True)
+        kept = score_chunked(pair, ids, prompts, completions, 0.2, 0.4, chunk_tokens=chunk, skip_first_step=True,
+                             hidden=hidden)
+        for a, b in zip(teacher, kept, strict=True):
+            assert (a.problem_id, a.completion) == (b.problem_id, b.completion)
+            np.testing.assert_allclose(b.step_kl, a.step_kl, atol=1e-5)
+            assert b.cand_position == a.cand_position and 0 not in b.cand_position
+            for ta, tb, wa, wb in zip(a.cand_targets, b.cand_targets, a.cand_weights, b.cand_weights, strict=True):
+                assert tb.tolist() == ta.tolist()
+                np.testing.assert_allclose(wb, wa, atol=1e-5)
+            assert a.argmax_mismatch == b.argmax_mismatch == 0
+    with pytest.raises(LightReasonerError, match="do not cover"):
+        score_chunked(pair, ids[:2], prompts[:2], completions[:2], 0.2, 0.4, hidden=hidden)
+
+
+def test_sampling_with_and_without_kept_hidden_states_gives_the_same_samples(tiny_models, tmp_path):
+    base = {"data.limit": 5, "sampling.batch_size": 3, "sampling.beta": "auto:0.3"}
+    cfg = tiny_config(tiny_models, "llama", None, **base)  # the demo's kind of Amateur: the Expert's first layer
+    teacher = tiny_config(tiny_models, "llama", None, **base, **{"performance.score_from_generation": False})
+    pair = load_pair(cfg)
+    a = sample(cfg, tmp_path / "kept", pair=pair, progress=False)
+    b = sample(teacher, tmp_path / "teacher", pair=pair, progress=False)
+    assert a.manifest["fingerprint"] == b.manifest["fingerprint"]  # a performance key: same job
+    ta, tb = (pq.read_table(r.output / "trajectories.parquet").to_pylist() for r in (a, b))
+    sa, sb = (pq.read_table(r.output / "samples.parquet").to_pylist() for r in (a, b))
+    assert [t["completion_token_ids"] for t in ta] == [t["completion_token_ids"] for t in tb]
+    for x, y in zip(ta, tb, strict=True):
+        np.testing.assert_allclose(x["step_kl"], y["step_kl"], atol=1e-5)
+    assert [(s["problem_id"], s["position"], s["target_token_ids"]) for s in sa] == \
+        [(s["problem_id"], s["position"], s["target_token_ids"]) for s in sb]
+    for x, y in zip(sa, sb, strict=True):
+        np.testing.assert_allclose(x["target_weights"], y["target_weights"], atol=1e-5)
+
+
 def test_truncated_amateur_hidden_states_from_the_expert_pass_equal_its_own(tiny_models):
     cfg = tiny_config(tiny_models, "llama", None)
     pair = load_pair(cfg)
