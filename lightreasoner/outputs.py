@@ -189,7 +189,7 @@ def prepare_output(out: Path, *, stage: str, what: str, fingerprint: str | None 
         if data is None:
             return redo(f"{manifest_path}: not valid JSON (not a finished {what} output)")
         if data.get("stage", stage) != stage:
-            return redo(f"{out}: holds the output of stage {data.get('stage')!r}, not of stage {stage!r}")
+            return redo(f"{manifest_path}: belongs to stage {data.get('stage')!r}, not to stage {stage!r}")
         if rerun:
             return Claim(out)
         if fingerprint is None:

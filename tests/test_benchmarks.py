@@ -218,6 +218,7 @@ def test_base_predictions_are_reused_from_the_cache(answering, tmp_path, monkeyp
     assert len(list(cache.glob("*.parquet"))) == 4
 
 
+@pytest.mark.slow
 def test_protocol_stops_at_every_chat_end_token():
     import torch
     from conftest import build_model

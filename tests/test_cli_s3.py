@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from lightreasoner.cli import main
 
 
+@pytest.mark.slow
 def test_sample_and_train_through_s3(aws_env, tiny_models, tmp_path, capsys):
     base = f"s3://{aws_env.bucket}/cli-run"
     common = ["--set", f"expert.model={tiny_models['llama']}", "--set", "amateur.keep_layers=1",

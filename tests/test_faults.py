@@ -64,6 +64,7 @@ def registry_setup(mlflow_server, aws_env, tmp_path):
 # --- (a) the registry -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_1_register_refuses_an_evaluation_of_another_adapter(registry_setup, tmp_path):
     name, cfg, client = registry_setup
     samples, training, _ = fabricate(tmp_path, cfg, "a")
@@ -79,6 +80,7 @@ def test_1_register_refuses_an_evaluation_of_another_adapter(registry_setup, tmp
         outputs.folder_sha256(other_training / "adapter")
 
 
+@pytest.mark.slow
 def test_1_evaluate_records_the_adapter_digest(tiny_models, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -97,6 +99,7 @@ def test_1_evaluate_records_the_adapter_digest(tiny_models, tmp_path):
         outputs.folder_sha256(adapter)
 
 
+@pytest.mark.slow
 def test_2_register_refuses_a_corrupt_adapter(registry_setup, tmp_path):
     name, cfg, client = registry_setup
     samples, training, _ = fabricate(tmp_path, cfg, "c")
@@ -214,6 +217,7 @@ def test_9_beta_nan_and_inf_are_refused(tiny_models, tmp_path, capsys):
         assert not out.exists()
 
 
+@pytest.mark.slow
 def test_11_credentials_in_the_tracking_uri_are_never_written_or_printed(registry_setup, mlflow_server,
                                                                         tiny_models, tmp_path, capsys):
     name, cfg, client = registry_setup
@@ -244,6 +248,7 @@ def test_12_refused_runs_leave_nothing_that_blocks_the_corrected_rerun(tiny_mode
     assert (out / "manifest.json").is_file()
 
 
+@pytest.mark.slow
 def test_10_one_line_errors(registry_setup, tiny_models, tmp_path, capsys):
     out = tmp_path / "samples"
     args = common(tiny_models)

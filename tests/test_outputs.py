@@ -94,7 +94,7 @@ def test_rule_rerun_recomputes_its_own_output_and_refuses_another_stage(tmp_path
     claim_output(claim, retire=("predictions_tuned.parquet",))
     assert not (out / outputs.MANIFEST).exists() and (out / "data.parquet").exists()
     _finished(tmp_path / "train", stage="train")
-    with pytest.raises(LightReasonerError, match="holds the output of stage 'train'.*choose another folder"):
+    with pytest.raises(LightReasonerError, match="belongs to stage 'train', not to stage 'evaluate' .choose another folder"):
         prepare_output(tmp_path / "train", **ev)
 
 

@@ -20,6 +20,7 @@ def spec(tmp_path_factory):
     return path, docs[0], docs[1] if len(docs) > 1 else {}
 
 
+@pytest.mark.slow
 def test_committed_yaml_is_current(spec):
     # Compared as data: the compiler's header comment lists dict defaults in no fixed order.
     path, _, _ = spec
@@ -90,6 +91,7 @@ def test_components_install_nothing_at_start(spec):
         assert "pip install" not in command and "pip3 install" not in command, name
 
 
+@pytest.mark.slow
 def test_compiling_twice_gives_the_same_package(tmp_path):
     a = compile_pipeline(tmp_path / "a.yaml")
     b = compile_pipeline(tmp_path / "b.yaml")
@@ -97,6 +99,7 @@ def test_compiling_twice_gives_the_same_package(tmp_path):
     assert client.package_version(a) == client.package_version(b)
 
 
+@pytest.mark.slow
 def test_model_cache_pvc_is_mounted_on_every_gpu_step(tmp_path):
     path = compile_pipeline(tmp_path / "p.yaml", hf_cache_pvc="hf-models")
     platform = list(yaml.safe_load_all(path.read_text()))[1]["platforms"]["kubernetes"]["deploymentSpec"]
@@ -123,6 +126,7 @@ def test_gpu_stages_request_accelerators_and_secrets_are_env(spec):
     assert "AWS_SECRET_ACCESS_KEY" not in str(ir["root"]["inputDefinitions"])
 
 
+@pytest.mark.slow
 def test_image_is_overridable(tmp_path):
     path = compile_pipeline(tmp_path / "p.yaml", image="registry.example/lr:test")
     assert "registry.example/lr:test" in path.read_text()
@@ -214,6 +218,7 @@ def test_submit_runs_a_named_pipeline_version_with_parameters(monkeypatch):
         client.parse_params(["num_problems=many"])
 
 
+@pytest.mark.slow
 def test_an_unchanged_package_is_not_uploaded_again(tmp_path):
     FakeClient.reset()
     client.submit("http://kfp:8888", {}, factory=FakeClient)

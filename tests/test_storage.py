@@ -112,6 +112,7 @@ def test_server_down(aws_env, tmp_path, monkeypatch):
         storage.upload_file(f, f"s3://{aws_env.bucket}/down/x.txt")
 
 
+@pytest.mark.slow
 def test_server_stopped_mid_upload_leaves_no_manifest(aws_env, tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     monkeypatch.setenv("LIGHTREASONER_S3_READ_TIMEOUT", "1")

@@ -37,6 +37,7 @@ def test_tracking_uri_resolution_and_embedded_store(tmp_path, monkeypatch):
     assert tracking.log_stage(make_config(None, extra=["tracking.enabled=false"]), "evaluate", evaluation) is None
 
 
+@pytest.mark.slow
 def test_tracked_tiny_run(mlflow_server, aws_env, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
@@ -100,6 +101,7 @@ def test_tracked_tiny_run(mlflow_server, aws_env, tmp_path, monkeypatch):
     assert table["sample/kept_fraction"][ids["sample"]] != "-"
 
 
+@pytest.mark.slow
 def test_secrets_never_logged(mlflow_server, aws_env, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
@@ -144,6 +146,7 @@ def test_tracking_server_down(aws_env, tmp_path):
         tracking.start_pipeline(cfg)
 
 
+@pytest.mark.slow
 def test_bad_stage_inputs(mlflow_server, aws_env, tmp_path):
     cfg = make_config(mlflow_server.uri)
     (tmp_path / "empty").mkdir()
@@ -168,6 +171,7 @@ def _inputs(client, run_id: str) -> dict[str, tuple]:
     return out
 
 
+@pytest.mark.slow
 def test_stage_inputs_are_logged_as_mlflow_datasets(mlflow_server, aws_env, tmp_path):
     import pyarrow.parquet as pq
     from fake_outputs import sha256
@@ -204,6 +208,7 @@ def test_stage_inputs_are_logged_as_mlflow_datasets(mlflow_server, aws_env, tmp_
     assert (hub.hub, hub.name, hub.hf_config) == (True, "openai/gsm8k:test", "main")
 
 
+@pytest.mark.slow
 def test_a_failing_stage_leaves_its_run_failed_with_its_own_error(mlflow_server, aws_env, tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -252,6 +257,7 @@ def test_server_down_does_not_hide_the_stage_error(mlflow_server, aws_env, tmp_p
     assert mlflow.active_run() is None
 
 
+@pytest.mark.slow
 def test_training_loss_is_visible_while_it_trains(mlflow_server, aws_env, tiny_models, tmp_path):
     """The loss streams to the train run as the trainer logs it: polled from the server mid-training."""
     from conftest import tiny_config

@@ -284,6 +284,7 @@ def test_heldout_kl_is_reported_and_drops(tiny_models, samples_dir, tmp_path):
     assert no_holdout["heldout"]["problems"] == 0 and no_holdout["heldout"]["kl_before"] is None
 
 
+@pytest.mark.slow
 def test_kill_and_resume_finishes_same_steps(tiny_models, samples_dir, tmp_path):
     from transformers import TrainerCallback
 
