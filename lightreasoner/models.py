@@ -18,7 +18,7 @@ import torch
 
 from .config import DEMO_MODEL, AmateurConfig, Config, ModelConfig
 from .errors import LightReasonerError, one_line, passthrough
-from .outputs import sha256_file
+from .outputs import cut_at_stop, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -521,13 +521,7 @@ def generate_greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
     )
     out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg)
     generated = out.sequences[:rows, ids.shape[1] :].tolist()
-    completions = []
-    for row in generated:
-        end = len(row)
-        for i, tok in enumerate(row):
-            if tok in stops:
-                end = i + 1
-                break
-        completions.append(row[:end])
+    stop_set = set(stops)
+    completions = [cut_at_stop(row, stop_set) for row in generated]
     logits = torch.stack(out.logits, dim=1)[:rows] if return_logits else None
     return completions, logits

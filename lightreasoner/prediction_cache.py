@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
+from .outputs import write_table_atomic
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,5 @@ def _store(cache: str, key: str, rows: list[dict[str, Any]], schema: pa.Schema) 
         return uri
     path = Path(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    write_table_atomic(table, path)
     return str(path)

@@ -47,6 +47,7 @@ from .outputs import (
     claim_output,
     cut_at_stop,
     library_versions,
+    plan_batches,
     prepare_output,
     sha256_file,
     write_json_atomic,
@@ -113,8 +114,7 @@ def sample_completions(model, tokenizer, prompts: list[list[int]], config: Confi
     compiled = resolve_compile(config.performance.compile, model.device)
     batch_size = auto_batch_size(s.batch_size, [model], max((len(p) for p in prompts), default=1) + s.max_new_tokens,
                                  fraction=config.performance.memory_fraction, rows_per_problem=s.samples_per_problem)
-    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = plan_batches([len(p) for p in prompts], batch_size)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stops = eos_ids(tokenizer, model)
     torch.manual_seed(s.seed)
