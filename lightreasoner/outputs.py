@@ -159,7 +159,7 @@ def prepare_output(out: Path, *, stage: str, what: str, fingerprint: str | None 
     the folder holds                        default                ``resume``       ``overwrite``
     ======================================  =====================  ===============  ===========
     nothing (absent or empty)               fresh run              fresh run        fresh run
-    this job, finished (same fingerprint)   returned as it is      returned         redone
+    this job, finished (same fingerprint)   refused                returned as is   redone
     this job, in progress (``state``)       refused                continued        redone
     this stage, another config              refused                refused          redone
     another stage, a damaged manifest or    refused                refused          redone
@@ -195,7 +195,12 @@ def prepare_output(out: Path, *, stage: str, what: str, fingerprint: str | None 
         if fingerprint is None:
             return redo(f"{out}: already holds a finished {what} output")
         if data.get("fingerprint") == fingerprint:
-            return Claim(out, clear=True) if overwrite else Claim(out, finished=data)
+            if overwrite:
+                return Claim(out, clear=True)
+            if not resume:
+                raise LightReasonerError(f"{out}: already holds this {what} job, finished (use --resume to "
+                                         "return it)")
+            return Claim(out, finished=data)
         return redo(f"{out}: holds {what} output of a different config")
     if state_path is not None and state_path.is_file():
         if has_work is not None and not has_work(out):

@@ -51,7 +51,9 @@ def test_rule_fresh_finished_and_in_progress(tmp_path):
     (out / "shards").mkdir(parents=True)  # a run killed while claiming: only empty folders
     assert prepare_output(out, **RULE).clear
     _finished(out)
-    assert prepare_output(out, **RULE).finished == {"stage": "sample", "fingerprint": "fp"}
+    assert prepare_output(out, **RULE, resume=True).finished == {"stage": "sample", "fingerprint": "fp"}
+    with pytest.raises(LightReasonerError, match="already holds this samples job, finished .use --resume"):
+        prepare_output(out, **RULE)
     assert prepare_output(out, **RULE, overwrite=True).clear
     with pytest.raises(LightReasonerError, match="holds samples output of a different config"):
         prepare_output(out, **{**RULE, "fingerprint": "other"})
