@@ -2,7 +2,9 @@
 
 * :func:`run_cli`: run it to the end (``CompletedProcess``; text stdout/stderr).
 * :func:`kill_when`: SIGKILL it as soon as ``condition()`` holds (polled from this process), e.g.
-  :func:`file_appears` (a file or glob appears under a folder).
+  :func:`file_appears` (a file or glob appears under a folder). With ``meanwhile``, the process is first
+  frozen (SIGSTOP) and ``meanwhile()`` runs while it is alive but makes no progress (a second writer racing
+  it), then the kill.
 * :func:`kill_at_call`: SIGKILL it from inside, the ``nth`` time a named function is called (``before``
   the call, or ``after`` it returned), e.g. ``kill_at_call(args, "transformers.trainer_callback:TrainerState.
   save_to_json", nth=2, mode="torn")``; mode ``torn`` first writes an empty file at the path argument (a
@@ -68,14 +70,18 @@ def _limit_files(size: int) -> None:
 
 
 def kill_when(args: list[str], condition: Callable[[], bool], *, env: dict[str, str] | None = None,
-              timeout: float = 300, poll: float = 0.01) -> Outcome:
-    """Start the command; SIGKILL it the moment ``condition()`` is true (or let it end)."""
+              timeout: float = 300, poll: float = 0.01, meanwhile: Callable[[], None] | None = None) -> Outcome:
+    """Start the command; SIGKILL it the moment ``condition()`` is true (or let it end). ``meanwhile``: run
+    this between freezing the process (SIGSTOP) and killing it, so it cannot finish in the meantime."""
     proc = subprocess.Popen([sys.executable, "-m", "lightreasoner.cli", *map(str, args)], cwd=ROOT, env=_env(env),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout
     try:
         while proc.poll() is None:
             if condition():
+                if meanwhile is not None:
+                    proc.send_signal(signal.SIGSTOP)
+                    meanwhile()
                 proc.send_signal(signal.SIGKILL)
                 return _finish(proc, True)
             if time.monotonic() > deadline:

@@ -444,14 +444,12 @@ def test_concurrent_second_run_is_refused_cleanly(tiny_models, tmp_path, capsys)
     args = _s3_args(tiny_models, str(out))
     state = {}
 
-    def second_run_while_first_works() -> bool:
-        if not (out / "shards" / "state.json").is_file():
-            return False
+    def second_run() -> None:
         state["rc"] = main(args)
         state["err"] = capsys.readouterr().err
-        return True
 
-    first = kill_when(args, second_run_while_first_works)
+    # the first run is frozen while the second runs, so it cannot finish (and release its lock) meanwhile
+    first = kill_when(args, file_appears(out, "shards/state.json"), meanwhile=second_run)
     assert state["rc"] == 2 and "another lightreasoner process is writing this output" in \
         one_line_error(state["err"])
     assert first.killed
@@ -693,8 +691,6 @@ def test_8_run_killed_inside_register_completes_the_same_version(tiny_models, ml
 
 @pytest.mark.slow
 def test_s3_output_lock_holds_across_machines(tiny_models, aws_env, tmp_path, monkeypatch):
-    import glob
-
     prefix = f"faults-{uuid.uuid4().hex[:8]}"
     uri = f"s3://{aws_env.bucket}/{prefix}/samples"
     machines = {}
@@ -706,13 +702,12 @@ def test_s3_output_lock_holds_across_machines(tiny_models, aws_env, tmp_path, mo
     args = ["sample", *common(tiny_models, "data.limit=40"), "--output", uri]  # 20 batches: long enough
     state = {}
 
-    def second_machine_while_first_works() -> bool:
-        if not glob.glob(str(work_a / "shards" / "batch-*.parquet")):
-            return False
+    def second_machine() -> None:
         state["second"] = run_cli(args, env=machines["b"])
-        return True
 
-    first = kill_when(args, second_machine_while_first_works, env=machines["a"])
+    # machine a is frozen while b tries, so it cannot finish and release the lock in the meantime
+    first = kill_when(args, file_appears(work_a, "shards/batch-*.parquet"), meanwhile=second_machine,
+                      env=machines["a"])
     assert first.killed
     line = one_line_error(state["second"])
     assert state["second"].returncode == 2 and "another lightreasoner process is writing this output (host" in line
