@@ -4,7 +4,8 @@ MLflow logs this file itself into the model ("models from code"), so the model i
 it needs mlflow, torch, transformers and peft (pinned in the model's requirements to the pipeline image's
 versions), never ``lightreasoner``. Hence this file imports nothing from the package and repeats the
 few lines that build a prompt (the chat template with the system prompt, else ``Question: ... Answer:``,
-as :func:`lightreasoner.models.prompt_token_ids` does for training).
+as :func:`lightreasoner.models.prompt_token_ids` does for training). Prompt, length and end tokens are the
+evaluation protocol's that scored the adapter (:func:`lightreasoner.registry.serving_config`).
 
 The model folder holds ``artifacts/adapter`` (peft) and ``artifacts/tokenizer``; its model config names
 where the Expert's weights are (``expert.location``: a hub id or a folder, with ``revision`` and
@@ -46,6 +47,13 @@ class AdapterModel(PythonModel):
         self.system_prompt = cfg.get("system_prompt") or ""
         self.chat_template = bool(cfg.get("chat_template", True))
         self.max_new_tokens = int(cfg.get("max_new_tokens", 512))
+        # It stops where its evaluation stopped: the eos (tokenizer's and generation config's) and the
+        # protocol's chat-template end tokens.
+        vocab = self.tokenizer.get_vocab()
+        stops = {int(vocab[t]) for t in cfg.get("stop_tokens") or [] if t in vocab}
+        for eos in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
+            stops.update(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        self.stop_ids = sorted(int(i) for i in stops)
 
     def _prompt(self, question: str) -> list[int]:
         if self.chat_template and getattr(self.tokenizer, "chat_template", None):
@@ -76,7 +84,7 @@ class AdapterModel(PythonModel):
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
         with torch.no_grad():
             out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False,
-                                      pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id)
+                                      pad_token_id=pad, eos_token_id=self.stop_ids or None)
         return [self.tokenizer.decode(row[width:], skip_special_tokens=True) for row in out]
 
 

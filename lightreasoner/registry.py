@@ -155,12 +155,15 @@ def save_pyfunc(path: Path, artifacts: dict[str, str], model_config: dict[str, A
         warnings.simplefilter("ignore")  # type-hint advice on predict (it takes a DataFrame or a list)
         import mlflow.pyfunc
         from mlflow.models import ModelSignature
-        from mlflow.types import ColSpec, Schema
+        from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
         from . import mlflow_model
 
-        # One text column, unnamed: a list of questions or a one-column DataFrame (``question``) both fit.
-        signature = ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]))
+        # One text column, unnamed: a list of questions or a one-column DataFrame (``question``) both fit;
+        # one parameter: the new-token budget (default: the evaluation protocol's).
+        budget = ParamSpec("max_new_tokens", "long", int(model_config.get("max_new_tokens") or 512))
+        signature = ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]),
+                                   params=ParamSchema([budget]))
         mlflow.pyfunc.save_model(str(path), python_model=mlflow_model.__file__, artifacts=artifacts,
                                  model_config=model_config, pip_requirements=requirements, metadata=metadata,
                                  signature=signature, input_example=[EXAMPLE_QUESTION])
@@ -190,6 +193,25 @@ def expert_location(expert: dict[str, Any]) -> dict[str, Any]:
     cfg = ModelConfig(**{k: v for k, v in expert.items() if k in ModelConfig.model_fields})
     src = materialise_gguf(resolve_source(cfg), cfg.trust_remote_code)
     return {**expert, "location": str(src.location), "gguf_file": src.gguf_file, "revision": src.revision}
+
+
+def serving_config(train_cfg: Mapping[str, Any], metrics: Mapping[str, Any], config: Config) -> dict[str, Any]:
+    """How the registered model prompts and stops: as the evaluation that scored it (its ``protocol`` in
+    ``metrics.json``: system prompt, chat template, new tokens, end tokens), so the served model answers the
+    way its accuracy was measured. An evaluation without a recorded protocol (made before protocols existed)
+    falls back to the training config's prompt."""
+    protocol = metrics.get("protocol")
+    if isinstance(protocol, Mapping) and "system_prompt" in protocol:
+        return {"protocol": protocol.get("name") or "", "system_prompt": protocol["system_prompt"],
+                "chat_template": bool(protocol.get("chat_template", True)),
+                "max_new_tokens": int(protocol.get("max_new_tokens") or 512),
+                "stop_tokens": [str(t) for t in protocol.get("stop_tokens") or []]}
+    prompt = train_cfg.get("prompt") or {}
+    return {"protocol": "", "system_prompt": prompt.get("system_prompt", config.prompt.system_prompt),
+            "chat_template": prompt.get("chat_template", config.prompt.chat_template),
+            "max_new_tokens": ((train_cfg.get("evaluation") or {}).get("max_new_tokens")
+                               or config.evaluation.max_new_tokens or 512),
+            "stop_tokens": []}
 
 
 # --- register ---------------------------------------------------------------------------------------
@@ -366,13 +388,8 @@ def register(config: Config, training: str | Path, evaluation: str | Path, sampl
                 artifacts = {"adapter": str(adapter)}
                 if (train_dir / "tokenizer").is_dir():
                     artifacts["tokenizer"] = str(train_dir / "tokenizer")
-                model_config = {
-                    "expert": expert_location(dict(cfg.get("expert") or config.expert.model_dump())),
-                    "system_prompt": (cfg.get("prompt") or {}).get("system_prompt", config.prompt.system_prompt),
-                    "chat_template": (cfg.get("prompt") or {}).get("chat_template", config.prompt.chat_template),
-                    "max_new_tokens": ((cfg.get("evaluation") or {}).get("max_new_tokens")
-                                       or config.evaluation.max_new_tokens or 512),
-                }
+                model_config = {"expert": expert_location(dict(cfg.get("expert") or config.expert.model_dump())),
+                                **serving_config(cfg, metrics, config)}
                 save_pyfunc(tmp / "model", artifacts, model_config, model_requirements(), {"lightreasoner": tags})
                 _log_model(client, run, tmp / "model")
                 source = storage.join(run.info.artifact_uri, "model")

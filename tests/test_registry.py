@@ -175,6 +175,20 @@ def test_register_fails_cleanly(mlflow_server, aws_env, tmp_path, monkeypatch):
         registry.compare(cfg, ["0" * 32])
 
 
+def test_served_model_prompts_and_stops_as_its_evaluation_did(tmp_path):
+    from lightreasoner.protocols import QWEN25_SYSTEM, resolve_protocol
+
+    cfg = make_config("http://unused", experiment="x", model_name="m",
+                      extra=["evaluation.protocol=qwen25-math-cot", "prompt.system_prompt=Train prompt."])
+    protocol = resolve_protocol(cfg).as_dict()
+    served = registry.serving_config(cfg.dump(), {"protocol": protocol}, cfg)
+    assert served == {"protocol": "qwen25-math-cot", "system_prompt": QWEN25_SYSTEM, "chat_template": True,
+                      "max_new_tokens": 2048, "stop_tokens": list(protocol["stop_tokens"])}
+    # an evaluation from before protocols were recorded: the training config's prompt, as before
+    old = registry.serving_config(cfg.dump(), {}, cfg)
+    assert old["system_prompt"] == "Train prompt." and old["stop_tokens"] == [] and old["protocol"] == ""
+
+
 @pytest.mark.slow
 def test_registered_model_loads_and_answers(mlflow_server, aws_env, tiny_models, tmp_path, monkeypatch):
     """The pyfunc model from the registry: Expert (tiny llama) + a real peft LoRA adapter, greedy answers."""
@@ -192,12 +206,22 @@ def test_registered_model_loads_and_answers(mlflow_server, aws_env, tiny_models,
         f.unlink()
     peft_model.save_pretrained(training / "adapter")
     AutoTokenizer.from_pretrained(tiny_models["llama"]).save_pretrained(training / "tokenizer")
-    evaluation = make_evaluation(tmp_path / "eval-real", cfg, BASE, V1, training=training)
+    protocol = {"name": "p", "sha256": "c" * 64, "system_prompt": "Box it.", "chat_template": True,
+                "max_new_tokens": 4, "stop_tokens": ["<|im_end|>", "not-a-token"]}
+    evaluation = make_evaluation(tmp_path / "eval-real", cfg, BASE, V1, training=training, protocol=protocol)
     registry.register(cfg, training, evaluation, samples)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)  # models:/ URIs resolve on this server
     model = mlflow.pyfunc.load_model(f"models:/{name}@challenger")
     answers = model.predict(["What is 2 + 3?", "What is 7 * 6?"])
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    # it prompts and stops as the evaluation that scored it (end tokens the tokenizer lacks are skipped)
+    served = model.unwrap_python_model()
+    tok = AutoTokenizer.from_pretrained(tiny_models["llama"])
+    assert served.system_prompt == "Box it." and served.max_new_tokens == 4
+    assert model.metadata.signature.params.to_dict() == [
+        {"name": "max_new_tokens", "type": "long", "default": 4, "shape": None}]
+    assert len(model.predict(["What is 2 + 3?"], params={"max_new_tokens": 1})) == 1
+    assert set(served.stop_ids) >= {tok.eos_token_id} and len(served.stop_ids) <= 1 + ("<|im_end|>" in tok.get_vocab())
     # Self-contained: a fresh environment without lightreasoner (the installed wheels reused, no network)
     # loads it from the registry and answers; its requirements are the image's, not this machine's.
     answer = answer_in_clean_env(tmp_path, f"models:/{name}@challenger")
