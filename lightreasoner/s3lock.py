@@ -5,7 +5,13 @@ The lock holds its owner (host, pid, a random token) and is rewritten every
 refuses in one line unless it is stale: its last heartbeat older than ``LIGHTREASONER_S3_LOCK_STALE_SECONDS``
 (default 120), measured on the store's own clock (the object's ``LastModified`` against the ``Date`` of the
 answer, so machines' clocks do not matter), or written by a process of this host that no longer runs (a
-killed run is taken over at once on the same machine). The lock is taken with a conditional write
+killed run is taken over at once on the same machine).
+
+A lock of another host that is not yet stale is watched for up to ``LIGHTREASONER_S3_LOCK_WAIT_SECONDS``
+(default: the stale time) rather than refused at once: when its heartbeat advances, its owner is alive and
+the process refuses (within one heartbeat); when it goes stale or is released, the lock is taken. So a pod
+rescheduled after a preemption continues once its dead predecessor's lock has gone stale instead of failing,
+while a second live writer is still refused. ``LIGHTREASONER_S3_LOCK_WAIT_SECONDS=0`` refuses at once. The lock is taken with a conditional write
 (``If-None-Match: *``) where the store supports it, and read back to confirm in any case; it is deleted
 when the stage ends, failed or not.
 """
@@ -47,8 +53,9 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _read(s3, bucket: str, key: str) -> tuple[dict, float] | None:
-    """(the lock's content, its age in seconds on the store's clock), or None when there is none."""
+def _read(s3, bucket: str, key: str) -> tuple[dict, float, float] | None:
+    """(the lock's content, its age in seconds on the store's clock, its last write as a timestamp), or
+    None when there is none."""
     from botocore.exceptions import ClientError
 
     try:
@@ -64,7 +71,8 @@ def _read(s3, bucket: str, key: str) -> tuple[dict, float] | None:
         data = {}
     date = got.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
     now = parsedate_to_datetime(date).timestamp() if date else time.time()
-    return (data if isinstance(data, dict) else {}), max(0.0, now - got["LastModified"].timestamp())
+    written = got["LastModified"].timestamp()
+    return (data if isinstance(data, dict) else {}), max(0.0, now - written), written
 
 
 def _put(s3, bucket: str, key: str, owner: dict, *, if_absent: bool) -> bool:
@@ -88,8 +96,38 @@ def _put(s3, bucket: str, key: str, owner: dict, *, if_absent: bool) -> bool:
     return True
 
 
-def _holder(data: dict, age: float) -> str:
+def _holder(data: dict, age: float, *_: float) -> str:
     return f"host {data.get('host', '?')}, pid {data.get('pid', '?')}, last heartbeat {age:.0f} s ago"
+
+
+def _wait_for_stale(s3, bucket: str, key: str, uri: str, me: dict, stale: float, wait: float,
+                    poll: float) -> tuple[dict, float, float] | None:
+    """The lock found, once it may be taken over (stale, or left by a dead process of this host), or None
+    when there is none; refuses in one line when its owner is alive (its heartbeat advanced) or when it is
+    still fresh after ``wait`` seconds."""
+    found = _read(s3, bucket, key)
+    waited, first = 0.0, found
+    while found is not None:
+        data, age, written = found
+        dead_here = data.get("host") == me["host"] and isinstance(data.get("pid"), int) \
+            and not _pid_alive(data["pid"])
+        if age >= stale or dead_here:
+            return found
+        alive = first is not None and written > first[2]
+        if alive or waited >= wait:
+            seen = "its heartbeat is live" if alive else f"waited {waited:.0f} s"
+            raise LightReasonerError(
+                f"{uri}: another lightreasoner process is writing this output ({_holder(*found)}; {seen}); "
+                f"wait for it to finish, or rerun once its lock is older than {stale:.0f} s "
+                "(LIGHTREASONER_S3_LOCK_STALE_SECONDS)")
+        if waited == 0:
+            log.warning("%s: locked by %s; waiting up to %.0f s for its next heartbeat or for it to go stale",
+                        uri, _holder(*found), min(wait, stale - age))
+        step = min(poll, wait - waited, stale - age)
+        time.sleep(step)
+        waited += step
+        found = _read(s3, bucket, key)
+    return None
 
 
 @contextmanager
@@ -105,18 +143,11 @@ def s3_output_lock(uri: str) -> Iterator[None]:
     me = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex}
     s3 = storage.client()
     lock_uri = storage.join(uri, LOCK_NAME)
+    wait = _seconds("LIGHTREASONER_S3_LOCK_WAIT_SECONDS", stale)
     with storage._s3_errors(lock_uri, "taking the output lock"):
-        found = _read(s3, bucket, key)
+        found = _wait_for_stale(s3, bucket, key, uri, me, stale, wait, poll=min(5.0, max(0.1, beat / 4)))
         if found is not None:
-            data, age = found
-            dead_here = data.get("host") == me["host"] and isinstance(data.get("pid"), int) \
-                and not _pid_alive(data["pid"])
-            if age < stale and not dead_here:
-                raise LightReasonerError(
-                    f"{uri}: another lightreasoner process is writing this output ({_holder(data, age)}); wait "
-                    f"for it to finish, or rerun once its lock is older than {stale:.0f} s "
-                    "(LIGHTREASONER_S3_LOCK_STALE_SECONDS)")
-            log.warning("%s: taking over the lock of a process that stopped (%s)", uri, _holder(data, age))
+            log.warning("%s: taking over the lock of a process that stopped (%s)", uri, _holder(*found))
         taken = _put(s3, bucket, key, me, if_absent=found is None)
         confirmed = _read(s3, bucket, key) if taken else None
         if confirmed is None or confirmed[0].get("token") != me["token"]:

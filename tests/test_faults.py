@@ -702,8 +702,10 @@ def test_s3_output_lock_holds_across_machines(tiny_models, aws_env, tmp_path, mo
     args = ["sample", *common(tiny_models, "data.limit=40"), "--output", uri]  # 20 batches: long enough
     state = {}
 
+    refuse_at_once = {"LIGHTREASONER_S3_LOCK_WAIT_SECONDS": "0"}  # (a frozen holder sends no heartbeat)
+
     def second_machine() -> None:
-        state["second"] = run_cli(args, env=machines["b"])
+        state["second"] = run_cli(args, env={**machines["b"], **refuse_at_once})
 
     # machine a is frozen while b tries, so it cannot finish and release the lock in the meantime
     first = kill_when(args, file_appears(work_a, "shards/batch-*.parquet"), meanwhile=second_machine,
@@ -715,7 +717,7 @@ def test_s3_output_lock_holds_across_machines(tiny_models, aws_env, tmp_path, mo
     s3 = aws_env.client()
     lock = {"host": "node-elsewhere", "pid": 1, "token": "x"}
     s3.put_object(Bucket=aws_env.bucket, Key=f"{prefix}/samples/_work.lock", Body=json.dumps(lock).encode())
-    refused = run_cli(args, env=machines["b"])
+    refused = run_cli(args, env={**machines["b"], **refuse_at_once})
     assert refused.returncode == 2 and "host node-elsewhere" in one_line_error(refused)
     # ... then taken over: machine b resumes the batches machine a uploaded, and releases the lock
     import time

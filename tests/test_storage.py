@@ -133,3 +133,53 @@ def test_server_stopped_mid_upload_leaves_no_manifest(aws_env, tmp_path, monkeyp
     with pytest.raises(LightReasonerError):
         with storage.local_input(f"{uri}/manifest.json"):
             pass
+
+
+@pytest.mark.slow
+def test_s3_lock_waits_out_a_dead_holder_and_refuses_a_live_one(aws_env, monkeypatch):
+    import socket
+    import threading
+    import time
+    import uuid
+
+    from lightreasoner.s3lock import s3_output_lock
+
+    prefix = f"lock-{uuid.uuid4().hex[:8]}/out"
+    uri, key = f"s3://{aws_env.bucket}/{prefix}", f"{prefix}/_work.lock"
+    s3 = aws_env.client()
+    other = json.dumps({"host": "node-elsewhere", "pid": 1, "token": "x"}).encode()
+    monkeypatch.setenv("LIGHTREASONER_S3_LOCK_STALE_SECONDS", "3")
+    # A preempted pod's lock (no heartbeat any more): the rescheduled pod waits until it is stale, takes it.
+    s3.put_object(Bucket=aws_env.bucket, Key=key, Body=other)
+    start = time.monotonic()
+    with s3_output_lock(uri):
+        held = json.loads(s3.get_object(Bucket=aws_env.bucket, Key=key)["Body"].read())
+        assert held["host"] == socket.gethostname()
+    assert time.monotonic() - start >= 1.5 and key not in aws_env.keys(prefix)
+    # A live holder (its heartbeat advances while we watch): refused within a heartbeat, long before stale.
+    monkeypatch.setenv("LIGHTREASONER_S3_LOCK_STALE_SECONDS", "60")
+    stop = threading.Event()
+
+    def heartbeat() -> None:
+        while not stop.is_set():
+            s3.put_object(Bucket=aws_env.bucket, Key=key, Body=other)
+            stop.wait(1.0)
+
+    thread = threading.Thread(target=heartbeat)
+    thread.start()
+    try:
+        start = time.monotonic()
+        with pytest.raises(LightReasonerError, match=r"host node-elsewhere.*its heartbeat is live"):
+            with s3_output_lock(uri):
+                pass
+        assert time.monotonic() - start < 15
+        # LIGHTREASONER_S3_LOCK_WAIT_SECONDS=0: refused at once
+        monkeypatch.setenv("LIGHTREASONER_S3_LOCK_WAIT_SECONDS", "0")
+        with pytest.raises(LightReasonerError, match="waited 0 s"):
+            with s3_output_lock(uri):
+                pass
+    finally:
+        stop.set()
+        thread.join()
+    held = json.loads(s3.get_object(Bucket=aws_env.bucket, Key=key)["Body"].read())
+    assert held["host"] == "node-elsewhere"  # a refused process leaves the holder's lock alone
