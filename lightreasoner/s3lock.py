@@ -149,8 +149,8 @@ def s3_output_lock(uri: str) -> Iterator[None]:
         if found is not None:
             log.warning("%s: taking over the lock of a process that stopped (%s)", uri, _holder(*found))
         taken = _put(s3, bucket, key, me, if_absent=found is None)
-        confirmed = _read(s3, bucket, key) if taken else None
-        if confirmed is None or confirmed[0].get("token") != me["token"]:
+        confirmed = _read(s3, bucket, key)  # also names the winner when the conditional write lost
+        if not taken or confirmed is None or confirmed[0].get("token") != me["token"]:
             holder = _holder(*confirmed) if confirmed else "another process"
             raise LightReasonerError(f"{uri}: another lightreasoner process took this output first ({holder}); "
                                      "wait for it to finish")

@@ -161,9 +161,10 @@ def test_s3_lock_waits_out_a_dead_holder_and_refuses_a_live_one(aws_env, monkeyp
     stop = threading.Event()
 
     def heartbeat() -> None:
-        while not stop.is_set():
+        while not stop.wait(1.0):
             s3.put_object(Bucket=aws_env.bucket, Key=key, Body=other)
-            stop.wait(1.0)
+
+    s3.put_object(Bucket=aws_env.bucket, Key=key, Body=other)  # held before we look, then kept alive
 
     thread = threading.Thread(target=heartbeat)
     thread.start()
