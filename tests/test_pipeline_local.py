@@ -77,7 +77,7 @@ def check_run(run, method: str, uri: str, experiment: str, shards: int) -> None:
         assert "report/ratio_tuned_tokens" in parents[0].data.metrics
 
 
-@pytest.mark.parametrize("method", ["sft", "both"])  # lightreasoner: the cache test below
+@pytest.mark.parametrize("method", ["sft", "both"])  # lightreasoner alone: the cache test below (its branch at the defaults runs in "both")
 def test_pipeline_defaults_run_end_to_end(method, tiny_models, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run = run_local(None, tmp_path / "work", shards=2, method=method,
@@ -85,9 +85,14 @@ def test_pipeline_defaults_run_end_to_end(method, tiny_models, tmp_path):
     check_run(run, method, uri, f"kfp-{method}", shards=2)
 
 
+# The two tests below check failure and caching, not the defaults (the test above runs those), so they
+# train for 20 updates instead of the paper's 1,000 (a minute of each run on two cores).
+SHORT = {"max_steps": 20}
+
+
 def test_failed_stage_marks_the_parent_run_failed(tiny_models, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    params = names(tiny_models, uri, "kfp-fail", eval_dataset=str(tmp_path / "no-such-file.jsonl"))
+    params = names(tiny_models, uri, "kfp-fail", eval_dataset=str(tmp_path / "no-such-file.jsonl"), **SHORT)
     with pytest.raises(Exception, match="local pipeline run failed"):
         run_local(None, tmp_path / "work", shards=1, params=params)
     _, parents, children = runs_of(uri, "kfp-fail")
@@ -98,10 +103,10 @@ def test_failed_stage_marks_the_parent_run_failed(tiny_models, tmp_path):
 def test_changing_an_evaluation_setting_keeps_the_sampling_cache(tiny_models, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     work = tmp_path / "work"
-    first = run_local(None, work, shards=1, cache=True, params=names(tiny_models, uri, "kfp-cache"))
+    first = run_local(None, work, shards=1, cache=True, params=names(tiny_models, uri, "kfp-cache", **SHORT))
     check_run(first, "lightreasoner", uri, "kfp-cache", shards=1)
     second = run_local(None, work, shards=1, cache=True,
-                       params=names(tiny_models, uri, "kfp-cache", eval_max_new_tokens=24))
+                       params=names(tiny_models, uri, "kfp-cache", eval_max_new_tokens=24, **SHORT))
     # prepare, sampling, merge and training came from the cache; evaluation ran again.
     assert not {"prepare-data/problems", "sample-contrastive/shard", "merge-samples/samples",
                 "finetune-lora/adapter"} & set(second.outputs)
