@@ -2,7 +2,7 @@
 
 The runs use the pipeline's own defaults (the paper's setting: 1,000 problems, 128 sampling tokens, 512
 evaluation tokens, 4 shards, ...) except the model and data names; the synthetic data set has 16
-problems per split, so "1,000 problems" takes all 16. The Expert is the controlled tiny model of
+problems per split, so "1,000 problems" takes all 16 (the failure and cache tests also shorten training). The Expert is the controlled tiny model of
 conftest (it answers "4", right on some problems), so rejection sampling keeps solutions for real.
 """
 
