@@ -11,9 +11,10 @@ A lock of another host that is not yet stale is watched for up to ``LIGHTREASONE
 (default: the stale time) rather than refused at once: when its heartbeat advances, its owner is alive and
 the process refuses (within one heartbeat); when it goes stale or is released, the lock is taken. So a pod
 rescheduled after a preemption continues once its dead predecessor's lock has gone stale instead of failing,
-while a second live writer is still refused. ``LIGHTREASONER_S3_LOCK_WAIT_SECONDS=0`` refuses at once. The lock is taken with a conditional write
-(``If-None-Match: *``) where the store supports it, and read back to confirm in any case; it is deleted
-when the stage ends, failed or not.
+while a second live writer is still refused. ``LIGHTREASONER_S3_LOCK_WAIT_SECONDS=0`` refuses at once.
+
+The lock is taken with a conditional write (``If-None-Match: *``) where the store supports it, and read
+back to confirm in any case; it is deleted when the stage ends, failed or not.
 """
 
 from __future__ import annotations

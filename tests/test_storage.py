@@ -184,3 +184,15 @@ def test_s3_lock_waits_out_a_dead_holder_and_refuses_a_live_one(aws_env, monkeyp
         thread.join()
     held = json.loads(s3.get_object(Bucket=aws_env.bucket, Key=key)["Body"].read())
     assert held["host"] == "node-elsewhere"  # a refused process leaves the holder's lock alone
+
+
+@pytest.mark.parametrize("name", ["LIGHTREASONER_S3_LOCK_STALE_SECONDS", "LIGHTREASONER_S3_LOCK_HEARTBEAT_SECONDS",
+                                  "LIGHTREASONER_S3_LOCK_WAIT_SECONDS"])
+def test_s3_lock_setting_that_is_not_a_number_is_one_line(name, monkeypatch):
+    from lightreasoner.s3lock import s3_output_lock
+
+    monkeypatch.setenv(name, "soon")
+    with pytest.raises(LightReasonerError) as err:  # refused before the store is asked anything
+        with s3_output_lock("s3://lightreasoner-test/never/out"):
+            pass
+    assert str(err.value) == f"environment {name}='soon': expected a number of seconds"
