@@ -208,13 +208,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_pipeline(args: argparse.Namespace) -> int:
     try:
         from lightreasoner.pipelines import client
-        from lightreasoner.pipelines.lightreasoner_pipeline import COMPILED, compile_pipeline
+        from lightreasoner.pipelines.lightreasoner_pipeline import BUILD, compile_pipeline
     except ImportError as exc:
         raise LightReasonerError(f"pipeline commands need kfp and the pipelines package ({exc})") from None
 
+    from .stages import parse_timeout
+
     action = args.pipeline_command
+    timeouts = dict(parse_timeout(item) for item in getattr(args, "step_timeout", None) or [])
     if action == "compile":
-        print(compile_pipeline(args.output or COMPILED, args.image, args.hf_cache_pvc))
+        print(compile_pipeline(args.output or BUILD, args.image, args.hf_cache_pvc, timeouts))
         return 0
     if action == "run-local":
         cfg = config_from_args(args)
@@ -224,17 +227,22 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         for name, path in sorted(run.outputs.items()):
             print(f"  {name}: {path}")
         return 0
+    if action == "unschedule":
+        count = client.unschedule(args.host, experiment=args.experiment, name=args.name, namespace=args.namespace,
+                                  token=client.read_token(args.token_file))
+        print(f"deleted {count} recurring run(s) named {args.name} on {args.host} (experiment {args.experiment})")
+        return 0
     params = client.parse_params(args.param)
     token = client.read_token(args.token_file)
     if action == "submit":
         run_id = client.submit(args.host, params, experiment=args.experiment, run_name=args.run_name,
                                namespace=args.namespace, token=token, package=args.package, image=args.image,
-                               hf_cache_pvc=args.hf_cache_pvc)
+                               hf_cache_pvc=args.hf_cache_pvc, timeouts=timeouts)
         print(f"submitted run {run_id} to {args.host} (experiment {args.experiment})")
         return 0
     job = client.schedule(args.host, args.cron, params, experiment=args.experiment, name=args.name,
                           namespace=args.namespace, token=token, package=args.package, image=args.image,
-                          hf_cache_pvc=args.hf_cache_pvc)
+                          hf_cache_pvc=args.hf_cache_pvc, timeouts=timeouts)
     print(f"scheduled {args.name} ({args.cron}) as recurring run {job} on {args.host} (experiment {args.experiment})")
     return 0
 
@@ -289,6 +297,13 @@ def cmd_config(args: argparse.Namespace) -> int:
     else:
         print(to_yaml(config_from_args(args)), end="")
     return 0
+
+
+def add_step_timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--step-timeout", action="append", default=[], metavar="NAME=DURATION",
+                        help="bound every attempt of a Kubeflow step: a stage (prepare, sample, train, evaluate, "
+                             "register, sft, evaluate_sft, report) or 'step' (the bookkeeping steps), e.g. "
+                             "train=12h, step=20m; defaults in lightreasoner/stages.py")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -380,9 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
     psub = p.add_subparsers(dest="pipeline_command", required=True)
     q = psub.add_parser("compile", help="write the pipeline's IR YAML")
     q.add_argument("-o", "--output", default=None,
-                   help="output file (default: the package's pipeline YAML, which submit and schedule read)")
+                   help="output file (default: build/lightreasoner_pipeline.yaml; submit/schedule --package FILE "
+                        "read it)")
     q.add_argument("--image", help="container image of every component (default: lightreasoner.images)")
     q.add_argument("--hf-cache-pvc", help="PersistentVolumeClaim mounted as the GPU steps' model cache")
+    add_step_timeout(q)
     q = psub.add_parser("run-local", help="run the pipeline end to end here through kfp.local")
     add_config_args(q)
     q.add_argument("--workdir", default="lightreasoner-runs", help="folder for outputs and the local MLflow store")
@@ -400,11 +417,19 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--package", help="compiled pipeline YAML (default: the committed one)")
         q.add_argument("--image", help="compile for this image instead of using the committed YAML")
         q.add_argument("--hf-cache-pvc", help="compile with this PVC as the GPU steps' model cache")
+        add_step_timeout(q)
         if action == "submit":
             q.add_argument("--run-name", help="run name (default: lightreasoner-<time>)")
         else:
             q.add_argument("--cron", required=True, help='five-field cron, e.g. "0 3 * * *"')
             q.add_argument("--name", default="lightreasoner-nightly", help="recurring run name")
+
+    q = psub.add_parser("unschedule", help="delete a recurring run (the Helm chart's pre-delete hook)")
+    q.add_argument("--host", required=True, help="Kubeflow Pipelines API URL")
+    q.add_argument("--experiment", default="lightreasoner", help="KFP experiment")
+    q.add_argument("--namespace", help="Kubeflow namespace (multi-user installs)")
+    q.add_argument("--token-file", help="file holding the API token (default: env KFP_TOKEN)")
+    q.add_argument("--name", default="lightreasoner-nightly", help="recurring run name")
 
     p = sub.add_parser("sft", help="SFT baseline: rejection sampling by the Expert, LoRA on the correct solutions")
     add_config_args(p)

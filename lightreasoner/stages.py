@@ -10,6 +10,7 @@ checks that the compiled DAG runs exactly :func:`plan` for each method.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .errors import LightReasonerError
@@ -27,25 +28,62 @@ class Stage:
     inputs: tuple[str, ...]  # the stages whose outputs it reads
     methods: tuple[str, ...]  # the methods that run it
     gpu_memory: str | None = None  # a GPU stage's memory request; None: a small CPU step
+    timeout: int = 60 * 60  # seconds one attempt of its Kubeflow step may run (the pod's activeDeadlineSeconds)
     cached: bool = True  # pure (same inputs, same output): Kubeflow may reuse an earlier result
     logged: bool = True  # recorded as its own nested MLflow run from its output folder (register and
     # report record themselves)
 
 
+_HOUR = 60 * 60
+
+# Timeouts bound one attempt of a step in Kubeflow (a GPU step retries twice, each attempt bounded), so a
+# hung step fails and the next scheduled run (max_concurrency=1) is not blocked. Generous for the paper's
+# setting on one A100; `pipeline compile/submit/schedule --step-timeout NAME=DURATION` overrides them.
 GRAPH: tuple[Stage, ...] = (
-    Stage("prepare", "prepare data", "problems", (), METHODS),
-    Stage("sample", "contrastive sampling shard", "samples", ("prepare",), LIGHTREASONER, gpu_memory="48Gi"),
-    Stage("train", "LoRA fine-tuning", "train", ("sample",), LIGHTREASONER, gpu_memory="64Gi"),
+    Stage("prepare", "prepare data", "problems", (), METHODS, timeout=_HOUR),
+    Stage("sample", "contrastive sampling shard", "samples", ("prepare",), LIGHTREASONER, gpu_memory="48Gi",
+          timeout=6 * _HOUR),
+    Stage("train", "LoRA fine-tuning", "train", ("sample",), LIGHTREASONER, gpu_memory="64Gi", timeout=8 * _HOUR),
     Stage("evaluate", "evaluate base and tuned", "evaluate", ("train", "sample"), LIGHTREASONER,
-          gpu_memory="48Gi"),
+          gpu_memory="48Gi", timeout=8 * _HOUR),
     Stage("register", "register and promote", None, ("train", "evaluate", "sample"), LIGHTREASONER, cached=False,
-          logged=False),
-    Stage("sft", "SFT baseline (rejection sampling + LoRA)", "sft", ("prepare",), SFT, gpu_memory="64Gi"),
-    Stage("evaluate_sft", "evaluate base and SFT", "evaluate-sft", ("sft",), SFT, gpu_memory="48Gi"),
+          logged=False, timeout=_HOUR // 2),
+    Stage("sft", "SFT baseline (rejection sampling + LoRA)", "sft", ("prepare",), SFT, gpu_memory="64Gi",
+          timeout=12 * _HOUR),
+    Stage("evaluate_sft", "evaluate base and SFT", "evaluate-sft", ("sft",), SFT, gpu_memory="48Gi",
+          timeout=8 * _HOUR),
     Stage("report", "efficiency report: LightReasoner vs SFT", "report",
-          ("sample", "train", "evaluate", "sft", "evaluate_sft"), ("both",), cached=False, logged=False),
+          ("sample", "train", "evaluate", "sft", "evaluate_sft"), ("both",), cached=False, logged=False,
+          timeout=_HOUR // 2),
 )
 STAGES = {stage.name: stage for stage in GRAPH}
+# The pipeline's small bookkeeping steps, which are not stages (open and end the MLflow run, log a stage,
+# merge shards): one timeout for all, overridden as `step=DURATION`.
+STEP = "step"
+STEP_TIMEOUT = _HOUR // 2
+
+
+def timeouts(overrides: dict[str, int] | None = None) -> dict[str, int]:
+    """Seconds per Kubeflow step: each stage's timeout and :data:`STEP` (the bookkeeping steps), with
+    ``overrides`` (refused in one line when a name is unknown or a value is not a positive number)."""
+    table = {stage.name: stage.timeout for stage in GRAPH} | {STEP: STEP_TIMEOUT}
+    for name, seconds in (overrides or {}).items():
+        if name not in table:
+            raise LightReasonerError(f"--step-timeout {name}: unknown step; expected one of {', '.join(table)}")
+        if not isinstance(seconds, int) or isinstance(seconds, bool) or seconds < 1:
+            raise LightReasonerError(f"--step-timeout {name}={seconds!r}: expected a positive number of seconds")
+        table[name] = seconds
+    return table
+
+
+def parse_timeout(item: str) -> tuple[str, int]:
+    """``NAME=DURATION`` (``train=12h``, ``step=20m``, ``sample=5400``) -> (name, seconds)."""
+    name, sep, raw = item.partition("=")
+    match = re.fullmatch(r"\s*(\d+)\s*([smh]?)\s*", raw)
+    if not sep or not match or int(match.group(1)) < 1:
+        raise LightReasonerError(f"--step-timeout {item!r}: expected NAME=DURATION, e.g. train=12h, step=20m or "
+                                 "sample=5400 (seconds)")
+    return name.strip(), int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": _HOUR}[match.group(2)]
 
 
 def check_method(method: str) -> str:

@@ -107,18 +107,21 @@ def connect(host: str, token: str | None, namespace: str | None, factory: Callab
         raise LightReasonerError(f"{host}: cannot reach Kubeflow Pipelines ({one_line(exc, 200)})") from exc
 
 
-def _package(package: str | None, image: str | None, hf_cache_pvc: str | None = None) -> str:
+def _package(package: str | None, image: str | None, hf_cache_pvc: str | None = None,
+             timeouts: dict[str, int] | None = None) -> str:
     if package:
         if not Path(package).is_file():
             raise LightReasonerError(f"--package {package}: file not found")
         return package
-    if image or hf_cache_pvc:
-        return str(compile_pipeline(Path(tempfile.mkdtemp()) / "lightreasoner_pipeline.yaml", image, hf_cache_pvc))
+    if image or hf_cache_pvc or timeouts:
+        return str(compile_pipeline(Path(tempfile.mkdtemp()) / "lightreasoner_pipeline.yaml", image, hf_cache_pvc,
+                                    timeouts))
     return str(COMPILED)
 
 
 def package_version(path: str | Path) -> str:
-    """The version name of a compiled package: its content's digest (same content, same version)."""
+    """The version name of a compiled package: its content's digest (same content, same version; the
+    compile is byte-stable across processes, so an unchanged pipeline never becomes a new version)."""
     return "v-" + hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
@@ -156,9 +159,10 @@ def ensure_pipeline_version(client, path: str, name: str = PIPELINE_NAME, namesp
 
 def submit(host: str, params: dict[str, Any], *, experiment: str = "lightreasoner", run_name: str | None = None,
            namespace: str | None = None, token: str | None = None, package: str | None = None,
-           image: str | None = None, hf_cache_pvc: str | None = None, factory: Callable | None = None) -> str:
+           image: str | None = None, hf_cache_pvc: str | None = None, factory: Callable | None = None,
+           timeouts: dict[str, int] | None = None) -> str:
     """One run of the pipeline's current version (uploaded first when new); returns the run id."""
-    path = _package(package, image, hf_cache_pvc)
+    path = _package(package, image, hf_cache_pvc, timeouts)
     client = connect(host, token, namespace, factory)
     try:
         version = ensure_pipeline_version(client, path, namespace=namespace)
@@ -177,11 +181,12 @@ def submit(host: str, params: dict[str, Any], *, experiment: str = "lightreasone
 def schedule(host: str, cron: str, params: dict[str, Any], *, experiment: str = "lightreasoner",
              name: str = "lightreasoner-nightly", namespace: str | None = None, token: str | None = None,
              package: str | None = None, image: str | None = None, hf_cache_pvc: str | None = None,
-             max_concurrency: int = 1, factory: Callable | None = None) -> str:
+             max_concurrency: int = 1, factory: Callable | None = None,
+             timeouts: dict[str, int] | None = None) -> str:
     """A recurring run of the pipeline's current version in ``experiment``; returns the recurring run id.
     One schedule per name: a rerun (a Helm upgrade) replaces it instead of adding a second one."""
     cron6 = normalise_cron(cron)
-    path = _package(package, image, hf_cache_pvc)
+    path = _package(package, image, hf_cache_pvc, timeouts)
     client = connect(host, token, namespace, factory)
     try:
         version = ensure_pipeline_version(client, path, namespace=namespace)
@@ -199,6 +204,32 @@ def schedule(host: str, cron: str, params: dict[str, Any], *, experiment: str = 
             raise
         raise LightReasonerError(f"{host}: creating the schedule failed ({one_line(exc, 200)})") from exc
     return str(getattr(job, "recurring_run_id", job))
+
+
+def unschedule(host: str, *, experiment: str = "lightreasoner", name: str = "lightreasoner-nightly",
+               namespace: str | None = None, token: str | None = None, factory: Callable | None = None) -> int:
+    """Delete the recurring runs named ``name`` in ``experiment`` (the chart's pre-delete hook); returns how
+    many. Nothing to delete (no such experiment or recurring run) is not an error: uninstall goes on."""
+    client = connect(host, token, namespace, factory)
+    try:
+        try:
+            exp = client.get_experiment(experiment_name=experiment, namespace=namespace)
+        except ValueError:  # kfp: "No experiment is found with name ..."
+            return 0
+        deleted, page = 0, ""
+        while True:
+            listing = client.list_recurring_runs(experiment_id=exp.experiment_id, page_size=200, page_token=page)
+            for old in getattr(listing, "recurring_runs", None) or []:
+                if old.display_name == name:
+                    client.delete_recurring_run(old.recurring_run_id)
+                    deleted += 1
+            page = getattr(listing, "next_page_token", None) or ""
+            if not page:
+                return deleted
+    except Exception as exc:  # noqa: BLE001
+        if passthrough(exc):
+            raise
+        raise LightReasonerError(f"{host}: deleting the schedule failed ({one_line(exc, 200)})") from exc
 
 
 @dataclass

@@ -1,13 +1,16 @@
 """The Kubeflow pipeline: compiled spec, committed YAML up to date, submission and schedules."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from lightreasoner.pipelines import client
-from lightreasoner.pipelines.lightreasoner_pipeline import COMPILED, compile_pipeline
+from lightreasoner.pipelines.lightreasoner_pipeline import COMPILED, NO_TELEMETRY, compile_pipeline
 
-from lightreasoner import parameters
+from lightreasoner import parameters, stages
 from lightreasoner.cli import main
 from lightreasoner.config import load_config
 from lightreasoner.errors import LightReasonerError
@@ -15,17 +18,18 @@ from lightreasoner.errors import LightReasonerError
 
 @pytest.fixture(scope="module")
 def spec(tmp_path_factory):
-    path = compile_pipeline(tmp_path_factory.mktemp("c") / "p.yaml")
+    from lightreasoner.images import DEFAULT_IMAGE
+
+    path = compile_pipeline(tmp_path_factory.mktemp("c") / "p.yaml", image=DEFAULT_IMAGE)
     docs = list(yaml.safe_load_all(path.read_text()))
     return path, docs[0], docs[1] if len(docs) > 1 else {}
 
 
-@pytest.mark.slow
 def test_committed_yaml_is_current(spec):
-    # Compared as data: the compiler's header comment lists dict defaults in no fixed order.
+    # Byte for byte: the compile is stable, and the package's version name is its digest.
     path, _, _ = spec
-    fresh, committed = list(yaml.safe_load_all(path.read_text())), list(yaml.safe_load_all(COMPILED.read_text()))
-    assert fresh == committed, "the committed pipeline is out of date: run `lightreasoner pipeline compile`"
+    assert path.read_bytes() == COMPILED.read_bytes(), \
+        "the committed pipeline is out of date: run `python scripts/compile-pipeline.py`"
 
 
 def branch_tasks(ir):
@@ -92,11 +96,98 @@ def test_components_install_nothing_at_start(spec):
 
 
 @pytest.mark.slow
-def test_compiling_twice_gives_the_same_package(tmp_path):
-    a = compile_pipeline(tmp_path / "a.yaml")
-    b = compile_pipeline(tmp_path / "b.yaml")
-    assert a.read_bytes() == b.read_bytes()
-    assert client.package_version(a) == client.package_version(b)
+def test_compiling_in_two_processes_with_other_hash_seeds_gives_the_same_bytes(tmp_path):
+    # The compiler's header prints dict defaults (gpu_tolerations) in the hash order of a protobuf map.
+    paths = []
+    for seed in ("1", "2", "3"):
+        paths.append(tmp_path / f"p{seed}.yaml")
+        env = {**os.environ, "PYTHONHASHSEED": seed, "OMP_NUM_THREADS": "1"}
+        env.pop("LIGHTREASONER_IMAGE", None)
+        proc = subprocess.run([sys.executable, "-m", "lightreasoner.pipelines.lightreasoner_pipeline",
+                               "-o", str(paths[-1])], env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+    assert paths[0].read_bytes() == paths[1].read_bytes() == paths[2].read_bytes()
+    assert paths[0].read_bytes() == COMPILED.read_bytes()
+    assert len({client.package_version(p) for p in paths}) == 1  # one pipeline version, not three
+    assert not list(tmp_path.glob(".*"))  # no temporary file left behind
+
+
+def kubernetes_executors(platform) -> dict:
+    return platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+# The executors of the pipeline's tasks -> the stage (or stages.STEP) whose timeout bounds them.
+EXECUTOR_STAGE = {"exec-prepare-data": "prepare", "exec-sample-contrastive": "sample", "exec-finetune-lora": "train",
+                  "exec-evaluate": "evaluate", "exec-register-model": "register", "exec-sft-baseline": "sft",
+                  "exec-evaluate-2": "evaluate_sft", "exec-sft-baseline-2": "sft", "exec-evaluate-3": "evaluate_sft",
+                  "exec-efficiency-report": "report"}
+
+
+def test_every_step_has_a_timeout_from_the_stage_table(spec):
+    _, ir, platform = spec
+    k8s = kubernetes_executors(platform)
+    assert set(k8s) == set(ir["deploymentSpec"]["executors"])  # every executor has platform settings
+    limits = stages.timeouts()
+    for name, executor in k8s.items():
+        seconds = int(executor.get("activeDeadlineSeconds", 0))
+        assert seconds == limits[EXECUTOR_STAGE.get(name, stages.STEP)], name
+    # The bookkeeping steps are bounded too, and short.
+    for name in ("exec-configure-run", "exec-log-stage", "exec-finish-run", "exec-merge-samples"):
+        assert int(k8s[name]["activeDeadlineSeconds"]) == stages.STEP_TIMEOUT <= 3600
+
+
+@pytest.mark.slow
+def test_step_timeouts_are_compile_options(tmp_path, capsys):
+    path = compile_pipeline(tmp_path / "p.yaml", timeouts={"train": 12 * 3600, "step": 600})
+    k8s = kubernetes_executors(list(yaml.safe_load_all(path.read_text()))[1])
+    assert k8s["exec-finetune-lora"]["activeDeadlineSeconds"] == str(12 * 3600)
+    assert k8s["exec-configure-run"]["activeDeadlineSeconds"] == "600"
+    assert k8s["exec-evaluate"]["activeDeadlineSeconds"] == str(stages.STAGES["evaluate"].timeout)
+    # The same through the CLI, with durations.
+    out = tmp_path / "cli.yaml"
+    assert main(["pipeline", "compile", "-o", str(out), "--step-timeout", "train=12h",
+                 "--step-timeout", "step=10m"]) == 0
+    assert out.read_bytes() == path.read_bytes()
+
+
+def test_step_timeouts_table():
+    table = stages.timeouts()
+    assert set(table) == {s.name for s in stages.GRAPH} | {stages.STEP}
+    assert all(seconds > 0 for seconds in table.values())
+    assert stages.parse_timeout("train=12h") == ("train", 43200)
+    assert stages.parse_timeout("step=20m") == ("step", 1200)
+    assert stages.parse_timeout("sample=5400") == stages.parse_timeout("sample=5400s") == ("sample", 5400)
+    with pytest.raises(LightReasonerError, match="expected NAME=DURATION"):
+        stages.parse_timeout("train=0")
+    with pytest.raises(LightReasonerError, match="unknown step"):
+        stages.timeouts({"nope": 60})
+    with pytest.raises(LightReasonerError, match="expected a positive number"):
+        stages.timeouts({"train": -1})
+
+
+def test_s3_keys_are_optional_and_telemetry_is_off_in_every_executor(spec):
+    _, ir, platform = spec
+    for name, executor in kubernetes_executors(platform).items():
+        mounts = executor["secretAsEnv"]
+        envs = {e["envVar"] for m in mounts for e in m["keyToEnv"]}
+        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_URI"} <= envs, name
+        # IRSA / Workload Identity: no static keys needed; the AWS chain finds the credentials.
+        assert all(m.get("optional") is True for m in mounts), name
+    for name, executor in ir["deploymentSpec"]["executors"].items():
+        env = {e["name"]: e["value"] for e in executor["container"].get("env", [])}
+        assert env.items() >= NO_TELEMETRY.items(), name
+        assert NO_TELEMETRY == {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+
+
+@pytest.mark.slow
+def test_compile_without_output_writes_the_build_folder_not_the_committed_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LIGHTREASONER_IMAGE", raising=False)
+    before = COMPILED.stat().st_mtime_ns
+    assert main(["pipeline", "compile"]) == 0
+    built = tmp_path / "build" / "lightreasoner_pipeline.yaml"
+    assert capsys.readouterr().out.strip() == "build/lightreasoner_pipeline.yaml"
+    assert built.read_bytes() == COMPILED.read_bytes() and COMPILED.stat().st_mtime_ns == before
 
 
 @pytest.mark.slow
@@ -181,6 +272,12 @@ class FakeClient:
         return obj(run_id="run-1")
 
     def create_experiment(self, name, namespace=None):
+        self.calls.append(("create_experiment", name))
+        return obj(experiment_id="exp-1")
+
+    def get_experiment(self, experiment_name=None, namespace=None):
+        if not any(c == ("create_experiment", experiment_name) for c in self.calls):
+            raise ValueError(f"No experiment is found with name {experiment_name}.")
         return obj(experiment_id="exp-1")
 
     def create_recurring_run(self, **kw):
@@ -189,8 +286,8 @@ class FakeClient:
         self.jobs.append(obj(recurring_run_id=f"job-{n}", display_name=kw["job_name"]))
         return self.jobs[-1]
 
-    def list_recurring_runs(self, experiment_id, page_size):
-        return obj(recurring_runs=list(self.jobs))
+    def list_recurring_runs(self, experiment_id, page_size, page_token=""):
+        return obj(recurring_runs=list(self.jobs), next_page_token="")
 
     def delete_recurring_run(self, recurring_run_id):
         self.jobs[:] = [j for j in self.jobs if j.recurring_run_id != recurring_run_id]
@@ -268,6 +365,10 @@ def test_bad_parameters_are_refused_before_anything_is_uploaded(items, message):
         (["pipeline", "submit", "--host", "http://127.0.0.1:9", "--param", "lora_r=two"], "expected an integer"),
         (["pipeline", "submit", "--host", "http://127.0.0.1:9", "--token-file", "/no/such"], "file not found"),
         (["pipeline", "submit", "--host", "http://127.0.0.1:9"], "cannot reach Kubeflow Pipelines"),
+        (["pipeline", "unschedule", "--host", "http://127.0.0.1:9"], "cannot reach Kubeflow Pipelines"),
+        (["pipeline", "compile", "--step-timeout", "train=soon"], "--step-timeout 'train=soon': expected NAME=DURATION"),
+        (["pipeline", "schedule", "--host", "http://127.0.0.1:9", "--cron", "0 3 * * *", "--step-timeout",
+          "nope=1h"], "--step-timeout nope: unknown step"),
     ],
 )
 def test_cli_errors_are_one_line(argv, message, capsys, monkeypatch):
@@ -277,6 +378,17 @@ def test_cli_errors_are_one_line(argv, message, capsys, monkeypatch):
     lines = [line for line in captured.err.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0]
     assert "tok-should-not-print" not in captured.err + captured.out
+
+
+def test_unschedule_deletes_the_named_recurring_run_only(monkeypatch, capsys):
+    FakeClient.reset()
+    assert client.unschedule("http://kfp:8888", name="lr", factory=FakeClient) == 0  # no experiment yet
+    client.schedule("http://kfp:8888", "0 3 * * *", {}, name="lr", factory=FakeClient)
+    client.schedule("http://kfp:8888", "0 4 * * *", {}, name="other", factory=FakeClient)
+    assert client.unschedule("http://kfp:8888", name="lr", factory=FakeClient) == 1
+    assert [j.display_name for j in FakeClient.jobs] == ["other"]
+    assert client.unschedule("http://kfp:8888", name="lr", factory=FakeClient) == 0  # a second uninstall: no-op
+    assert not any(c[0] == "create_experiment" for c in FakeClient.calls[-3:])  # deleting creates nothing
 
 
 def test_bad_cron_rejected_before_connecting():
