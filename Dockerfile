@@ -29,12 +29,15 @@ ARG APP_GID=10001
 # Model cache (Hugging Face): override at build time, or at run time with -e HF_HOME=/some/volume.
 ARG HF_HOME=/var/cache/lightreasoner/huggingface
 
+# No usage telemetry (MLflow's, and any library honouring DO_NOT_TRACK): clusters are often offline.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HF_HOME=${HF_HOME} \
-    MPLCONFIGDIR=/tmp/matplotlib
+    MPLCONFIGDIR=/tmp/matplotlib \
+    MLFLOW_DISABLE_TELEMETRY=true \
+    DO_NOT_TRACK=true
 
 # Dependencies first (pinned, changes rarely), so code changes only rebuild the small layer below.
 # The lock files are bind-mounted, not copied: no layer keeps them.

@@ -20,7 +20,9 @@ ARG APP_GID=10001
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    MLFLOW_DISABLE_TELEMETRY=true \
+    DO_NOT_TRACK=true
 
 # The lock file is bind-mounted, not copied: no layer keeps it.
 RUN --mount=type=bind,source=docker,target=/tmp/lock \

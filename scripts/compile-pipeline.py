@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 
-from lightreasoner.images import DEFAULT_IMAGE
 from lightreasoner.pipelines.lightreasoner_pipeline import COMPILED, compile_pipeline
+
+from lightreasoner.images import DEFAULT_IMAGE
 
 
 def main() -> None:

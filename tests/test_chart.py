@@ -54,10 +54,17 @@ def by_kind(docs: list[dict], kind: str) -> list[dict]:
     return [d for d in docs if d["kind"] == kind]
 
 
-def containers(docs: list[dict]):
+def containers(docs: list[dict], init: bool = False):
     for doc in docs:
         if doc["kind"] in ("Deployment", "Job"):
-            yield from doc["spec"]["template"]["spec"]["containers"]
+            pod = doc["spec"]["template"]["spec"]
+            yield from pod["containers"] + (pod.get("initContainers", []) if init else [])
+
+
+def hook_job(docs: list[dict], hook: str = "post-install,post-upgrade") -> dict:
+    """The Job of a Helm hook: the schedule Job (default) or the pre-delete one that removes its recurring run."""
+    (job,) = [d for d in by_kind(docs, "Job") if d["metadata"]["annotations"]["helm.sh/hook"] == hook]
+    return job
 
 
 VALUE_SETS = {"default": [], "gpu-production": ["-f", str(GPU_VALUES)]}
@@ -79,7 +86,7 @@ def test_rendered_manifests_match_kubernetes_schemas(helm, values):
 
     docs = render(helm, *VALUE_SETS[values])
     kinds = sorted(d["kind"] for d in docs)
-    expected = ["Deployment", "Job", "Role", "RoleBinding", "Service", "ServiceAccount"]
+    expected = ["Deployment", "Job", "Job", "Role", "RoleBinding", "Service", "ServiceAccount"]
     if values == "gpu-production":
         expected.append("Ingress")
     assert kinds == sorted(expected)
@@ -95,8 +102,7 @@ def test_default_image_is_the_one_in_images_py(helm):
     from lightreasoner.images import DEFAULT_IMAGE
 
     docs = render(helm)
-    (job,) = by_kind(docs, "Job")
-    assert {c["image"] for c in containers([job])} == {DEFAULT_IMAGE}
+    assert {c["image"] for c in containers(by_kind(docs, "Job"))} == {DEFAULT_IMAGE}
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert DEFAULT_IMAGE.endswith(":" + chart["appVersion"])
     # The tracking server runs its own small image (docker/mlflow-server.Dockerfile), tagged like the chart.
@@ -189,7 +195,14 @@ def test_basic_auth_and_prometheus_metrics(helm):
     (endpoint,) = sm["spec"]["endpoints"]
     assert endpoint["port"] == svc["spec"]["ports"][0]["name"] and endpoint["path"] == "/metrics"
     assert endpoint["interval"] == "15s"
-    assert endpoint["basicAuth"]["password"] == {"name": "mlflow-auth", "key": "password"}
+    # A dedicated non-admin user scrapes; the admin Secret appears nowhere in the ServiceMonitor.
+    assert endpoint["basicAuth"] == {"username": {"name": "mlflow-metrics", "key": "username"},
+                                     "password": {"name": "mlflow-metrics", "key": "password"}}
+    assert "mlflow-auth" not in yaml.safe_dump(sm).replace("mlflow-auth-", "")
+    # Without auth the scrape sends no credential at all.
+    (sm,) = by_kind(render(helm, "--set", "mlflow.metrics.enabled=true",
+                           "--set", "mlflow.metrics.serviceMonitor.enabled=true"), "ServiceMonitor")
+    assert "basicAuth" not in sm["spec"]["endpoints"][0]
 
 
 def test_mlflow_server_backend_from_secret_and_artifacts_proxied_to_s3(helm):
@@ -245,8 +258,7 @@ def test_rbac_is_namespaced_and_limited_to_kubeflow_pipelines(helm):
 
 def test_schedule_job_passes_cron_experiment_parameters_and_gpu_placement(helm):
     docs = render(helm, "-f", str(GPU_VALUES))
-    (job,) = by_kind(docs, "Job")
-    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    job = hook_job(docs)
     (c,) = job["spec"]["template"]["spec"]["containers"]
     args = c["args"]
     assert args[:2] == ["pipeline", "schedule"]
@@ -275,13 +287,14 @@ def test_schedule_job_passes_cron_experiment_parameters_and_gpu_placement(helm):
 
 
 def test_default_values_leave_null_parameters_and_empty_gpu_out(helm):
-    (job,) = by_kind(render(helm, "--set", "schedule.parameters.eval_limit=null"), "Job")
+    job = hook_job(render(helm, "--set", "schedule.parameters.eval_limit=null"))
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     names = {args[i + 1].split("=", 1)[0] for i, a in enumerate(args) if a == "--param"}
     assert "eval_limit" not in names  # null: the pipeline's default
     assert "--hf-cache-pvc" not in args  # no model cache PVC: a scratch volume per pod
     assert not {n for n in names if n.startswith("gpu_")}
     assert "--namespace" not in args  # standalone KFP: no profile namespace
+    assert "--step-timeout" not in args  # stepTimeouts {}: the defaults of lightreasoner/stages.py
 
 
 @pytest.mark.parametrize("values", list(VALUE_SETS))
@@ -291,9 +304,16 @@ def test_schedule_args_are_accepted_by_the_cli(helm, values):
     from lightreasoner import parameters
     from lightreasoner.cli import build_parser
 
-    (job,) = by_kind(render(helm, *VALUE_SETS[values]), "Job")
+    docs = render(helm, *VALUE_SETS[values])
+    job = hook_job(docs)
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     build_parser().parse_args(args)
+    build_parser().parse_args(hook_job(docs, "pre-delete")["spec"]["template"]["spec"]["containers"][0]["args"])
+    from lightreasoner import stages
+
+    limits = dict(stages.parse_timeout(args[i + 1]) for i, a in enumerate(args) if a == "--step-timeout")
+    stages.timeouts(limits)  # known names, valid values
+    assert limits == ({} if values == "default" else {"train": 12 * 3600, "step": 900})
     params = client.parse_params([args[i + 1] for i, a in enumerate(args) if a == "--param"])
     for name in ("alpha", "learning_rate", "max_p"):
         assert isinstance(params[name], float), (name, params[name])
@@ -309,20 +329,71 @@ def test_schedule_args_are_accepted_by_the_cli(helm, values):
 
 
 def test_model_cache_pvc_and_hf_token_secret(helm):
-    (job,) = by_kind(render(helm, "--set", "schedule.modelCachePvc=hf-models",
-                            "--set", "schedule.pipelineSecrets.hfToken=my-hf"), "Job")
+    job = hook_job(render(helm, "--set", "schedule.modelCachePvc=hf-models",
+                          "--set", "schedule.pipelineSecrets.hfToken=my-hf"))
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--hf-cache-pvc") + 1] == "hf-models"
     assert "hf_token_secret=my-hf" in args
 
 
 def test_token_from_secret_mode(helm):
-    (job,) = by_kind(render(helm, "--set", "schedule.kfp.auth=secret",
-                            "--set", "schedule.kfp.tokenSecret.existingSecret=kfp-token"), "Job")
-    c = job["spec"]["template"]["spec"]["containers"][0]
-    env = {e["name"]: e for e in c["env"]}
-    assert env["KFP_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "kfp-token", "key": "token"}
-    assert "--token-file" not in c["args"]
+    docs = render(helm, "--set", "schedule.kfp.auth=secret", "--set", "schedule.kfp.tokenSecret.existingSecret=kfp-token")
+    for job in (hook_job(docs), hook_job(docs, "pre-delete")):  # creating and deleting use the same token
+        c = job["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e for e in c["env"]}
+        assert env["KFP_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "kfp-token", "key": "token"}
+        assert "--token-file" not in c["args"] and "kfp-token" not in str(c["volumeMounts"])
+
+
+def test_uninstall_deletes_the_recurring_run_with_the_same_identity(helm):
+    docs = render(helm, "-f", str(GPU_VALUES))
+    create, delete = hook_job(docs), hook_job(docs, "pre-delete")
+    assert "hook-succeeded" in delete["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
+    pod, create_pod = delete["spec"]["template"]["spec"], create["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    args, create_args = c["args"], create_pod["containers"][0]["args"]
+    assert args[:2] == ["pipeline", "unschedule"]
+    for flag in ("--host", "--namespace", "--experiment", "--name", "--token-file"):  # the schedule it made
+        assert args[args.index(flag) + 1] == create_args[create_args.index(flag) + 1], flag
+    # Least privilege: the same ServiceAccount, projected KFP token and Role (no new permissions).
+    assert pod["serviceAccountName"] == create_pod["serviceAccountName"]
+    assert pod["automountServiceAccountToken"] is False and pod["volumes"] == create_pod["volumes"]
+    (role,) = by_kind(docs, "Role")
+    verbs = {r: set(rule["verbs"]) for rule in role["rules"] for r in rule["resources"]}
+    assert "delete" in verbs["jobs"] and {"get", "list"} <= verbs["experiments"]
+    assert not any(v & {"delete", "update", "patch"} for r, v in verbs.items() if r != "jobs")
+    # Off: no hook (the recurring run outlives the release).
+    off = render(helm, "--set", "schedule.deleteOnUninstall=false")
+    assert [d["metadata"]["annotations"]["helm.sh/hook"] for d in by_kind(off, "Job")] == ["post-install,post-upgrade"]
+    assert not by_kind(render(helm, "--set", "schedule.enabled=false"), "Job")
+
+
+@pytest.mark.parametrize("values", ["default", "auth-metrics"])
+def test_telemetry_is_off_in_every_container(helm, values):
+    extra = ["-f", str(AUTH_VALUES)] if values == "auth-metrics" else []
+    found = list(containers(render(helm, *extra), init=True))
+    assert len(found) >= 4  # the server, its migration, the schedule and unschedule Jobs
+    for c in found:
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert env["MLFLOW_DISABLE_TELEMETRY"] == "true" and env["DO_NOT_TRACK"] == "true", c["name"]
+    for dockerfile in (ROOT / "Dockerfile", SERVER_DOCKERFILE):
+        text = dockerfile.read_text()
+        assert re.search(r"^\s+MLFLOW_DISABLE_TELEMETRY=true", text, re.M), dockerfile
+        assert re.search(r"^\s+DO_NOT_TRACK=true", text, re.M), dockerfile
+
+
+def test_step_timeouts_reach_the_schedule(helm):
+    job = hook_job(render(helm, "--set", "schedule.stepTimeouts.evaluate=10h",
+                          "--set", "schedule.stepTimeouts.register=1200"))
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--step-timeout"] == ["evaluate=10h", "register=1200"]
+    # The schema names exactly the steps lightreasoner/stages.py bounds.
+    import json
+
+    from lightreasoner import stages
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert set(schema["properties"]["schedule"]["properties"]["stepTimeouts"]["properties"]) == set(stages.timeouts())
 
 
 def test_notes_tell_how_to_open_mlflow_and_see_the_schedule(helm):
@@ -361,6 +432,17 @@ BAD_VALUES = {
                                         "mlflow/metrics/enabled"),
     "bad scrape interval": (["--set", "mlflow.metrics.serviceMonitor.interval=often"],
                             "mlflow/metrics/serviceMonitor/interval"),
+    "service monitor without its own user": (["-f", str(AUTH_VALUES), "--set",
+                                               "mlflow.metrics.serviceMonitor.basicAuth.existingSecret="],
+                                              "mlflow/metrics/serviceMonitor/basicAuth/existingSecret"),
+    "service monitor as the admin": (["-f", str(AUTH_VALUES), "--set",
+                                      "mlflow.metrics.serviceMonitor.basicAuth.existingSecret=mlflow-auth"],
+                                     "never the admin Secret"),
+    "unknown step timeout": (["--set", "schedule.stepTimeouts.nope=1h"], "'nope' not allowed"),
+    "bad step timeout": (["--set", "schedule.stepTimeouts.train=soon"], "schedule/stepTimeouts/train"),
+    "zero step timeout": (["--set", "schedule.stepTimeouts.train=0"], "schedule/stepTimeouts/train"),
+    "delete on uninstall not a boolean": (["--set", "schedule.deleteOnUninstall=maybe"],
+                                          "schedule/deleteOnUninstall"),
 }
 
 

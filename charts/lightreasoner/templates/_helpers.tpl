@@ -63,6 +63,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
+{{/* No usage telemetry from MLflow or other libraries (clusters are often offline): env of every container. */}}
+{{- define "lightreasoner.noTelemetryEnv" -}}
+- name: MLFLOW_DISABLE_TELEMETRY
+  value: "true"
+- name: DO_NOT_TRACK
+  value: "true"
+{{- end }}
+
 {{/* Namespace the Kubeflow pipeline runs in (its profile): schedule.kfp.namespace or the release's. */}}
 {{- define "lightreasoner.kfpNamespace" -}}
 {{- default .Release.Namespace .Values.schedule.kfp.namespace }}
