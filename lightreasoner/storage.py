@@ -177,7 +177,8 @@ def describe_error(exc: BaseException) -> str:
             return f"access denied ({code or status}: check the AWS credentials and permissions)"
         return f"S3 error {code or status}"
     if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
-        return "no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile)"
+        return ("no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, in Kubeflow through the "
+                "s3_secret Secret, or a profile, or an IRSA/Workload Identity role on the pod's ServiceAccount)")
     if isinstance(exc, bx.EndpointConnectionError | bx.ConnectionClosedError):
         return f"cannot reach the S3 endpoint {safe_url(endpoint_url()) or 'of AWS'}"
     if isinstance(exc, bx.ConnectTimeoutError | bx.ReadTimeoutError):

@@ -104,6 +104,26 @@ def test_wrong_credentials(aws_env, tmp_path, monkeypatch, which):
         storage.download_file(f"s3://{aws_env.bucket}/dirs/run1/manifest.json", tmp_path / "m.json")
 
 
+def test_no_credentials_at_all_is_one_line(aws_env, tmp_path, monkeypatch):
+    """A pod whose optional S3 Secret keys are absent and that has no IRSA/Workload Identity role."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                 "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                 "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance profile here (bounded in a pod)
+    f = tmp_path / "x.txt"
+    f.write_text("x")
+    uri = f"s3://{aws_env.bucket}/nocreds/x.txt"
+    for call in (lambda: storage.upload_file(f, uri), lambda: storage.download_file(uri, tmp_path / "y.txt")):
+        with pytest.raises(LightReasonerError) as err:
+            call()
+        msg = str(err.value)
+        assert msg.startswith(f"{uri}: ") and "no AWS credentials found" in msg and "\n" not in msg
+    assert aws_env.keys("nocreds/") == []
+
+
 def test_server_down(aws_env, tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     f = tmp_path / "x.txt"
