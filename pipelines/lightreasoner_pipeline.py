@@ -261,9 +261,12 @@ def compile_pipeline(output: str | Path = BUILD, image: str | None = None, hf_ca
     output.parent.mkdir(parents=True, exist_ok=True)
     stages.timeouts(timeouts)  # an unknown name or a bad value: one line, before compiling
     tmp = output.with_name(f".{output.stem}.tmp{output.suffix}")  # the compiler reads the suffix
-    compiler.Compiler().compile(build_pipeline(image, hf_cache_pvc=hf_cache_pvc, timeouts=timeouts), str(tmp))
-    tmp.write_text(_stable_header(tmp.read_text()))
-    tmp.replace(output)  # never a half-written package under the real name
+    try:
+        compiler.Compiler().compile(build_pipeline(image, hf_cache_pvc=hf_cache_pvc, timeouts=timeouts), str(tmp))
+        tmp.write_text(_stable_header(tmp.read_text()))
+        tmp.replace(output)  # never a half-written package under the real name
+    finally:
+        tmp.unlink(missing_ok=True)
     return output
 
 

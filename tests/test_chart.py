@@ -402,6 +402,7 @@ def test_notes_tell_how_to_open_mlflow_and_see_the_schedule(helm):
     notes = proc.stdout.split("NOTES:", 1)[1]
     assert "port-forward svc/lr-lightreasoner-mlflow 5000:5000" in notes
     assert "Recurring runs" in notes and "logs job/lr-lightreasoner-schedule" in notes
+    assert "helm uninstall deletes this recurring run first" in notes
 
 
 # --- bad values are rejected with a message naming the key ---------------------------------------------
