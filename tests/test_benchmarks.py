@@ -264,9 +264,7 @@ def test_real_gold_answers_grade_as_correct(name, real_dir):
     """Each gold answer, written by a model the way the protocol asks (in \\boxed{}), goes through the real
     loading, extraction and grading path and is correct."""
     data = load_benchmark(name, str(real_dir))
-    sizes = {"gsm8k": 1319, "svamp": 1000, "asdiv": 2214, "minerva_math": 272, "olympiadbench": 675,
-             "mmlu_stem": 3006}
-    assert len(data.problems) == sizes[name]  # after dropping duplicate questions (ASDiv 1, MMLU-STEM 12)
+    assert len(data.problems) == data.benchmark.paper_rows  # every row: the paper counts them all
     kind = data.benchmark.answer_type
     wrong = [p.answer for p in data.problems
              if not grade(extract(f"Step by step.\nThe final answer is $\\boxed{{{p.answer}}}$.", kind), p.answer, kind)]
@@ -327,3 +325,130 @@ def test_prediction_cache_entries(tmp_path, caplog):
     assert prediction_cache.store(str(tmp_path / "file"), key, [row], PREDICTION_SCHEMA) is None
     assert "cannot store" in caplog.text
     assert prediction_cache.load("", key) is None and prediction_cache.store("", key, [row], PREDICTION_SCHEMA) is None
+
+
+# --- the toolkit's sets: every row of the shared files, the hub formats through the hub loader ---------------
+
+
+def test_shared_toolkit_files_give_the_papers_row_counts(real_dir):
+    """Each shared toolkit file (and GSM8K) loads every row: exactly the paper's count, no de-duplication."""
+    for name in REAL:
+        data = load_benchmark(name, str(real_dir))
+        assert len(data.problems) == data.rows == BENCHMARKS[name].paper_rows, name
+        assert len({p.problem_id for p in data.problems}) == len(data.problems), name  # repeats get -2, -3 ...
+        assert data.version()["paper_rows"] == BENCHMARKS[name].paper_rows and data.file_sha256
+    mmlu = load_benchmark("mmlu_stem", str(real_dir)).problems[0].question
+    assert "\nAnswer Choices: (A) " in mmlu and " (B) " in mmlu and mmlu.count("\n") == 1
+    asdiv = load_benchmark("asdiv", str(real_dir)).problems
+    assert any(p.question.endswith("? (Yes or No)") and p.answer in ("Yes", "No") for p in asdiv)
+
+
+# Rows as the hub data sets hold them: written to local parquet files and read by the real
+# datasets.load_dataset, through the same loader (lightreasoner.benchmarks.hub_rows) as a hub run.
+HUB: dict[tuple[str, str | None, str], list[dict]] = {
+    ("ChilleD/SVAMP", None, "train"): [
+        {"ID": "chal-1", "Body": "There are 8 oranges in 2 equal groups", "Question": "How big is each group?",
+         "Equation": "( 8.0 / 2.0 )", "Answer": 4.0, "Type": "Common-Division", "question_concat": "x"},
+        {"ID": "chal-2", "Body": "Marco has 5 pounds of berries.", "Question": "How much do 2 baskets weigh?",
+         "Equation": "( 5.0 * 2.0 )", "Answer": 10.0, "Type": "Multiplication", "question_concat": "x"}],
+    ("ChilleD/SVAMP", None, "test"): [
+        {"ID": "chal-3", "Body": "Ann has 7 pens.", "Question": "She gives 3 away. How many are left?",
+         "Equation": "( 7.0 - 3.0 )", "Answer": 4.0, "Type": "Subtraction", "question_concat": "x"}],
+    ("EleutherAI/asdiv", None, "validation"): [
+        {"body": "Seven red apples and two green apples are in the basket.", "question": "How many apples?",
+         "solution_type": "Addition", "answer": "9 (apples)", "formula": "7+2=9"},
+        {"body": "A box has 3 red and 4 blue balls.", "question": "How many red and blue balls?",
+         "solution_type": "Multi", "answer": "3 (balls); 4 (balls)", "formula": "3;4"},
+        {"body": "Sam has 5 cents.", "question": "Can he buy a 4 cent sweet?",
+         "solution_type": "Comparison", "answer": "Yes", "formula": "5>4"}],
+    ("hails/mmlu_no_train", "all", "test"): [
+        {"question": "How many legs does a spider have?", "subject": "college_biology",
+         "choices": ["six", " eight", "ten", "four"], "answer": 1},
+        {"question": "Who was the first US president?", "subject": "high_school_us_history",
+         "choices": ["Washington", "Lincoln", "Adams", "Jefferson"], "answer": 0},
+        {"question": "What is 2 + 2?", "subject": "elementary_mathematics",
+         "choices": ["3", "4", "5", "6"], "answer": 1}],
+    ("math-ai/minervamath", None, "test"): [
+        {"question": "A wave has period $0.25$ s. What is its frequency in Hz?", "answer": "4"},
+        {"question": "Find $x$ if $2x = 3$.", "answer": "\\frac{3}{2}"}],
+    **{("EleutherAI/hendrycks_math", subject, "test"): [
+        {"problem": f"What is $1 + {i}$?", "level": "Level 1", "type": subject,
+         "solution": f"Adding, $1 + {i} = \\boxed{{{i + 1}}}$."}] for i, subject in enumerate(
+        ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
+         "prealgebra", "precalculus"))},
+}
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """datasets.load_dataset answering the hub names above from local parquet files (the real loader);
+    any other name is unreachable, as offline."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    real = datasets.load_dataset
+    calls = []
+
+    def load_dataset(path, name=None, split=None, **kw):
+        calls.append((path, name, split))
+        if (path, name, split) not in HUB:
+            raise ConnectionError(f"Couldn't reach '{path}' on the Hub (LocalEntryNotFoundError)\nmore lines")
+        file = tmp_path / f"{len(calls)}.parquet"
+        pq.write_table(pa.Table.from_pylist(HUB[(path, name, split)]), file)
+        return real("parquet", data_files=str(file), split="train", cache_dir=str(tmp_path / "cache"))
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    return calls
+
+
+def test_hub_svamp_is_train_then_test_with_the_toolkits_question(hub):
+    data = load_benchmark("svamp")
+    assert [p.question for p in data.problems] == [
+        "There are 8 oranges in 2 equal groups. How big is each group?",
+        "Marco has 5 pounds of berries. How much do 2 baskets weigh?",
+        "Ann has 7 pens. She gives 3 away. How many are left?"]
+    assert [p.answer for p in data.problems] == ["4", "10", "4"]
+    assert hub == [("ChilleD/SVAMP", None, "train"), ("ChilleD/SVAMP", None, "test")]
+    assert data.source == "ChilleD/SVAMP:train+test" and data.file_sha256 is None
+    assert data.version()["n"] == 3 and data.version()["paper_rows"] == 1000
+
+
+def test_hub_asdiv_drops_the_multi_answer_rows(hub):
+    data = load_benchmark("asdiv")
+    assert [p.answer for p in data.problems] == ["9", "Yes"]
+    assert data.problems[0].question == "Seven red apples and two green apples are in the basket. How many apples?"
+    assert data.problems[1].question == "Sam has 5 cents. Can he buy a 4 cent sweet? (Yes or No)"
+
+
+def test_hub_mmlu_keeps_the_18_stem_subjects_with_choices_on_one_line(hub):
+    data = load_benchmark("mmlu_stem")
+    assert [p.answer for p in data.problems] == ["B", "B"]
+    assert data.problems[0].question == ("How many legs does a spider have?\n"
+                                         "Answer Choices: (A) six (B) eight (C) ten (D) four")
+
+
+def test_hub_minerva_question_answer_fields(hub):
+    data = load_benchmark("minerva_math")
+    assert [p.answer for p in data.problems] == ["4", "\\frac{3}{2}"]
+    assert data.problems[1].question == "Find $x$ if $2x = 3$."
+
+
+def test_hub_math_is_the_5000_problem_set_by_subject(hub):
+    data = load_benchmark("math")
+    assert [p.answer for p in data.problems] == [str(i + 1) for i in range(7)]
+    assert {name for _, name, _ in hub} == set(BENCHMARKS["math"].hf_config) and len(hub) == 7
+
+
+def test_unreachable_hub_is_one_line(hub):
+    with pytest.raises(LightReasonerError, match=r"benchmark gsm8k: cannot load Hugging Face data set openai/gsm8k "
+                                                 r"\(Couldn't reach .*offline, set evaluation.benchmark_dir") as info:
+        load_benchmark("gsm8k")
+    assert "\n" not in str(info.value)
+
+
+def test_row_count_note_names_the_papers_count():
+    from lightreasoner.benchmarks import row_count_note
+
+    assert row_count_note("svamp", {"n": 300}) == "svamp: 300 rows, the paper's set has 1,000"
+    assert row_count_note("svamp", {"n": 1000}) is None and row_count_note("data", {"n": 5}) is None
