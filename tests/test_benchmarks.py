@@ -452,3 +452,23 @@ def test_row_count_note_names_the_papers_count():
 
     assert row_count_note("svamp", {"n": 300}) == "svamp: 300 rows, the paper's set has 1,000"
     assert row_count_note("svamp", {"n": 1000}) is None and row_count_note("data", {"n": 5}) is None
+
+
+def test_cli_benchmarks_lists_what_would_be_evaluated(tmp_path, capsys, hub):
+    from lightreasoner.cli import main
+
+    bench_dir = write_benchmarks(tmp_path / "bench", ["gsm8k", "svamp"])
+    assert main(["benchmarks", "--benchmark-dir", str(bench_dir), "--benchmarks", "gsm8k,svamp"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    svamp = load_benchmark("svamp", str(bench_dir))
+    assert len(lines) == 2 and lines[0].startswith(f"gsm8k  {bench_dir / 'gsm8k' / 'test.jsonl'}  2 rows  sha256 ")
+    assert lines[1] == (f"svamp  {bench_dir / 'svamp' / 'test.jsonl'}  2 rows  sha256 {svamp.problems_sha256}  number"
+                        "  (the paper's set has 1,000)")
+    # From the hub (here the hub-format fixtures), and a hub set that cannot be reached: one line, exit 2.
+    assert main(["benchmarks", "--benchmarks", "asdiv"]) == 0
+    assert capsys.readouterr().out.startswith("asdiv  EleutherAI/asdiv:validation  2 rows  sha256 ")
+    assert main(["benchmarks", "--benchmarks", "gsm8k"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: benchmark gsm8k: cannot load Hugging Face data set openai/gsm8k")
+    assert main(["benchmarks", "--benchmarks", "gsm9k"]) == 2
+    assert "unknown benchmark 'gsm9k'" in capsys.readouterr().err
