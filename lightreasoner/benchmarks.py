@@ -346,3 +346,47 @@ def paper_results(expert_model: str | None) -> dict[str, Any] | None:
             return {"source": table["source"], "model": model, "benchmarks": row.get("benchmarks") or {},
                     "average": row.get("average")}
     return None
+
+
+def paper_comparison(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """The paper's published numbers beside an evaluation's (``metrics.json``), per benchmark run: the paper's
+    base / SFT / LightReasoner accuracy, ours base / tuned, and the differences (all in %); then the average
+    over those benchmarks. None when the Expert is not one of the paper's."""
+    paper = paper_results((metrics.get("expert") or {}).get("model"))
+    if paper is None:
+        return None
+
+    def pct(value: Any) -> float | None:
+        return None if value is None else round(float(value) * 100, 2)
+
+    def minus(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else round(a - b, 2)
+
+    rows = []
+    for name, m in (metrics.get("benchmarks") or {}).items():
+        published = paper["benchmarks"].get(name)
+        if not published:
+            continue
+        base, tuned = pct(m.get("accuracy_base")), pct(m.get("accuracy_tuned"))
+        rows.append({"benchmark": name, "paper_base": published.get("base"), "paper_sft": published.get("sft"),
+                     "paper_lightreasoner": published.get("lightreasoner"), "base": base, "tuned": tuned,
+                     "base_minus_paper": minus(base, published.get("base")),
+                     "tuned_minus_paper": minus(tuned, published.get("lightreasoner"))})
+    if len(rows) > 1:
+        def mean(key: str) -> float | None:
+            values = [r[key] for r in rows]
+            return None if any(v is None for v in values) else round(sum(values) / len(values), 2)
+
+        average = {"benchmark": "average", **{k: mean(k) for k in ("paper_base", "paper_sft", "paper_lightreasoner",
+                                                                      "base", "tuned")}}
+        average["base_minus_paper"] = minus(average["base"], average["paper_base"])
+        average["tuned_minus_paper"] = minus(average["tuned"], average["paper_lightreasoner"])
+        rows.append(average)
+    return {"source": paper["source"], "model": paper["model"], "rows": rows} if rows else None
+
+
+def row_count_notes(metrics: dict[str, Any]) -> list[str]:
+    """A line per benchmark scored on another number of rows than the paper's set has."""
+    notes = [row_count_note(name, m.get("version") or {"n": m.get("n")})
+             for name, m in (metrics.get("benchmarks") or {}).items() if name in BENCHMARKS]
+    return [n for n in notes if n]

@@ -472,3 +472,47 @@ def test_cli_benchmarks_lists_what_would_be_evaluated(tmp_path, capsys, hub):
     assert len(err) == 1 and err[0].startswith("error: benchmark gsm8k: cannot load Hugging Face data set openai/gsm8k")
     assert main(["benchmarks", "--benchmarks", "gsm9k"]) == 2
     assert "unknown benchmark 'gsm9k'" in capsys.readouterr().err
+
+
+# A DeepSeek-R1-Distill-style chat template: its own role markers, and the generation prompt opens <think>.
+DEEPSEEK_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}"
+    "{% elif m['role'] == 'user' %}<｜User｜>{{ m['content'] }}{% else %}<｜Assistant｜>{{ m['content'] }}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<｜Assistant｜><think>\n{% endif %}"
+)
+
+
+def test_paper_protocol_gives_every_model_the_toolkits_literal_prompt():
+    from lightreasoner.models import prompt_token_ids
+    from lightreasoner.protocols import QWEN25_MATH_COT_TEMPLATE, cut_output, prompt_ids, resolve_protocol
+
+    assert QWEN25_MATH_COT_TEMPLATE == (
+        "<|im_start|>system\nPlease reason step by step, and put your final answer within \\boxed{}.<|im_end|>\n"
+        "<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n")
+    tok = build_tokenizer()
+    tok.chat_template = DEEPSEEK_TEMPLATE
+    question = "Ava has 3 apples and buys 2 more. How many apples does she have?"
+    paper = resolve_protocol(load_config(None, ["evaluation.protocol=qwen25-math-cot"]))
+    ids = prompt_ids(tok, question, paper)
+    literal = QWEN25_MATH_COT_TEMPLATE.replace("{input}", question)
+    assert ids == tok(literal, add_special_tokens=True)["input_ids"]
+    assert tok.decode(ids) == literal and "<think>" not in tok.decode(ids)
+    # The other protocol keeps the model's own chat template (here DeepSeek's, ending in <think>).
+    other = resolve_protocol(load_config(None, ["evaluation.protocol=sampling-prompt"]))
+    own = prompt_ids(tok, question, other)
+    assert own == prompt_token_ids(tok, question, other.system_prompt, other.chat_template)
+    assert tok.decode(own).endswith("<｜Assistant｜><think>\n")
+    # The toolkit's stop words end the output where the tokenizer has no single token for them.
+    assert paper.stop_strings == ("</s>", "<|im_end|>", "<|endoftext|>") and "stop_strings" in paper.as_dict()
+    assert cut_output("x = 4. \\boxed{4}</s>Question: next", paper) == "x = 4. \\boxed{4}"
+    assert cut_output("\\boxed{4}<|endoftext|>a<|im_end|>", paper) == "\\boxed{4}"
+    assert cut_output("\\boxed{4}</s>", other) == "\\boxed{4}</s>"
+
+
+def test_paper_configs_evaluate_the_seven_benchmarks_under_the_papers_protocol():
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("paper-*.yaml"))
+    assert len(configs) == 5
+    for path in configs:
+        ecfg = load_config(path).evaluation
+        assert ecfg.benchmarks == list(BENCHMARKS) and ecfg.protocol == "qwen25-math-cot", path.name
+    assert sum(b.paper_rows for b in BENCHMARKS.values()) == 13499
