@@ -160,6 +160,13 @@ def test_every_benchmark_graded_end_to_end_in_one_model_load(answering, tmp_path
     assert m["n"] == 12 and m["accuracy_base"] == 0.5 and m["average"]["accuracy_base"] == 0.5
     assert m["protocol"]["name"] == "qwen25-math-cot" and "\\boxed{}" in m["protocol"]["system_prompt"]
     assert result.manifest["protocol"] == m["protocol"] and set(result.manifest["benchmarks"]) == set(names)
+    # Each benchmark's count and digest are recorded, and a count other than the paper's is said in one line.
+    for name in names:
+        version = result.manifest["benchmarks"][name]
+        assert version["n"] == version["rows"] == 2 and version["paper_rows"] == BENCHMARKS[name].paper_rows
+        assert len(version["problems_sha256"]) == 64
+    assert m["row_count_notes"][0] == "gsm8k: 2 rows, the paper's set has 1,319" and len(m["row_count_notes"]) == 6
+    assert m["paper"] is None  # a tiny Expert: not one of the paper's
     rows = {(p.benchmark, p.correct) for p in result.predictions_base}
     assert ("math", True) in rows and ("olympiadbench", False) in rows
     assert all(p.problem_id.startswith(f"{p.benchmark}/") for p in result.predictions_base)
@@ -288,6 +295,7 @@ def test_cli_evaluate_benchmarks(answering, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert code == 0 and "n=4 " in printed and "protocol sampling-prompt" in printed
     assert "| gsm8k | 2 | 50.0 |" in printed and "| svamp | 2 | 50.0 |" in printed and "| average | 4 | 50.0 |" in printed
+    assert "- svamp: 2 rows, the paper's set has 1,000" in printed and "paper LightR" not in printed
 
 
 def test_pipeline_parameter_sets_the_benchmark_list():
