@@ -71,9 +71,26 @@ class Benchmark:
 
 
 def last_boxed(text: str) -> str | None:
-    from .answers import _last_boxed
-
-    return _last_boxed(str(text))
+    """A reference solution's final answer as the toolkit takes it: what follows the last ``boxed`` -- its
+    brace-matched ``{...}``, else the text up to the next ``$`` -- with line breaks joined and a leading ``:``
+    or a trailing ``.`` or ``/`` dropped; None when the text has no ``boxed``."""
+    text = str(text)
+    if "boxed" not in text:
+        return None
+    tail = text.rsplit("boxed", 1)[1]
+    if tail.startswith("{"):
+        depth, out = 0, []
+        for ch in tail:
+            depth += (ch == "{") - (ch == "}")
+            if depth == 0:
+                break
+            out.append(ch)
+        answer = "".join(out[1:])
+    else:
+        answer = tail.split("$")[0].strip()
+    answer = re.sub(r"\n\s*", "", answer)
+    answer = answer[1:] if answer.startswith(":") else answer
+    return answer[:-1] if answer.endswith((".", "/")) else answer
 
 
 def _number_gold(value: Any) -> str:

@@ -524,3 +524,12 @@ def test_paper_configs_evaluate_the_seven_benchmarks_under_the_papers_protocol()
         ecfg = load_config(path).evaluation
         assert ecfg.benchmarks == list(BENCHMARKS) and ecfg.protocol == "qwen25-math-cot", path.name
     assert sum(b.paper_rows for b in BENCHMARKS.values()) == 13499
+
+
+def test_reference_answers_are_taken_as_the_toolkit_takes_them():
+    from lightreasoner.benchmarks import last_boxed
+
+    assert last_boxed("so $x = \\boxed{\\frac{1}{2}}$ and \\boxed{3}.") == "3"
+    assert last_boxed("nested \\boxed{\\sqrt{\\frac{a}{b}}} end") == "\\sqrt{\\frac{a}{b}}"
+    assert last_boxed("$\\boxed 5$ units") == "5" and last_boxed("\\boxed{e^{x}\n}") == "e^{x}"
+    assert last_boxed("\\boxed{3.}") == "3" and last_boxed("no box") is None
