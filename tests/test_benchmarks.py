@@ -351,6 +351,15 @@ def test_shared_toolkit_files_give_the_papers_row_counts(real_dir):
     assert any(p.question.endswith("? (Yes or No)") and p.answer in ("Yes", "No") for p in asdiv)
 
 
+def test_cli_benchmarks_on_the_shared_files(real_dir, capsys):
+    from lightreasoner.cli import main
+
+    assert main(["benchmarks", "--benchmark-dir", str(real_dir), "--benchmarks", ",".join(REAL)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == REAL and not any("the paper's set" in line for line in lines)
+    assert f"  {BENCHMARKS['mmlu_stem'].paper_rows:,} rows  sha256 " in lines[-1] and lines[-1].endswith("  choice")
+
+
 # Rows as the hub data sets hold them: written to local parquet files and read by the real
 # datasets.load_dataset, through the same loader (lightreasoner.benchmarks.hub_rows) as a hub run.
 HUB: dict[tuple[str, str | None, str], list[dict]] = {

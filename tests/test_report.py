@@ -45,7 +45,7 @@ def _bench_metrics(model: str) -> dict:
                         "delta_ci_low": None, "delta_ci_high": None, "mcnemar_p": None}}
 
 
-def test_report_puts_the_papers_numbers_beside_ours_for_a_paper_expert():
+def test_report_puts_the_papers_numbers_beside_ours_for_a_paper_expert(tmp_path):
     from lightreasoner.report import benchmark_markdown, benchmark_metrics, paper_markdown
 
     for model in ("Qwen/Qwen2.5-Math-1.5B", "/models/qwen2.5-math-1.5b/"):
@@ -55,6 +55,15 @@ def test_report_puts_the_papers_numbers_beside_ours_for_a_paper_expert():
         assert "| svamp | 68.8 | 64.1 | 76.0 | 50.0 | 75.0 | -18.8 | -1.0 |" in text
         assert "| average | 55.6 | 66.7 | 73.3 | 46.5 | 72.5 |" in text
     assert "- svamp: 300 rows, the paper's set has 1,000" in text and "gsm8k: 1,319 rows" not in text
+    import json
+
+    from lightreasoner.report import summary_markdown
+
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    (folder / "metrics.json").write_text(json.dumps(_bench_metrics("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B")))
+    page = summary_markdown(folder)  # the KFP summary page
+    assert "The paper's numbers for DeepSeek-R1-Distill-Qwen-1.5B" in page and "| gsm8k | 75.2 | 78.2 | 79.5 |" in page
     flat = benchmark_metrics(_bench_metrics("Qwen/Qwen2.5-Math-1.5B"))
     assert flat["gsm8k/paper_base"] == 0.425 and flat["svamp/paper_lightreasoner"] == 0.76
     # Another Expert: our table only, no paper columns (the row-count note stays).
