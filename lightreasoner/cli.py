@@ -159,6 +159,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("benchmarks")
+def cmd_benchmarks(args: argparse.Namespace) -> int:
+    from .benchmarks import BENCHMARKS, load_benchmark, row_count_note
+
+    for flag, key in (("benchmarks", "evaluation.benchmarks"), ("benchmark_dir", "evaluation.benchmark_dir")):
+        if getattr(args, flag, None) is not None:
+            args.overrides = [*args.overrides, f"{key}={getattr(args, flag)}"]
+    ecfg = config_from_args(args).evaluation
+    for name in ecfg.benchmarks or list(BENCHMARKS):
+        data = load_benchmark(name, ecfg.benchmark_dir)
+        version = data.version()
+        note = row_count_note(name, version)
+        print(f"{name}  {data.source}  {len(data.problems):,} rows  sha256 {data.problems_sha256}  "
+              f"{data.benchmark.answer_type}" + (f"  (the paper's set has {data.benchmark.paper_rows:,})" if note else ""))
+    return 0
+
+
 @command("doctor")
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import doctor
@@ -363,6 +380,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmark-dir", help="folder or s3:// prefix with <benchmark>/test.jsonl files "
                    "(sets evaluation.benchmark_dir; default: the Hugging Face data sets)")
     p.add_argument("--protocol", choices=["qwen25-math-cot", "sampling-prompt"], help="sets evaluation.protocol")
+
+    p = sub.add_parser("benchmarks", help="list what evaluate would score: per benchmark its source, rows, digest "
+                       "and answer type (the paper's row count where it differs)")
+    add_config_args(p)
+    p.add_argument("--benchmarks", help="comma-separated benchmarks (default: evaluation.benchmarks, else all seven)")
+    p.add_argument("--benchmark-dir", help="folder or s3:// prefix with <benchmark>/test.jsonl files "
+                   "(sets evaluation.benchmark_dir; default: the Hugging Face data sets)")
 
     p = sub.add_parser("doctor", help="read-only cluster preflight: auth, namespace, Secrets, GPUs, KFP, MLflow")
     p.add_argument("--namespace", help="namespace to check (default: the context's, else default)")

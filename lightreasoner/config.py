@@ -227,10 +227,11 @@ class EvaluationConfig(_Section):
     )
     protocol: Literal["qwen25-math-cot", "sampling-prompt"] = Field(
         "qwen25-math-cot",
-        description="Evaluation protocol preset. qwen25-math-cot (the paper's Qwen2.5-Math toolkit): system prompt "
-        "\"Please reason step by step, and put your final answer within \\boxed{}.\", the chat template, greedy, 2048 "
-        "new tokens, stop at every end token of the chat template; sampling-prompt: the sampling stage's prompt "
-        "(prompt.*), 512 new tokens, stop at the model's eos.",
+        description="Evaluation protocol preset. qwen25-math-cot (the paper's Qwen2.5-Math toolkit): the toolkit's "
+        "literal ChatML prompt with the system prompt \"Please reason step by step, and put your final answer within "
+        "\\boxed{}.\" for every model (not its own chat template), greedy, 2048 new tokens, stop at </s>, "
+        "<|im_end|>, <|endoftext|>; sampling-prompt: the sampling stage's prompt (prompt.*, the chat template), 512 "
+        "new tokens, stop at the model's eos.",
     )
     benchmarks: list[str] = Field(
         [],

@@ -38,7 +38,6 @@ from .models import (
     load_model,
     load_tokenizer,
     model_fingerprint,
-    prompt_token_ids,
     resolve_compile,
     resolve_device,
 )
@@ -53,7 +52,7 @@ from .outputs import (
     write_text_atomic,
 )
 from .plots import plot_accuracy, plot_benchmark_deltas
-from .protocols import resolve_protocol, stop_token_ids
+from .protocols import cut_output, prompt_ids, resolve_protocol, stop_token_ids
 from .stats import bootstrap_delta_ci, mcnemar_exact, paired_metrics  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
@@ -121,8 +120,7 @@ def predict(model, tokenizer, problems: list[Problem], config: Config, progress:
             desc: str = "evaluate", *, answer_type: str = "number", benchmark: str = "data") -> list[Prediction]:
     """Generate (under the config's evaluation protocol), decode, extract and grade every problem."""
     protocol = resolve_protocol(config)
-    prompts = [prompt_token_ids(tokenizer, p.question, protocol.system_prompt, protocol.chat_template)
-               for p in problems]
+    prompts = [prompt_ids(tokenizer, p.question, protocol) for p in problems]
     ecfg = config.evaluation
     batch_size = auto_batch_size(ecfg.batch_size, [model], max((len(p) for p in prompts), default=1)
                                  + protocol.max_new_tokens, fraction=config.performance.memory_fraction)
@@ -131,7 +129,7 @@ def predict(model, tokenizer, problems: list[Problem], config: Config, progress:
                                        extra_stops=stop_token_ids(tokenizer, protocol))
     predictions = []
     for prob, ids in zip(problems, completions, strict=True):
-        text = tokenizer.decode(ids, skip_special_tokens=True)
+        text = cut_output(tokenizer.decode(ids, skip_special_tokens=True), protocol)
         extracted = extract(text, answer_type)
         predictions.append(Prediction(prob.problem_id, text, extracted, prob.answer,
                                       grade(extracted, prob.answer, answer_type), len(ids), benchmark, answer_type))
@@ -372,6 +370,10 @@ def evaluate(config: Config, model: str | None, adapter: str | Path | None, outp
     for key in ("delta_ci_low", "delta_ci_high", "mcnemar_p"):
         average[key] = None
     metrics["average"] = average  # the paper's "Avg." column: the mean over the benchmarks run
+    from .benchmarks import paper_comparison, row_count_notes
+
+    metrics["paper"] = paper_comparison(metrics)  # the published numbers beside ours (a paper Expert), else None
+    metrics["row_count_notes"] = row_count_notes(metrics)  # benchmarks scored on another count than the paper's
 
     write_predictions(base_preds, out / PREDICTIONS_BASE)
     if tuned_preds is not None:

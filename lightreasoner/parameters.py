@@ -249,7 +249,10 @@ def convert(name: str, raw: Any, kind: type) -> Any:
 def settings_text(values: dict[str, Any]) -> str:
     """``name=value`` lines of the config-derived parameters (what the pipeline hands its first step;
     values may be KFP placeholders, which Kubeflow fills in at run time)."""
-    return "\n".join(f"{name}={values[name]}" for name in CONFIG_KEYS if name in values)
+    def text(value: Any) -> str:  # a list or dict (a benchmark list) as JSON, what Kubeflow renders
+        return json.dumps(value) if isinstance(value, list | dict) else str(value)
+
+    return "\n".join(f"{name}={text(values[name])}" for name in CONFIG_KEYS if name in values)
 
 
 def _set(data: dict[str, Any], key: str, value: Any) -> None:

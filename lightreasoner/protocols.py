@@ -22,10 +22,16 @@ class Protocol:
     chat_template: bool
     max_new_tokens: int
     stop_tokens: tuple[str, ...]  # chat-template end tokens, besides the model's eos (those the tokenizer has)
+    # A literal prompt with ``{input}`` (the toolkit's), given to every model instead of its own chat template.
+    prompt_template: str = ""
+    # The output is cut before the first of these (the toolkit's stop words: end tokens that are plain text
+    # for a tokenizer without them as single tokens, e.g. DeepSeek-R1-Distill's).
+    stop_strings: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["stop_tokens"] = list(self.stop_tokens)
+        data["stop_strings"] = list(self.stop_strings)
         data["sha256"] = hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=list).encode()).hexdigest()
         return data
 
@@ -33,6 +39,13 @@ class Protocol:
 # The Qwen2.5-Math evaluation toolkit's zero-shot CoT prompt (the paper's numbers): greedy, 2,048 new tokens.
 QWEN25_MATH_COT = "qwen25-math-cot"
 QWEN25_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
+# The toolkit's ``qwen25-math-cot`` prompt, literally (its PROMPT_TEMPLATES): the same ChatML string for every
+# model it evaluates, DeepSeek-R1-Distill included, whatever that model's own chat template says.
+QWEN25_MATH_COT_TEMPLATE = (
+    f"<|im_start|>system\n{QWEN25_SYSTEM}<|im_end|>\n<|im_start|>user\n{{input}}<|im_end|>\n<|im_start|>assistant\n"
+)
+# The toolkit's stop words under this prompt (besides the model's eos).
+TOOLKIT_STOPS = ("</s>", "<|im_end|>", "<|endoftext|>")
 # Chat-template end tokens: Qwen's (ChatML), Llama 3's, Gemma's, Phi's.
 END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>", "<|end|>")
 SAMPLING_PROMPT = "sampling-prompt"
@@ -42,7 +55,8 @@ def resolve_protocol(config: Config) -> Protocol:
     """The protocol ``evaluation.protocol`` names, with ``evaluation.max_new_tokens`` when set."""
     ecfg = config.evaluation
     if ecfg.protocol == QWEN25_MATH_COT:
-        return Protocol(QWEN25_MATH_COT, QWEN25_SYSTEM, True, ecfg.max_new_tokens or 2048, END_TOKENS)
+        return Protocol(QWEN25_MATH_COT, QWEN25_SYSTEM, True, ecfg.max_new_tokens or 2048, TOOLKIT_STOPS,
+                        QWEN25_MATH_COT_TEMPLATE, TOOLKIT_STOPS)
     return Protocol(SAMPLING_PROMPT, config.prompt.system_prompt, config.prompt.chat_template,
                     ecfg.max_new_tokens or 512, ())
 
@@ -56,3 +70,21 @@ def stop_token_ids(tokenizer, protocol: Protocol) -> list[int]:
         if token in vocab:
             ids.add(int(vocab[token]))
     return sorted(ids)
+
+
+def prompt_ids(tokenizer, question: str, protocol: Protocol) -> list[int]:
+    """Token ids of one problem's prompt under the protocol: its literal template when it has one (tokenized
+    as a plain string, with the tokenizer's usual special tokens such as a BOS, as the toolkit's vLLM does),
+    else the model's chat template with the protocol's system prompt (:func:`lightreasoner.models.prompt_token_ids`)."""
+    if protocol.prompt_template:
+        text = protocol.prompt_template.replace("{input}", question)
+        return [int(i) for i in tokenizer(text, add_special_tokens=True)["input_ids"]]
+    from .models import prompt_token_ids
+
+    return prompt_token_ids(tokenizer, question, protocol.system_prompt, protocol.chat_template)
+
+
+def cut_output(text: str, protocol: Protocol) -> str:
+    """The decoded output up to the first of the protocol's stop strings (the whole text when none)."""
+    cut = min((i for i in (text.find(s) for s in protocol.stop_strings) if i >= 0), default=-1)
+    return text if cut < 0 else text[:cut]

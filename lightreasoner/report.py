@@ -224,6 +224,40 @@ def benchmark_markdown(metrics: dict[str, Any]) -> str:
         p = "" if row["mcnemar_p"] is None else f"{row['mcnemar_p']:.3g}"
         lines.append(f"| {row['benchmark']} | {row['n']} | {_pct(row['accuracy_base'])} | {_pct(row['accuracy_tuned'])} "
                      f"| {_pct(row['delta'], True)} | {interval} | {p} |")
+    from .benchmarks import row_count_notes
+
+    notes = row_count_notes(metrics)
+    if notes:
+        lines += ["", *[f"- {note}" for note in notes]]
+    paper = paper_markdown(metrics)
+    if paper:
+        lines += ["", paper.rstrip("\n")]
+    return "\n".join(lines) + "\n"
+
+
+def _paper(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    from .benchmarks import paper_comparison
+
+    return metrics["paper"] if "paper" in metrics else paper_comparison(metrics)
+
+
+def paper_markdown(metrics: dict[str, Any]) -> str:
+    """The paper's published accuracies beside ours (in %), per benchmark run, when the Expert is one of the
+    paper's (else empty): paper base / SFT / LightReasoner, our base / tuned, and the differences."""
+    paper = _paper(metrics)
+    if not paper:
+        return ""
+
+    def cell(value: Any, sign: bool = False) -> str:
+        return "-" if value is None else (f"{value:+.1f}" if sign else f"{value:.1f}")
+
+    lines = [f"The paper's numbers for {paper['model']} ({paper['source']}), accuracy in %:", "",
+             "| benchmark | paper base | paper SFT | paper LightR | our base | our tuned | base - paper | "
+             "tuned - paper LightR |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in paper["rows"]:
+        lines.append(f"| {r['benchmark']} | {cell(r['paper_base'])} | {cell(r['paper_sft'])} | "
+                     f"{cell(r['paper_lightreasoner'])} | {cell(r['base'])} | {cell(r['tuned'])} | "
+                     f"{cell(r['base_minus_paper'], True)} | {cell(r['tuned_minus_paper'], True)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -238,6 +272,11 @@ def benchmark_metrics(metrics: dict[str, Any]) -> dict[str, float]:
             value = m.get(key)
             if isinstance(value, int | float) and not isinstance(value, bool):
                 out[f"{name}/{key}"] = float(value)
+    # The paper's published accuracies (fractions, as ours) beside them, for a paper Expert.
+    for row in (_paper(metrics) or {}).get("rows") or []:
+        for key in ("paper_base", "paper_sft", "paper_lightreasoner"):
+            if row.get(key) is not None:
+                out[f"{row['benchmark']}/{key}"] = float(row[key]) / 100
     return out
 
 

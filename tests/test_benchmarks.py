@@ -160,6 +160,13 @@ def test_every_benchmark_graded_end_to_end_in_one_model_load(answering, tmp_path
     assert m["n"] == 12 and m["accuracy_base"] == 0.5 and m["average"]["accuracy_base"] == 0.5
     assert m["protocol"]["name"] == "qwen25-math-cot" and "\\boxed{}" in m["protocol"]["system_prompt"]
     assert result.manifest["protocol"] == m["protocol"] and set(result.manifest["benchmarks"]) == set(names)
+    # Each benchmark's count and digest are recorded, and a count other than the paper's is said in one line.
+    for name in names:
+        version = result.manifest["benchmarks"][name]
+        assert version["n"] == version["rows"] == 2 and version["paper_rows"] == BENCHMARKS[name].paper_rows
+        assert len(version["problems_sha256"]) == 64
+    assert m["row_count_notes"][0] == "gsm8k: 2 rows, the paper's set has 1,319" and len(m["row_count_notes"]) == 6
+    assert m["paper"] is None  # a tiny Expert: not one of the paper's
     rows = {(p.benchmark, p.correct) for p in result.predictions_base}
     assert ("math", True) in rows and ("olympiadbench", False) in rows
     assert all(p.problem_id.startswith(f"{p.benchmark}/") for p in result.predictions_base)
@@ -264,9 +271,7 @@ def test_real_gold_answers_grade_as_correct(name, real_dir):
     """Each gold answer, written by a model the way the protocol asks (in \\boxed{}), goes through the real
     loading, extraction and grading path and is correct."""
     data = load_benchmark(name, str(real_dir))
-    sizes = {"gsm8k": 1319, "svamp": 1000, "asdiv": 2214, "minerva_math": 272, "olympiadbench": 675,
-             "mmlu_stem": 3006}
-    assert len(data.problems) == sizes[name]  # after dropping duplicate questions (ASDiv 1, MMLU-STEM 12)
+    assert len(data.problems) == data.benchmark.paper_rows  # every row: the paper counts them all
     kind = data.benchmark.answer_type
     wrong = [p.answer for p in data.problems
              if not grade(extract(f"Step by step.\nThe final answer is $\\boxed{{{p.answer}}}$.", kind), p.answer, kind)]
@@ -290,6 +295,7 @@ def test_cli_evaluate_benchmarks(answering, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert code == 0 and "n=4 " in printed and "protocol sampling-prompt" in printed
     assert "| gsm8k | 2 | 50.0 |" in printed and "| svamp | 2 | 50.0 |" in printed and "| average | 4 | 50.0 |" in printed
+    assert "- svamp: 2 rows, the paper's set has 1,000" in printed and "paper LightR" not in printed
 
 
 def test_pipeline_parameter_sets_the_benchmark_list():
@@ -327,3 +333,212 @@ def test_prediction_cache_entries(tmp_path, caplog):
     assert prediction_cache.store(str(tmp_path / "file"), key, [row], PREDICTION_SCHEMA) is None
     assert "cannot store" in caplog.text
     assert prediction_cache.load("", key) is None and prediction_cache.store("", key, [row], PREDICTION_SCHEMA) is None
+
+
+# --- the toolkit's sets: every row of the shared files, the hub formats through the hub loader ---------------
+
+
+def test_shared_toolkit_files_give_the_papers_row_counts(real_dir):
+    """Each shared toolkit file (and GSM8K) loads every row: exactly the paper's count, no de-duplication."""
+    for name in REAL:
+        data = load_benchmark(name, str(real_dir))
+        assert len(data.problems) == data.rows == BENCHMARKS[name].paper_rows, name
+        assert len({p.problem_id for p in data.problems}) == len(data.problems), name  # repeats get -2, -3 ...
+        assert data.version()["paper_rows"] == BENCHMARKS[name].paper_rows and data.file_sha256
+    mmlu = load_benchmark("mmlu_stem", str(real_dir)).problems[0].question
+    assert "\nAnswer Choices: (A) " in mmlu and " (B) " in mmlu and mmlu.count("\n") == 1
+    asdiv = load_benchmark("asdiv", str(real_dir)).problems
+    assert any(p.question.endswith("? (Yes or No)") and p.answer in ("Yes", "No") for p in asdiv)
+
+
+def test_cli_benchmarks_on_the_shared_files(real_dir, capsys):
+    from lightreasoner.cli import main
+
+    assert main(["benchmarks", "--benchmark-dir", str(real_dir), "--benchmarks", ",".join(REAL)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == REAL and not any("the paper's set" in line for line in lines)
+    assert f"  {BENCHMARKS['mmlu_stem'].paper_rows:,} rows  sha256 " in lines[-1] and lines[-1].endswith("  choice")
+
+
+# Rows as the hub data sets hold them: written to local parquet files and read by the real
+# datasets.load_dataset, through the same loader (lightreasoner.benchmarks.hub_rows) as a hub run.
+HUB: dict[tuple[str, str | None, str], list[dict]] = {
+    ("ChilleD/SVAMP", None, "train"): [
+        {"ID": "chal-1", "Body": "There are 8 oranges in 2 equal groups", "Question": "How big is each group?",
+         "Equation": "( 8.0 / 2.0 )", "Answer": 4.0, "Type": "Common-Division", "question_concat": "x"},
+        {"ID": "chal-2", "Body": "Marco has 5 pounds of berries.", "Question": "How much do 2 baskets weigh?",
+         "Equation": "( 5.0 * 2.0 )", "Answer": 10.0, "Type": "Multiplication", "question_concat": "x"}],
+    ("ChilleD/SVAMP", None, "test"): [
+        {"ID": "chal-3", "Body": "Ann has 7 pens.", "Question": "She gives 3 away. How many are left?",
+         "Equation": "( 7.0 - 3.0 )", "Answer": 4.0, "Type": "Subtraction", "question_concat": "x"}],
+    ("EleutherAI/asdiv", None, "validation"): [
+        {"body": "Seven red apples and two green apples are in the basket.", "question": "How many apples?",
+         "solution_type": "Addition", "answer": "9 (apples)", "formula": "7+2=9"},
+        {"body": "A box has 3 red and 4 blue balls.", "question": "How many red and blue balls?",
+         "solution_type": "Multi", "answer": "3 (balls); 4 (balls)", "formula": "3;4"},
+        {"body": "Sam has 5 cents.", "question": "Can he buy a 4 cent sweet?",
+         "solution_type": "Comparison", "answer": "Yes", "formula": "5>4"}],
+    ("hails/mmlu_no_train", "all", "test"): [
+        {"question": "How many legs does a spider have?", "subject": "college_biology",
+         "choices": ["six", " eight", "ten", "four"], "answer": 1},
+        {"question": "Who was the first US president?", "subject": "high_school_us_history",
+         "choices": ["Washington", "Lincoln", "Adams", "Jefferson"], "answer": 0},
+        {"question": "What is 2 + 2?", "subject": "elementary_mathematics",
+         "choices": ["3", "4", "5", "6"], "answer": 1}],
+    ("math-ai/minervamath", None, "test"): [
+        {"question": "A wave has period $0.25$ s. What is its frequency in Hz?", "answer": "4"},
+        {"question": "Find $x$ if $2x = 3$.", "answer": "\\frac{3}{2}"}],
+    **{("EleutherAI/hendrycks_math", subject, "test"): [
+        {"problem": f"What is $1 + {i}$?", "level": "Level 1", "type": subject,
+         "solution": f"Adding, $1 + {i} = \\boxed{{{i + 1}}}$."}] for i, subject in enumerate(
+        ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
+         "prealgebra", "precalculus"))},
+}
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """datasets.load_dataset answering the hub names above from local parquet files (the real loader);
+    any other name is unreachable, as offline."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    real = datasets.load_dataset
+    calls = []
+
+    def load_dataset(path, name=None, split=None, **kw):
+        calls.append((path, name, split))
+        if (path, name, split) not in HUB:
+            raise ConnectionError(f"Couldn't reach '{path}' on the Hub (LocalEntryNotFoundError)\nmore lines")
+        file = tmp_path / f"{len(calls)}.parquet"
+        pq.write_table(pa.Table.from_pylist(HUB[(path, name, split)]), file)
+        return real("parquet", data_files=str(file), split="train", cache_dir=str(tmp_path / "cache"))
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    return calls
+
+
+def test_hub_svamp_is_train_then_test_with_the_toolkits_question(hub):
+    data = load_benchmark("svamp")
+    assert [p.question for p in data.problems] == [
+        "There are 8 oranges in 2 equal groups. How big is each group?",
+        "Marco has 5 pounds of berries. How much do 2 baskets weigh?",
+        "Ann has 7 pens. She gives 3 away. How many are left?"]
+    assert [p.answer for p in data.problems] == ["4", "10", "4"]
+    assert hub == [("ChilleD/SVAMP", None, "train"), ("ChilleD/SVAMP", None, "test")]
+    assert data.source == "ChilleD/SVAMP:train+test" and data.file_sha256 is None
+    assert data.version()["n"] == 3 and data.version()["paper_rows"] == 1000
+
+
+def test_hub_asdiv_drops_the_multi_answer_rows(hub):
+    data = load_benchmark("asdiv")
+    assert [p.answer for p in data.problems] == ["9", "Yes"]
+    assert data.problems[0].question == "Seven red apples and two green apples are in the basket. How many apples?"
+    assert data.problems[1].question == "Sam has 5 cents. Can he buy a 4 cent sweet? (Yes or No)"
+
+
+def test_hub_mmlu_keeps_the_18_stem_subjects_with_choices_on_one_line(hub):
+    data = load_benchmark("mmlu_stem")
+    assert [p.answer for p in data.problems] == ["B", "B"]
+    assert data.problems[0].question == ("How many legs does a spider have?\n"
+                                         "Answer Choices: (A) six (B) eight (C) ten (D) four")
+
+
+def test_hub_minerva_question_answer_fields(hub):
+    data = load_benchmark("minerva_math")
+    assert [p.answer for p in data.problems] == ["4", "\\frac{3}{2}"]
+    assert data.problems[1].question == "Find $x$ if $2x = 3$."
+
+
+def test_hub_math_is_the_5000_problem_set_by_subject(hub):
+    data = load_benchmark("math")
+    assert [p.answer for p in data.problems] == [str(i + 1) for i in range(7)]
+    assert {name for _, name, _ in hub} == set(BENCHMARKS["math"].hf_config) and len(hub) == 7
+
+
+def test_unreachable_hub_is_one_line(hub):
+    with pytest.raises(LightReasonerError, match=r"benchmark gsm8k: cannot load Hugging Face data set openai/gsm8k "
+                                                 r"\(Couldn't reach .*offline, set evaluation.benchmark_dir") as info:
+        load_benchmark("gsm8k")
+    assert "\n" not in str(info.value)
+
+
+def test_row_count_note_names_the_papers_count():
+    from lightreasoner.benchmarks import row_count_note
+
+    assert row_count_note("svamp", {"n": 300}) == "svamp: 300 rows, the paper's set has 1,000"
+    assert row_count_note("svamp", {"n": 1000}) is None and row_count_note("data", {"n": 5}) is None
+
+
+def test_cli_benchmarks_lists_what_would_be_evaluated(tmp_path, capsys, hub):
+    from lightreasoner.cli import main
+
+    bench_dir = write_benchmarks(tmp_path / "bench", ["gsm8k", "svamp"])
+    assert main(["benchmarks", "--benchmark-dir", str(bench_dir), "--benchmarks", "gsm8k,svamp"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    svamp = load_benchmark("svamp", str(bench_dir))
+    assert len(lines) == 2 and lines[0].startswith(f"gsm8k  {bench_dir / 'gsm8k' / 'test.jsonl'}  2 rows  sha256 ")
+    assert lines[1] == (f"svamp  {bench_dir / 'svamp' / 'test.jsonl'}  2 rows  sha256 {svamp.problems_sha256}  number"
+                        "  (the paper's set has 1,000)")
+    # From the hub (here the hub-format fixtures), and a hub set that cannot be reached: one line, exit 2.
+    assert main(["benchmarks", "--benchmarks", "asdiv"]) == 0
+    assert capsys.readouterr().out.startswith("asdiv  EleutherAI/asdiv:validation  2 rows  sha256 ")
+    assert main(["benchmarks", "--benchmarks", "gsm8k"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: benchmark gsm8k: cannot load Hugging Face data set openai/gsm8k")
+    assert main(["benchmarks", "--benchmarks", "gsm9k"]) == 2
+    assert "unknown benchmark 'gsm9k'" in capsys.readouterr().err
+
+
+# A DeepSeek-R1-Distill-style chat template: its own role markers, and the generation prompt opens <think>.
+DEEPSEEK_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}"
+    "{% elif m['role'] == 'user' %}<｜User｜>{{ m['content'] }}{% else %}<｜Assistant｜>{{ m['content'] }}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<｜Assistant｜><think>\n{% endif %}"
+)
+
+
+def test_paper_protocol_gives_every_model_the_toolkits_literal_prompt():
+    from lightreasoner.models import prompt_token_ids
+    from lightreasoner.protocols import QWEN25_MATH_COT_TEMPLATE, cut_output, prompt_ids, resolve_protocol
+
+    assert QWEN25_MATH_COT_TEMPLATE == (
+        "<|im_start|>system\nPlease reason step by step, and put your final answer within \\boxed{}.<|im_end|>\n"
+        "<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n")
+    tok = build_tokenizer()
+    tok.chat_template = DEEPSEEK_TEMPLATE
+    question = "Ava has 3 apples and buys 2 more. How many apples does she have?"
+    paper = resolve_protocol(load_config(None, ["evaluation.protocol=qwen25-math-cot"]))
+    ids = prompt_ids(tok, question, paper)
+    literal = QWEN25_MATH_COT_TEMPLATE.replace("{input}", question)
+    assert ids == tok(literal, add_special_tokens=True)["input_ids"]
+    assert tok.decode(ids) == literal and "<think>" not in tok.decode(ids)
+    # The other protocol keeps the model's own chat template (here DeepSeek's, ending in <think>).
+    other = resolve_protocol(load_config(None, ["evaluation.protocol=sampling-prompt"]))
+    own = prompt_ids(tok, question, other)
+    assert own == prompt_token_ids(tok, question, other.system_prompt, other.chat_template)
+    assert tok.decode(own).endswith("<｜Assistant｜><think>\n")
+    # The toolkit's stop words end the output where the tokenizer has no single token for them.
+    assert paper.stop_strings == ("</s>", "<|im_end|>", "<|endoftext|>") and "stop_strings" in paper.as_dict()
+    assert cut_output("x = 4. \\boxed{4}</s>Question: next", paper) == "x = 4. \\boxed{4}"
+    assert cut_output("\\boxed{4}<|endoftext|>a<|im_end|>", paper) == "\\boxed{4}"
+    assert cut_output("\\boxed{4}</s>", other) == "\\boxed{4}</s>"
+
+
+def test_paper_configs_evaluate_the_seven_benchmarks_under_the_papers_protocol():
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("paper-*.yaml"))
+    assert len(configs) == 5
+    for path in configs:
+        ecfg = load_config(path).evaluation
+        assert ecfg.benchmarks == list(BENCHMARKS) and ecfg.protocol == "qwen25-math-cot", path.name
+    assert sum(b.paper_rows for b in BENCHMARKS.values()) == 13499
+
+
+def test_reference_answers_are_taken_as_the_toolkit_takes_them():
+    from lightreasoner.benchmarks import last_boxed
+
+    assert last_boxed("so $x = \\boxed{\\frac{1}{2}}$ and \\boxed{3}.") == "3"
+    assert last_boxed("nested \\boxed{\\sqrt{\\frac{a}{b}}} end") == "\\sqrt{\\frac{a}{b}}"
+    assert last_boxed("$\\boxed 5$ units") == "5" and last_boxed("\\boxed{e^{x}\n}") == "e^{x}"
+    assert last_boxed("\\boxed{3.}") == "3" and last_boxed("no box") is None

@@ -22,7 +22,7 @@ SYNTHETIC = yaml.safe_dump({"data": {"synthetic_size": 16}, "evaluation": {"data
 def names(tiny_models, uri, experiment, **extra):
     """The model and data names (and where to log); everything else stays at the pipeline's defaults."""
     return {"expert": str(tiny_models["answering"]), "amateur": str(tiny_models["llama_small"]),
-            "dataset": "synthetic", "eval_dataset": "synthetic", "config_yaml": SYNTHETIC,
+            "dataset": "synthetic", "eval_dataset": "synthetic", "eval_benchmarks": [], "config_yaml": SYNTHETIC,
             "mlflow_tracking_uri": uri, "mlflow_experiment": experiment, "registered_model": experiment, **extra}
 
 

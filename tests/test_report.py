@@ -32,3 +32,41 @@ def test_efficiency_markdown_lists_both_methods_and_ratios(tmp_path):
               "ratios": {"time": 0.25, "tuned_tokens": 1.0}}
     page = efficiency_markdown(report, tmp_path)
     assert "| total_seconds | 10 | 40 |" in page and "| time | 0.25 |" in page
+
+
+def _bench_metrics(model: str) -> dict:
+    def bench(n, base, tuned):
+        return {"n": n, "accuracy_base": base, "accuracy_tuned": tuned, "delta": tuned - base, "delta_ci_low": -0.1,
+                "delta_ci_high": 0.2, "mcnemar_p": 0.5, "version": {"n": n, "paper_rows": 0}}
+
+    per = {"gsm8k": bench(1319, 0.43, 0.70), "svamp": bench(300, 0.5, 0.75)}
+    return {"expert": {"model": model}, "benchmarks": per,
+            "average": {"n": 1619, "accuracy_base": 0.465, "accuracy_tuned": 0.725, "delta": 0.26,
+                        "delta_ci_low": None, "delta_ci_high": None, "mcnemar_p": None}}
+
+
+def test_report_puts_the_papers_numbers_beside_ours_for_a_paper_expert(tmp_path):
+    from lightreasoner.report import benchmark_markdown, benchmark_metrics, paper_markdown
+
+    for model in ("Qwen/Qwen2.5-Math-1.5B", "/models/qwen2.5-math-1.5b/"):
+        text = benchmark_markdown(_bench_metrics(model))
+        assert "arXiv 2510.07962" in text and "| paper base | paper SFT | paper LightR | our base | our tuned |" in text
+        assert "| gsm8k | 42.5 | 69.2 | 70.6 | 43.0 | 70.0 | +0.5 | -0.6 |" in text
+        assert "| svamp | 68.8 | 64.1 | 76.0 | 50.0 | 75.0 | -18.8 | -1.0 |" in text
+        assert "| average | 55.6 | 66.7 | 73.3 | 46.5 | 72.5 |" in text
+    assert "- svamp: 300 rows, the paper's set has 1,000" in text and "gsm8k: 1,319 rows" not in text
+    import json
+
+    from lightreasoner.report import summary_markdown
+
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    (folder / "metrics.json").write_text(json.dumps(_bench_metrics("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B")))
+    page = summary_markdown(folder)  # the KFP summary page
+    assert "The paper's numbers for DeepSeek-R1-Distill-Qwen-1.5B" in page and "| gsm8k | 75.2 | 78.2 | 79.5 |" in page
+    flat = benchmark_metrics(_bench_metrics("Qwen/Qwen2.5-Math-1.5B"))
+    assert flat["gsm8k/paper_base"] == 0.425 and flat["svamp/paper_lightreasoner"] == 0.76
+    # Another Expert: our table only, no paper columns (the row-count note stays).
+    other = _bench_metrics("HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert paper_markdown(other) == "" and "paper" not in benchmark_markdown(other).replace("the paper's set", "")
+    assert not any("paper" in k for k in benchmark_metrics(other))

@@ -98,11 +98,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{/* A pipeline parameter value as `lightreasoner pipeline schedule --param` reads it (YAML): fractional
-numbers in plain decimal (YAML reads 5e-05 as a string), whole numbers without a fraction. */}}
+numbers in plain decimal (YAML reads 5e-05 as a string), whole numbers without a fraction, lists and
+maps (a benchmark list) as JSON. */}}
 {{- define "lightreasoner.paramValue" -}}
 {{- if and (kindIs "float64" .) (ne . (floor .)) }}
 {{- $fixed := regexReplaceAll "0+$" (printf "%.15f" .) "" }}
 {{- if hasSuffix "." $fixed }}{{ printf "%s0" $fixed }}{{ else }}{{ $fixed }}{{ end }}
+{{- else if or (kindIs "slice" .) (kindIs "map" .) }}
+{{- toJson . }}
 {{- else }}
 {{- printf "%v" . }}
 {{- end }}
