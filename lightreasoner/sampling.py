@@ -751,9 +751,11 @@ def _batch_ok(path: Path, rows: int) -> bool:
         return False
 
 
-def _batch_size(config: Config, out: Path, pair: ModelPair, prompts: list[list[int]]) -> int:
+def _batch_size(config: Config, out: Path, pair: ModelPair, prompts: list[list[int]],
+                processed: bool = False) -> int:
     """``sampling.batch_size``, with ``auto`` resolved once per output folder (kept in ``shards/plan.json``)
-    so that a resumed run plans the same batches."""
+    so that a resumed run plans the same batches. ``processed``: the scorer also processes the Expert's
+    scores (a sort of each chunk for top-p: about 6 more chunk x vocabulary float32 copies)."""
     spec = config.sampling.batch_size
     if spec != "auto":
         return int(spec)
@@ -762,7 +764,7 @@ def _batch_size(config: Config, out: Path, pair: ModelPair, prompts: list[list[i
         return int(json.loads(plan.read_text())["batch_size"])
     perf = config.performance
     width = max((len(p) for p in prompts), default=1) + config.sampling.max_new_tokens
-    reserve = 6 * perf.score_chunk_tokens * pair.vocab_size * 4
+    reserve = (12 if processed else 6) * perf.score_chunk_tokens * pair.vocab_size * 4
     size = auto_batch_size("auto", [pair.expert, pair.amateur], width, reserve_bytes=reserve,
                            fraction=perf.memory_fraction)
     write_json_atomic({"batch_size": size}, plan)
@@ -806,7 +808,7 @@ def _sample(config: Config, out: Path, reference: bool, overwrite: bool, problem
     floor = None if isinstance(scfg.beta, str) else float(scfg.beta)
     compiled = resolve_compile(config.performance.compile, pair.expert.device)
     decoding = resolve_decoding(scfg.decoding, scfg.seed, pair.expert)
-    batch_size = 1 if reference else _batch_size(config, out, pair, prompts)
+    batch_size = 1 if reference else _batch_size(config, out, pair, prompts, decoding.processed)
     batches = plan_batches([len(p) for p in prompts], batch_size, scfg.sort_by_length and not reference)
     started = time.perf_counter()
     bar = tqdm(total=len(problems), desc="contrastive sampling", unit="problem", disable=not progress)
