@@ -123,6 +123,15 @@ class SamplingConfig(_Section):
     skip_first_step: bool = Field(
         True, description="Never keep the first generated token (t = 0) as a step, as the authors' script."
     )
+    decoding: Literal["greedy", "generation-config"] = Field(
+        "greedy",
+        description="How the Expert writes its trajectory. greedy: argmax, contrast on the raw logits; "
+        "generation-config: the Expert's own generation config (do_sample, temperature, top_k, top_p, "
+        "repetition_penalty; e.g. DeepSeek-R1-Distill samples at 0.6 / 0.95) from `seed`, and the contrast uses "
+        "the Expert's processed scores (after those settings, as the authors' script) against the Amateur's raw "
+        "distribution.",
+    )
+    seed: int = Field(0, description="Sampling seed (decoding generation-config); batch i draws from seed + i.")
 
     @field_validator("beta")
     @classmethod
@@ -184,6 +193,12 @@ class TrainingConfig(_Section):
     layout: Literal["packed", "per-step"] = Field(
         "packed", description="packed: one sequence per trajectory; per-step: the paper's one prefix per step."
     )
+    sample_order: Literal["grouped", "shuffled"] = Field(
+        "grouped",
+        description="With samples_per_step: grouped cuts consecutive kept steps into updates (1-2 trajectories "
+        "each); shuffled draws each update's kept samples at random across problems (a new permutation every "
+        "epoch from seed + epoch, as the authors' shuffled DataLoader), packed by trajectory.",
+    )
     save_steps: int = Field(50, ge=1, description="Checkpoint every N optimizer steps.")
     logging_steps: int = Field(1, ge=1, description="Log the loss every N optimizer steps.")
     save_total_limit: int | None = Field(2, ge=1, description="Checkpoints kept (oldest deleted); empty: all.")
@@ -194,6 +209,8 @@ class TrainingConfig(_Section):
 
     @model_validator(mode="after")
     def _step_divisible(self) -> TrainingConfig:
+        if self.sample_order == "shuffled" and self.samples_per_step is None:
+            raise ValueError("sample_order shuffled draws kept samples per update: set samples_per_step (paper: 16)")
         if self.samples_per_step is not None and self.samples_per_step % self.gradient_accumulation_steps:
             raise ValueError(
                 f"samples_per_step {self.samples_per_step} must be a multiple of gradient_accumulation_steps "

@@ -16,6 +16,16 @@ targets of candidate steps go to the host. Reference mode is the paper's
 script: batch-1 generation and one Amateur forward per prefix (quadratic in length); it is the test oracle
 and the benchmark baseline.
 
+Decoding (``sampling.decoding``): ``greedy`` (the default) writes the argmax trajectory and contrasts the raw
+distributions. ``generation-config`` follows the Expert's own generation config, as the authors' script does
+(it calls ``generate()`` with the model's defaults): sampling with its temperature / top-k / top-p (and its
+repetition penalty) from ``sampling.seed`` (batch i from seed + i), and the Expert side of the contrast is
+the *processed* scores, the logits after those settings (what ``generate()`` returns as ``scores`` and
+samples from; filtered ids have probability 0 and add nothing to the KL), while the Amateur side stays its
+raw softmax, as in the authors' script. A model whose generation config does not sample (the base
+Qwen2.5-Math models) is greedy in both modes. :func:`process_scores` is the vectorised processing; the
+reference scorer applies transformers' own logits processors step by step (the test oracle).
+
 Output (``keep these names``): ``trajectories.parquet``, ``samples.parquet``, ``manifest.json``.
 """
 
@@ -46,7 +56,9 @@ from .errors import LightReasonerError
 from .models import (
     ModelPair,
     auto_batch_size,
+    eos_ids,
     generate_greedy,
+    generation_inputs,
     load_pair,
     position_ids_from_mask,
     prompt_token_ids,
@@ -55,6 +67,7 @@ from .models import (
 from .outputs import (
     MANIFEST,
     claim_output,
+    cut_at_stop,
     library_versions,
     plan_batches,
     prepare_output,
@@ -152,6 +165,7 @@ def contrast(expert_logits: torch.Tensor, amateur_logits: torch.Tensor, alpha: f
         diff = le - la
         if out_mask is not None:
             diff = diff.masked_fill(out_mask, 0.0)  # -inf - -inf: the excluded ids carry no mass
+        diff = diff.masked_fill(torch.isneginf(le), 0.0)  # ids filtered out of processed scores: p_E = 0
         kl = (le.exp() * diff).sum(-1).clamp_min(0.0)
         plausible = le >= le.max(dim=-1, keepdim=True).values + log_alpha
         if out_mask is not None:
@@ -186,7 +200,8 @@ def contrast_step_reference(expert_logits: torch.Tensor, amateur_logits: torch.T
     vocab = torch.nonzero(keep).flatten()
     pe = torch.softmax(expert_logits.detach().cpu().double()[vocab], dim=-1)
     pa_ = torch.softmax(amateur_logits.detach().cpu().double()[vocab], dim=-1)
-    kl = float(torch.sum(pe * (torch.log(pe) - torch.log(pa_))))
+    support = pe > 0  # processed scores: filtered ids have p_E = 0 and 0 log 0 = 0
+    kl = float(torch.sum(pe[support] * (torch.log(pe[support]) - torch.log(pa_[support]))))
     ids = torch.nonzero(pe >= alpha * pe.max()).flatten()
     w = torch.softmax(torch.log(pe[ids]) - torch.log(pa_[ids]), dim=0)
     return max(kl, 0.0), vocab[ids].cpu().numpy().astype(np.int32), w.cpu().numpy().astype(np.float32)
@@ -200,6 +215,163 @@ def effective_beta(beta: float | str, all_kl: np.ndarray) -> float:
             return 0.0
         return float(np.quantile(all_kl, 1.0 - fraction, method="lower")) if fraction < 1.0 else -1.0
     return float(beta)
+
+
+# --- decoding: greedy, or the Expert's own generation config ----------------------------------------
+
+# what ``generate()`` uses for a setting the model's generation config leaves unset (transformers' defaults)
+_GENERATE_DEFAULTS = {"do_sample": False, "temperature": 1.0, "top_k": 50, "top_p": 1.0, "repetition_penalty": 1.0}
+# generation-config settings whose processing the contrast does not reproduce: (name, value meaning "off")
+_NOT_REPRODUCED = (("min_p", None), ("typical_p", 1.0), ("epsilon_cutoff", 0.0), ("eta_cutoff", 0.0),
+                   ("no_repeat_ngram_size", 0), ("top_h", None))
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How the Expert writes trajectories and which Expert scores the contrast uses (see the module doc).
+    greedy: argmax, raw logits. generation-config: the model's settings, resolved by :func:`resolve_decoding`."""
+
+    mode: str = "greedy"
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: int = 0
+
+    @property
+    def processed(self) -> bool:
+        """The Expert's scores are not its raw logits."""
+        return self.repetition_penalty != 1.0 or (
+            self.do_sample and (self.temperature != 1.0 or self.top_k > 0 or self.top_p < 1.0))
+
+    def record(self) -> dict[str, Any]:
+        """What the samples manifest records under ``decoding``."""
+        return {"mode": self.mode, "do_sample": self.do_sample, "temperature": self.temperature,
+                "top_k": self.top_k, "top_p": self.top_p, "repetition_penalty": self.repetition_penalty,
+                "seed": self.seed, "expert_scores": "processed" if self.processed else "raw"}
+
+
+def resolve_decoding(mode: str, seed: int, model) -> Decoding:
+    """``sampling.decoding`` for this Expert: greedy, or the settings of ``model.generation_config`` (a setting it
+    leaves unset takes ``generate()``'s default, e.g. top_k 50). A setting whose processing the contrast would
+    not reproduce (min_p, typical_p, ...) is refused in one line."""
+    if mode == "greedy":
+        return Decoding(seed=seed)
+    gen = getattr(model, "generation_config", None)
+
+    def setting(name: str):
+        value = getattr(gen, name, None)
+        return _GENERATE_DEFAULTS[name] if value is None else value
+
+    do_sample = bool(setting("do_sample"))
+    if do_sample:
+        odd = [f"{name}={getattr(gen, name)}" for name, off in _NOT_REPRODUCED
+               if getattr(gen, name, None) not in (None, off)]
+        if odd:
+            raise LightReasonerError(f"sampling.decoding generation-config: the Expert's generation config sets "
+                                     f"{', '.join(odd)}, which the contrast does not reproduce (use greedy)")
+    temperature = float(setting("temperature")) if do_sample else 1.0
+    penalty = float(setting("repetition_penalty"))
+    if temperature <= 0 or penalty <= 0:
+        raise LightReasonerError(f"sampling.decoding generation-config: the Expert's generation config has "
+                                 f"temperature {temperature} / repetition_penalty {penalty} (must be > 0)")
+    return Decoding("generation-config", do_sample, temperature, int(setting("top_k")) if do_sample else 0,
+                    float(setting("top_p")) if do_sample else 1.0, penalty, seed)
+
+
+def process_scores(logits: torch.Tensor, decoding: Decoding, history: torch.Tensor | None = None) -> torch.Tensor:
+    """The Expert's processed scores [N, V] (float32): repetition penalty over ``history`` ([N, L] ids before
+    each step, padded by repeating one of them), then, when sampling, temperature, top-k and top-p (filtered
+    ids at -inf), in ``generate()``'s order. Raw logits come back unchanged (as float32) when nothing applies."""
+    x = logits.float()
+    if decoding.repetition_penalty != 1.0:
+        if history is None:
+            raise LightReasonerError("repetition_penalty: the scores need the ids before each step")
+        seen = x.gather(1, history)
+        penalty = decoding.repetition_penalty
+        x = x.scatter(1, history, torch.where(seen < 0, seen * penalty, seen / penalty))
+    if not decoding.do_sample:
+        return x
+    if decoding.temperature != 1.0:
+        x = x / decoding.temperature
+    if 0 < decoding.top_k < x.shape[-1]:
+        kth = torch.topk(x, decoding.top_k, dim=-1).values[:, -1:]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if decoding.top_p < 1.0:
+        ascending, order = torch.sort(x, dim=-1)
+        drop = ascending.softmax(-1).cumsum(-1) <= 1.0 - decoding.top_p  # the least likely ids up to 1 - top_p
+        drop[:, -1] = False  # the most likely id always stays
+        x = x.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return x
+
+
+def reference_processors(decoding: Decoding):
+    """transformers' own logits processors for ``decoding`` (the oracle of :func:`process_scores`)."""
+    from transformers import (
+        LogitsProcessorList,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    steps = LogitsProcessorList()
+    if decoding.repetition_penalty != 1.0:
+        steps.append(RepetitionPenaltyLogitsProcessor(decoding.repetition_penalty))
+    if decoding.do_sample:
+        if decoding.temperature != 1.0:
+            steps.append(TemperatureLogitsWarper(decoding.temperature))
+        if decoding.top_k > 0:
+            steps.append(TopKLogitsWarper(decoding.top_k))
+        if decoding.top_p < 1.0:
+            steps.append(TopPLogitsWarper(decoding.top_p))
+    return steps
+
+
+def _history(batch: torch.Tensor, mask: torch.Tensor, p_len: int, rows: torch.Tensor, cols: torch.Tensor
+             ) -> torch.Tensor:
+    """[N, L] ids before step ``cols`` of ``rows`` (the row's prompt and completion so far) in a left-padded
+    [B, P+T] batch; other slots repeat the row's last prompt id (a repeated id changes no penalty)."""
+    width = batch.shape[1]
+    ids, real = batch[rows], mask[rows].bool()
+    before = torch.arange(width, device=batch.device)[None, :] < (p_len + cols)[:, None]
+    return torch.where(before & real, ids, ids[:, p_len - 1 : p_len])
+
+
+@torch.inference_mode()
+def generate_trajectories(model, tokenizer, prompts: list[list[int]], max_new_tokens: int,
+                          decoding: Decoding | None = None, *, return_logits: bool = False, compile: bool = False):
+    """The Expert's completions under ``decoding`` (greedy: :func:`~lightreasoner.models.generate_greedy`;
+    generation-config: its settings, drawn from the global torch RNG, which the caller seeds). Returns
+    ``(completions, raw logits [B, T, V] or None)``."""
+    if decoding is None or decoding.mode == "greedy":
+        return generate_greedy(model, tokenizer, prompts, max_new_tokens, return_logits=return_logits,
+                               compile=compile)
+    from transformers import GenerationConfig
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stops = sorted(set(eos_ids(tokenizer, model)))
+    rows = len(prompts)
+    ids, mask, extra = generation_inputs(model, prompts, pad, max_new_tokens, compile)
+    settings = {"do_sample": decoding.do_sample, "repetition_penalty": decoding.repetition_penalty}
+    if decoding.do_sample:  # every setting given: the model's own config cannot add to them
+        settings.update(temperature=decoding.temperature, top_k=decoding.top_k, top_p=decoding.top_p)
+    gen_cfg = GenerationConfig(num_beams=1, max_new_tokens=max_new_tokens, min_new_tokens=0, pad_token_id=pad,
+                               eos_token_id=stops or None, output_logits=return_logits,
+                               return_dict_in_generate=True, **settings, **extra)
+    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg)
+    completions = [cut_at_stop(row, set(stops)) for row in out.sequences[:rows, ids.shape[1]:].tolist()]
+    logits = torch.stack(out.logits, dim=1)[:rows] if return_logits else None
+    return completions, logits
+
+
+def _mismatches(processed: torch.Tensor, generated: torch.Tensor, decoding: Decoding) -> torch.Tensor:
+    """[N] bool: the generated token is not what the Expert's scores give: not the argmax (greedy), or an id
+    the processed scores filtered out (sampling)."""
+    if decoding.do_sample:
+        return torch.isneginf(processed.gather(1, generated[:, None].to(processed.device))[:, 0])
+    return processed.argmax(-1) != generated.to(processed.device)
 
 
 # --- scoring trajectories ----------------------------------------------------------------------------
@@ -256,10 +428,11 @@ class Scored:
 
 def score_fast(pair: ModelPair, ids: list[str], prompts: list[list[int]], completions: list[list[int]],
                expert_logits: torch.Tensor | None, alpha: float, floor: float | None,
-               skip_first_step: bool = False) -> list[Scored]:
+               skip_first_step: bool = False, decoding: Decoding | None = None) -> list[Scored]:
     """Contrast of a batch of trajectories: Expert logits from generation (or one teacher-forced pass
     when None), Amateur logits from one teacher-forced pass; all steps in one vectorised call.
-    ``skip_first_step``: t = 0 is never a candidate; ``pair.excluded_ids`` are left out of the contrast."""
+    ``skip_first_step``: t = 0 is never a candidate; ``pair.excluded_ids`` are left out of the contrast;
+    ``decoding``: the Expert side is its processed scores when the decoding processes them."""
     pad = pair.tokenizer.pad_token_id
     v = pair.vocab_size
     if expert_logits is None:
@@ -269,7 +442,11 @@ def score_fast(pair: ModelPair, ids: list[str], prompts: list[list[int]], comple
     t_len = expert_logits.shape[1]
     valid = torch.arange(t_len, device=lengths.device)[None, :] < lengths[:, None]
     rows, cols = valid.nonzero(as_tuple=True)
-    result = contrast(expert_logits[rows, cols, :v], amateur_logits.to(expert_logits.device)[rows, cols, :v],
+    expert_steps = expert_logits[rows, cols]
+    if decoding is not None and decoding.processed:
+        batch, mask, p_len, _ = _pad_batch(prompts, completions, pad, expert_logits.device)
+        expert_steps = process_scores(expert_steps, decoding, _history(batch, mask, p_len, rows, cols))
+    result = contrast(expert_steps[:, :v], amateur_logits.to(expert_logits.device)[rows, cols, :v],
                       alpha, floor, candidates=cols >= (1 if skip_first_step else 0),
                       excluded_ids=getattr(pair, "excluded_ids", None))
     scored, offset = [], 0
@@ -374,18 +551,19 @@ def capture_step_hidden(model, tap_layer: int | None = None) -> Iterator[StepHid
 
 
 def generate_for_scoring(pair: ModelPair, prompts: list[list[int]], max_new_tokens: int, *, compile: bool = False,
-                         capture: bool = True):
+                         capture: bool = True, decoding: Decoding | None = None):
     """The Expert's greedy completions and, when ``capture`` (and not ``compile``), the hidden states that
     :func:`score_chunked` needs, kept during generation: the Expert's final ones and, for a layer-truncated
     Amateur (:func:`shared_trunk`), its own (the Expert's layer k output through the shared final norm).
     Returns ``(completions, hidden)``; hidden is None when not captured (the scorer then runs its
-    teacher-forced pass)."""
+    teacher-forced pass). ``decoding``: how the Expert writes (greedy when None)."""
     if compile or not capture:
-        completions, _ = generate_greedy(pair.expert, pair.tokenizer, prompts, max_new_tokens, compile=compile)
+        completions, _ = generate_trajectories(pair.expert, pair.tokenizer, prompts, max_new_tokens, decoding,
+                                               compile=compile)
         return completions, None
     trunk = shared_trunk(pair.expert, pair.amateur)
     with capture_step_hidden(pair.expert, trunk[0] if trunk else None) as record:
-        completions, _ = generate_greedy(pair.expert, pair.tokenizer, prompts, max_new_tokens)
+        completions, _ = generate_trajectories(pair.expert, pair.tokenizer, prompts, max_new_tokens, decoding)
     if not any(completions):
         return completions, None
     return completions, record.hidden(trunk[1] if trunk else None)
@@ -404,7 +582,8 @@ def _head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
 def score_chunked(pair: ModelPair, ids: list[str], prompts: list[list[int]], completions: list[list[int]],
                   alpha: float, floor: float | None, chunk_tokens: int = 512,
                   skip_first_step: bool = False,
-                  hidden: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> list[Scored]:
+                  hidden: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+                  decoding: Decoding | None = None) -> list[Scored]:
     """Contrast of a batch of trajectories with memory independent of batch x length x vocabulary.
 
     The Expert's and the Amateur's decoders each run ONE teacher-forced pass over prompt + completion (a
@@ -419,7 +598,12 @@ def score_chunked(pair: ModelPair, ids: list[str], prompts: list[list[int]], com
     for the Expert and, for a layer-truncated Amateur, for the Amateur (None: the Amateur runs its own
     teacher-forced pass). The Expert then needs no second pass at all: its logits are remade from the
     states that made the generated tokens (so its argmax mismatches are 0 unless generation was altered).
+
+    ``decoding``: when it processes the Expert's scores (generation-config), each chunk's Expert logits go
+    through :func:`process_scores` before the contrast, and a mismatch is a generated token those scores rule
+    out (sampling) or do not rank first (greedy with a repetition penalty).
     """
+    decoding = decoding or Decoding()
     pad = pair.tokenizer.pad_token_id
     v = pair.vocab_size
     batch, mask, p_len, t_len = _pad_batch(prompts, completions, pad, pair.expert.device)
@@ -450,7 +634,9 @@ def score_chunked(pair: ModelPair, ids: list[str], prompts: list[list[int]], com
     for start in range(0, len(rows), chunk_tokens):
         r, c = rows[start : start + chunk_tokens], cols[start : start + chunk_tokens]
         expert_logits = _head_logits(pair.expert, hidden_e[r, c])
-        mismatch.index_add_(0, r, (expert_logits.argmax(-1) != generated[start : start + chunk_tokens]).long())
+        if decoding.processed:
+            expert_logits = process_scores(expert_logits, decoding, _history(batch, mask, p_len, r, c))
+        mismatch.index_add_(0, r, _mismatches(expert_logits, generated[start : start + chunk_tokens], decoding).long())
         amateur_logits = _head_logits(pair.amateur, hidden_a[r.to(hidden_a.device), c.to(hidden_a.device)])
         part = contrast(expert_logits[:, :v], amateur_logits.to(expert_logits.device)[:, :v], alpha, floor,
                         chunk=chunk_tokens, candidates=c >= (1 if skip_first_step else 0),
@@ -476,15 +662,26 @@ def score_chunked(pair: ModelPair, ids: list[str], prompts: list[list[int]], com
 
 def score_reference(pair: ModelPair, pid: str, prompt: list[int], completion: list[int],
                     expert_logits: torch.Tensor | None, alpha: float, floor: float | None,
-                    skip_first_step: bool = False) -> Scored:
+                    skip_first_step: bool = False, decoding: Decoding | None = None) -> Scored:
     """The paper's way: Amateur (and, without generation logits, Expert) run once per prefix; each step's
-    contrast computed on its own in float64 (candidates from t = 1 with ``skip_first_step``)."""
+    contrast computed on its own in float64 (candidates from t = 1 with ``skip_first_step``).
+    ``decoding``: the Expert's logits of step t go through transformers' own logits processors given
+    ``prompt + completion[:t]``, as ``generate()`` processes them (:func:`reference_processors`)."""
     v = pair.vocab_size
+    decoding = decoding or Decoding()
     if expert_logits is None:
         expert_logits = per_prefix_logits(pair.expert, prompt, completion)
     amateur_logits = per_prefix_logits(pair.amateur, prompt, completion)
+    expert_logits = expert_logits[: len(completion)]
+    if decoding.processed:
+        steps = reference_processors(decoding)
+        expert_logits = torch.stack([
+            steps(torch.tensor([prompt + completion[:t]], device=expert_logits.device),
+                  expert_logits[t : t + 1].float())[0]
+            for t in range(len(completion))]) if completion else expert_logits
     s = Scored(pid, prompt, completion, np.zeros(len(completion)))
-    s.argmax_mismatch = int((expert_logits[: len(completion)].argmax(-1).cpu() != torch.tensor(completion)).sum())
+    s.argmax_mismatch = int(_mismatches(expert_logits.cpu(), torch.tensor(completion, dtype=torch.long),
+                                        decoding).sum()) if completion else 0
     for t in range(len(completion)):
         kl, ids, w = contrast_step_reference(expert_logits[t, :v], amateur_logits[t, :v], alpha,
                                              getattr(pair, "excluded_ids", None))
@@ -554,9 +751,11 @@ def _batch_ok(path: Path, rows: int) -> bool:
         return False
 
 
-def _batch_size(config: Config, out: Path, pair: ModelPair, prompts: list[list[int]]) -> int:
+def _batch_size(config: Config, out: Path, pair: ModelPair, prompts: list[list[int]],
+                processed: bool = False) -> int:
     """``sampling.batch_size``, with ``auto`` resolved once per output folder (kept in ``shards/plan.json``)
-    so that a resumed run plans the same batches."""
+    so that a resumed run plans the same batches. ``processed``: the scorer also processes the Expert's
+    scores (a sort of each chunk for top-p: about 6 more chunk x vocabulary float32 copies)."""
     spec = config.sampling.batch_size
     if spec != "auto":
         return int(spec)
@@ -565,7 +764,7 @@ def _batch_size(config: Config, out: Path, pair: ModelPair, prompts: list[list[i
         return int(json.loads(plan.read_text())["batch_size"])
     perf = config.performance
     width = max((len(p) for p in prompts), default=1) + config.sampling.max_new_tokens
-    reserve = 6 * perf.score_chunk_tokens * pair.vocab_size * 4
+    reserve = (12 if processed else 6) * perf.score_chunk_tokens * pair.vocab_size * 4
     size = auto_batch_size("auto", [pair.expert, pair.amateur], width, reserve_bytes=reserve,
                            fraction=perf.memory_fraction)
     write_json_atomic({"batch_size": size}, plan)
@@ -608,7 +807,8 @@ def _sample(config: Config, out: Path, reference: bool, overwrite: bool, problem
     _claim_output(out, fingerprint, claim)
     floor = None if isinstance(scfg.beta, str) else float(scfg.beta)
     compiled = resolve_compile(config.performance.compile, pair.expert.device)
-    batch_size = 1 if reference else _batch_size(config, out, pair, prompts)
+    decoding = resolve_decoding(scfg.decoding, scfg.seed, pair.expert)
+    batch_size = 1 if reference else _batch_size(config, out, pair, prompts, decoding.processed)
     batches = plan_batches([len(p) for p in prompts], batch_size, scfg.sort_by_length and not reference)
     started = time.perf_counter()
     bar = tqdm(total=len(problems), desc="contrastive sampling", unit="problem", disable=not progress)
@@ -628,18 +828,22 @@ def _sample(config: Config, out: Path, reference: bool, overwrite: bool, problem
                 shard_file.unlink()
             batch_prompts = [prompts[i] for i in members]
             ids = [problems[i].problem_id for i in members]
+            if decoding.do_sample:  # each batch draws from its own seed: a resumed or sharded run draws the same
+                torch.manual_seed(decoding.seed + index)
             if reference:
-                completions, logits = generate_greedy(pair.expert, tok, batch_prompts, scfg.max_new_tokens,
-                                                      return_logits=True)
+                completions, logits = generate_trajectories(pair.expert, tok, batch_prompts, scfg.max_new_tokens,
+                                                            decoding, return_logits=True)
                 scored = [score_reference(pair, ids[0], batch_prompts[0], completions[0], logits[0], scfg.alpha, floor,
-                                          scfg.skip_first_step)]
+                                          scfg.skip_first_step, decoding)]
                 del logits
             else:
                 completions, hidden = generate_for_scoring(pair, batch_prompts, scfg.max_new_tokens,
                                                            compile=compiled,
-                                                           capture=config.performance.score_from_generation)
+                                                           capture=config.performance.score_from_generation,
+                                                           decoding=decoding)
                 scored = score_chunked(pair, ids, batch_prompts, completions, scfg.alpha, floor,
-                                       config.performance.score_chunk_tokens, scfg.skip_first_step, hidden=hidden)
+                                       config.performance.score_chunk_tokens, scfg.skip_first_step, hidden=hidden,
+                                       decoding=decoding)
                 del hidden
             write_table_atomic(_shard_table(list(zip(members, scored, strict=True))), shard_file)
             save_progress(shard_file)  # s3:// outputs: another machine resumes from here
@@ -653,11 +857,12 @@ def _sample(config: Config, out: Path, reference: bool, overwrite: bool, problem
         info = {"stage": "sample-shard", "fingerprint": fingerprint, "shard": list(shard),
                 "num_batches": len(plan_batches([len(p) for p in prompts], batch_size, False)),
                 "batches": [i for i, _ in batches], "models": models_info, "reference": reference,
+                "decoding": decoding.record(),
                 "config": config.dump(), "sampling_seconds": elapsed}
         write_json_atomic(info, out / SHARD_INFO)
         return SampleResult(out, info)
     manifest = finalize(out, config, models_info, fingerprint, reference, elapsed, len(problems),
-                        batch_size=batch_size)
+                        batch_size=batch_size, decoding=decoding.record())
     return SampleResult(out, manifest)
 
 
@@ -688,16 +893,19 @@ def merge_shards(config: Config, shard_dirs: list[str | Path], output: str | Pat
             shutil.copyfile(batch, out / SHARDS / batch.name)
     elapsed = max(i["sampling_seconds"] for i in infos)
     num_problems = sum(pq.read_metadata(b).num_rows for b in (out / SHARDS).glob("batch-*.parquet"))
-    manifest = finalize(out, config, infos[0]["models"], fingerprint, infos[0]["reference"], elapsed, num_problems)
+    manifest = finalize(out, config, infos[0]["models"], fingerprint, infos[0]["reference"], elapsed, num_problems,
+                        decoding=infos[0].get("decoding"))
     manifest["shards"] = len(infos)
     write_json_atomic(manifest, out / MANIFEST)
     return SampleResult(out, manifest)
 
 
 def finalize(out: Path, config: Config, models_info: dict[str, Any], fingerprint: str, reference: bool,
-             elapsed: float, num_problems: int, batch_size: int | None = None) -> dict[str, Any]:
+             elapsed: float, num_problems: int, batch_size: int | None = None,
+             decoding: dict[str, Any] | None = None) -> dict[str, Any]:
     """Merge the batch files into the output contract; the manifest is written last. ``batch_size``: the
-    one used (``sampling.batch_size`` auto resolved), recorded under ``timing``."""
+    one used (``sampling.batch_size`` auto resolved), recorded under ``timing``; ``decoding``: the resolved
+    :class:`Decoding` (its record), under ``decoding``."""
     shards = sorted((out / SHARDS).glob("batch-*.parquet"))
     table = pa.concat_tables([pq.read_table(s) for s in shards], promote_options="default").sort_by("order")
     rows = table.to_pylist()
@@ -728,6 +936,7 @@ def finalize(out: Path, config: Config, models_info: dict[str, Any], fingerprint
         "mode": "reference" if reference else "fast",
         "config": config.dump(),
         "effective_beta": beta,
+        "decoding": decoding or Decoding(seed=config.sampling.seed).record(),
         "models": models_info,
         "versions": library_versions(),
         "counts": {
@@ -738,7 +947,8 @@ def finalize(out: Path, config: Config, models_info: dict[str, Any], fingerprint
             "mean_kl": float(all_kl.mean()) if steps else 0.0,
             "median_kl": float(np.median(all_kl)) if steps else 0.0,
             # steps whose teacher-forced Expert argmax is not the generated token (near-ties; 0 means the
-            # trajectories are exactly the Expert's greedy ones under the scoring pass)
+            # trajectories are exactly the Expert's greedy ones under the scoring pass); when sampling: generated
+            # tokens that the processed scores rule out
             "argmax_mismatch_steps": mismatches,
         },
         "timing": {"sampling_seconds": elapsed, "problems_per_second": num_problems / elapsed if elapsed else 0.0,

@@ -284,6 +284,73 @@ def build_step_examples(trajectories: list[Trajectory], layout: str, samples_per
     return [{"group": build_examples(group, layout)} for group in split_by_step(trajectories, per_pass)]
 
 
+def shuffled_groups(trajectories: list[Trajectory], samples_per_group: int, seed: int, epoch: int
+                    ) -> list[list[Trajectory]]:
+    """``training.sample_order: shuffled``: all kept samples in a random order (a permutation that is a function
+    of ``seed`` and ``epoch`` alone), cut into groups of ``samples_per_group`` (the last may hold fewer), as the
+    authors' shuffled DataLoader draws a batch. Within a group the samples of one trajectory form one piece
+    (positions sorted), so the packed layout gives them one shared sequence; pieces follow the input order."""
+    steps = [(ti, si) for ti, traj in enumerate(trajectories) for si in range(len(traj.positions))]
+    digest = hashlib.sha256(f"sample-order:{seed}:{epoch}".encode()).digest()
+    order = torch.randperm(len(steps), generator=torch.Generator().manual_seed(int.from_bytes(digest[:7], "little")))
+    order = order.tolist()
+    groups: list[list[Trajectory]] = []
+    for start in range(0, len(steps), samples_per_group):
+        chosen: dict[int, list[int]] = defaultdict(list)
+        for ti, si in sorted(steps[i] for i in order[start : start + samples_per_group]):
+            chosen[ti].append(si)
+        groups.append([
+            Trajectory(t.problem_id, t.prompt, t.completion, [t.positions[i] for i in idx],
+                       [t.target_ids[i] for i in idx], [t.target_weights[i] for i in idx])
+            for ti, idx in chosen.items() for t in (trajectories[ti],)])
+    return groups
+
+
+class ShuffledSteps:
+    """Dataset items of the shuffled schedule: one item per forward pass, ``{"group": [examples]}`` holding
+    ``samples_per_step / accumulation`` kept samples drawn by :func:`shuffled_groups` for the current epoch.
+    :meth:`callback` moves it to each epoch as the Trainer starts it (a resumed run too: the dataloader that skips
+    the trained batches does not pass the epoch on), so the order is a function of ``seed`` and the epoch, never
+    of how the run got there. The number of items is the same in
+    every epoch."""
+
+    def __init__(self, trajectories: list[Trajectory], layout: str, samples_per_step: int, accumulation: int,
+                 seed: int):
+        self.trajectories, self.layout, self.seed = trajectories, layout, seed
+        self.per_pass = max(1, samples_per_step // accumulation)
+        self.epoch: int | None = None
+        self.items: list[dict[str, Any]] = []
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self.items = [{"group": build_examples(group, self.layout)}
+                          for group in shuffled_groups(self.trajectories, self.per_pass, self.seed, epoch)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.items[index]
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def callback(self):
+        """A TrainerCallback that sets the epoch the Trainer is starting (from its state: a resumed run starts
+        inside the epoch it stopped in)."""
+        from transformers import TrainerCallback
+
+        steps = self
+
+        class EpochOrder(TrainerCallback):
+            def on_epoch_begin(self, args, state, control, **kwargs):
+                steps.set_epoch(int(math.floor((state.epoch or 0.0) + 1e-6)))
+
+        return EpochOrder()
+
+
 class SoftLabelCollator:
     """Pads examples on the right into a batch for :func:`batch_loss`.
 
@@ -802,7 +869,11 @@ def train(config: Config, samples_dir: str | Path, output_dir: str | Path, *, re
     model = lora_model(model, tcfg)
     train_set, heldout = split_holdout(samples.trajectories, tcfg.holdout_fraction, tcfg.seed)
     grouped = tcfg.samples_per_step is not None
-    if grouped:
+    if grouped and tcfg.sample_order == "shuffled":
+        examples = ShuffledSteps(train_set, tcfg.layout, tcfg.samples_per_step, tcfg.gradient_accumulation_steps,
+                                 tcfg.seed)
+        callbacks = [*(callbacks or []), examples.callback()]
+    elif grouped:
         examples = build_step_examples(train_set, tcfg.layout, tcfg.samples_per_step, tcfg.gradient_accumulation_steps)
     else:
         examples = build_examples(train_set, tcfg.layout)
@@ -825,6 +896,7 @@ def train(config: Config, samples_dir: str | Path, output_dir: str | Path, *, re
         "fingerprint": fingerprint,
         "config": config.dump(),
         "layout": tcfg.layout,
+        "sample_order": tcfg.sample_order if grouped else None,
         "expert": expert_info,
         "samples": {"path": str(samples.folder), "sha256": samples.sha256,
                     "fingerprint": samples.manifest.get("fingerprint")},

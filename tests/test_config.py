@@ -12,6 +12,8 @@ def test_defaults_are_the_papers():
     assert cfg.prompt.system_prompt == "Please reason step by step." and cfg.prompt.chat_template
     assert (cfg.training.lora_r, cfg.training.lora_alpha, cfg.training.learning_rate) == (8, 16, 5e-5)
     assert cfg.training.target_modules == ["q_proj", "v_proj"]
+    # our own runs: the greedy trajectory and consecutive kept steps per update (the paper configs differ)
+    assert (cfg.sampling.decoding, cfg.sampling.seed, cfg.training.sample_order) == ("greedy", 0, "grouped")
 
 
 def test_yaml_and_overrides(tmp_path):
@@ -33,6 +35,8 @@ def test_yaml_and_overrides(tmp_path):
         (["sampling.alpha=0"], "sampling.alpha"),
         (["data.limit=-1"], "data.limit"),
         (["novalue"], "expected key=value"),
+        (["sampling.decoding=sampled"], "sampling.decoding"),
+        (["training.sample_order=random"], "training.sample_order"),
     ],
 )
 def test_bad_config_is_one_line_naming_the_key(overrides, message):
@@ -70,3 +74,5 @@ def test_the_papers_five_pairs_and_schedule():
         assert (t.samples_per_step, t.max_steps, t.learning_rate, t.lr_scheduler, t.warmup_ratio) == (
             16, 1000, 5e-5, "linear", 0.0)
         assert (c.sampling.alpha, c.sampling.beta, c.sampling.max_new_tokens, c.data.limit) == (0.2, 0.4, 128, 1000)
+        # as the authors ran: generate() with the Expert's own generation config, a shuffled DataLoader
+        assert (c.sampling.decoding, t.sample_order) == ("generation-config", "shuffled")

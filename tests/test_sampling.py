@@ -328,3 +328,140 @@ def test_generation_is_greedy_even_when_the_models_own_config_samples(tiny_model
         for _ in range(8):
             ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
     assert greedy[0] == ids[len(prompt):]
+
+
+# --- sampling.decoding: generation-config ---------------------------------------------------------------
+
+
+def _sampling_expert(pair, temperature=0.6, top_p=0.95, top_k=None, repetition_penalty=None):
+    """The Expert's generation config samples, as DeepSeek-R1-Distill's (temperature 0.6, top-p 0.95)."""
+    gen = pair.expert.generation_config
+    gen.do_sample, gen.temperature, gen.top_p, gen.top_k = True, temperature, top_p, top_k
+    gen.repetition_penalty = repetition_penalty
+    return pair
+
+
+def test_resolve_decoding_follows_the_models_generation_config(tiny_models):
+    from lightreasoner.sampling import Decoding, resolve_decoding
+
+    cfg = tiny_config(tiny_models)
+    pair = load_pair(cfg)
+    pair.expert.generation_config.do_sample = False
+    assert resolve_decoding("generation-config", 3, pair.expert) == Decoding("generation-config", seed=3)
+    assert not resolve_decoding("generation-config", 3, pair.expert).processed  # a base model: greedy as before
+    _sampling_expert(pair)
+    d = resolve_decoding("generation-config", 7, pair.expert)
+    # top_k unset in the file: generate()'s default 50 applies, as in the authors' script
+    assert (d.do_sample, d.temperature, d.top_p, d.top_k, d.repetition_penalty, d.seed) == (True, 0.6, 0.95, 50,
+                                                                                              1.0, 7)
+    assert d.record()["expert_scores"] == "processed"
+    assert resolve_decoding("greedy", 7, pair.expert) == Decoding(seed=7)  # greedy ignores the model's config
+    pair.expert.generation_config.min_p = 0.1
+    with pytest.raises(LightReasonerError, match="min_p=0.1, which the contrast does not reproduce"):
+        resolve_decoding("generation-config", 0, pair.expert)
+
+
+@pytest.mark.parametrize("sample_, penalty", [(True, 1.0), (True, 1.3), (False, 1.3)])
+def test_processed_scores_equal_transformers_logits_processors(sample_, penalty):
+    from lightreasoner.sampling import Decoding, process_scores, reference_processors
+
+    torch.manual_seed(0)
+    d = Decoding("generation-config", sample_, 0.6 if sample_ else 1.0, 20 if sample_ else 0,
+                 0.9 if sample_ else 1.0, penalty)
+    logits = torch.randn(12, 300) * 3
+    history = [torch.randint(0, 300, (int(n),)).tolist() for n in torch.randint(1, 40, (12,))]
+    width = max(len(h) for h in history)
+    padded = torch.tensor([h + [h[-1]] * (width - len(h)) for h in history])
+    fast = process_scores(logits, d, padded)
+    steps = reference_processors(d)
+    for i, h in enumerate(history):
+        ref = steps(torch.tensor([h]), logits[i : i + 1].clone())[0]
+        assert torch.equal(torch.isneginf(fast[i]), torch.isneginf(ref))
+        finite = ~torch.isneginf(ref)
+        torch.testing.assert_close(fast[i][finite], ref[finite])
+    if sample_:
+        assert torch.isneginf(fast).any(dim=-1).all()  # top-k / top-p filtered every row
+
+
+def test_contrast_of_processed_scores_has_no_mass_outside_their_support():
+    from lightreasoner.sampling import Decoding, process_scores
+
+    torch.manual_seed(1)
+    e, a = torch.randn(6, 200) * 4, torch.randn(6, 200)
+    pe = process_scores(e, Decoding("generation-config", True, 0.6, 0, 0.9))
+    result = contrast(pe, a, 0.2, None)
+    assert np.isfinite(result.kl).all()
+    for i in range(6):
+        kl, ids, w = contrast_step_reference(pe[i], a[i], 0.2)
+        assert abs(kl - result.kl[i]) < 1e-6
+        assert result.targets[i].tolist() == ids.tolist()
+        assert not torch.isneginf(pe[i, ids]).any()
+
+
+@pytest.mark.parametrize("from_generation", [True, False])
+def test_generation_config_fast_equals_reference_on_the_same_trajectories(tiny_models, tmp_path, from_generation):
+    from lightreasoner.sampling import Decoding
+
+    cfg = tiny_config(tiny_models, **{"sampling.beta": 0.1, "data.limit": 5, "sampling.decoding": "generation-config",
+                                      "sampling.seed": 5, "performance.score_from_generation": from_generation})
+    pair = _sampling_expert(load_pair(cfg), top_k=40, repetition_penalty=1.2)
+    sample(cfg, tmp_path / "fast", pair=pair, progress=False)
+    trajectories, samples, manifest = read(tmp_path / "fast")
+    assert manifest["decoding"] == {"mode": "generation-config", "do_sample": True, "temperature": 0.6, "top_k": 40,
+                                    "top_p": 0.95, "repetition_penalty": 1.2, "seed": 5, "expert_scores": "processed"}
+    assert manifest["counts"]["argmax_mismatch_steps"] == 0  # every sampled token lies in the processed support
+    assert manifest["counts"]["selected"] == len(samples) > 0
+    decoding = Decoding(**{k: v for k, v in manifest["decoding"].items() if k != "expert_scores"})
+    by_problem = {}
+    for s in samples:
+        by_problem.setdefault(s["problem_id"], []).append(s)
+    for traj in trajectories:
+        ref = score_reference(pair, traj["problem_id"], traj["prompt_token_ids"], traj["completion_token_ids"],
+                              None, cfg.sampling.alpha, 0.1, skip_first_step=True, decoding=decoding)
+        assert ref.argmax_mismatch == 0
+        fast = by_problem.get(traj["problem_id"], [])
+        assert [s["position"] for s in fast] == ref.cand_position
+        for s, ids, w in zip(fast, ref.cand_targets, ref.cand_weights, strict=True):
+            assert s["target_token_ids"] == ids.tolist()
+            np.testing.assert_allclose(s["target_weights"], w, atol=1e-4)
+        np.testing.assert_allclose(traj["step_kl"], ref.step_kl, atol=1e-4)
+    greedy = tiny_config(tiny_models, **{"sampling.beta": 0.1, "data.limit": 5})
+    sample(greedy, tmp_path / "greedy", pair=pair, progress=False)
+    assert read(tmp_path / "greedy")[2]["decoding"]["mode"] == "greedy"
+    assert read(tmp_path / "greedy")[2]["fingerprint"] != manifest["fingerprint"]
+    assert ([t["completion_token_ids"] for t in read(tmp_path / "greedy")[0]]
+            != [t["completion_token_ids"] for t in trajectories])  # sampled, not the argmax
+
+
+def test_generation_config_sampling_is_seeded_resumable_and_shardable(tiny_models, tmp_path, monkeypatch):
+    from lightreasoner.sampling import merge_shards
+
+    sets = {"data.limit": 6, "sampling.batch_size": 2, "sampling.decoding": "generation-config", "sampling.seed": 1}
+    cfg = tiny_config(tiny_models, **sets)
+    pair = _sampling_expert(load_pair(cfg), temperature=1.5, top_p=1.0)
+    sample(cfg, tmp_path / "whole", pair=pair, progress=False)
+    real, calls = sampling.generate_trajectories, {"n": 0}
+
+    def dies_on_third_batch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sampling, "generate_trajectories", dies_on_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        sample(cfg, tmp_path / "resumed", pair=pair, progress=False)
+    monkeypatch.setattr(sampling, "generate_trajectories", real)
+    torch.manual_seed(12345)  # the global RNG elsewhere does not matter: each batch draws from seed + index
+    sample(cfg, tmp_path / "resumed", pair=pair, progress=False)
+    for i in range(2):
+        sample(cfg, tmp_path / f"shard{i}", pair=pair, progress=False, shard=(i, 2))
+    merge_shards(cfg, [tmp_path / "shard0", tmp_path / "shard1"], tmp_path / "merged")
+    for folder in ("resumed", "merged"):
+        for name in ("trajectories.parquet", "samples.parquet"):
+            assert pq.read_table(tmp_path / "whole" / name).equals(pq.read_table(tmp_path / folder / name))
+    assert read(tmp_path / "merged")[2]["decoding"]["seed"] == 1
+    other = tiny_config(tiny_models, **{**sets, "sampling.seed": 2})
+    sample(other, tmp_path / "seed2", pair=pair, progress=False)
+    assert ([t["completion_token_ids"] for t in read(tmp_path / "seed2")[0]]
+            != [t["completion_token_ids"] for t in read(tmp_path / "whole")[0]])

@@ -23,6 +23,7 @@ from lightreasoner.training import (
     build_examples,
     load_samples,
     lora_model,
+    shuffled_groups,
     soft_label_kl,
     soft_label_kl_loss,
     split_by_step,
@@ -243,6 +244,80 @@ def test_packed_and_per_step_see_the_same_samples_per_update(tiny_models, sample
     assert logged["train/kept_samples_seen"] == packed["tuned_tokens"]
     for a, b in zip(packed["loss_history"], per_step["loss_history"], strict=True):
         assert a["step"] == b["step"] and a["loss"] == pytest.approx(b["loss"], rel=1e-3)
+
+
+def test_shuffled_order_is_a_seeded_permutation_of_the_kept_steps_that_mixes_problems(samples_dir):
+    trajectories = load_samples(samples_dir).trajectories
+    everything = sorted((t.problem_id, p) for t in trajectories for p in t.positions)
+    groups = shuffled_groups(trajectories, 5, seed=42, epoch=0)
+    sizes = [sum(len(piece.positions) for piece in g) for g in groups]
+    assert all(n == 5 for n in sizes[:-1]) and 1 <= sizes[-1] <= 5
+    drawn = [(piece.problem_id, p) for g in groups for piece in g for p in piece.positions]
+    assert sorted(drawn) == everything  # every kept step once
+    by_id = {t.problem_id: t for t in trajectories}
+    for g in groups:
+        ids = [piece.problem_id for piece in g]
+        assert len(ids) == len(set(ids))  # one piece (one packed sequence) per trajectory in a batch
+        for piece in g:
+            assert piece.positions == sorted(piece.positions)
+            source = by_id[piece.problem_id]
+            for pos, tid, w in zip(piece.positions, piece.target_ids, piece.target_weights, strict=True):
+                i = source.positions.index(pos)
+                assert (tid, w) == (source.target_ids[i], source.target_weights[i])
+    assert shuffled_groups(trajectories, 5, seed=42, epoch=0) == groups  # deterministic for a seed and epoch
+    assert shuffled_groups(trajectories, 5, seed=42, epoch=1) != groups  # a new draw every epoch
+    assert shuffled_groups(trajectories, 5, seed=7, epoch=0) != groups
+    assert drawn != [(t.problem_id, p) for t in trajectories for p in t.positions]
+
+    def problems_per_batch(gs):
+        return sum(len(g) for g in gs) / len(gs)
+
+    assert problems_per_batch(groups) > problems_per_batch(split_by_step(trajectories, 5))  # batches mix problems
+
+
+def test_shuffled_order_needs_samples_per_step(tiny_models):
+    with pytest.raises(LightReasonerError, match="sample_order shuffled draws kept samples per update"):
+        train_config(tiny_models, **{"training.sample_order": "shuffled"})
+
+
+def test_shuffled_run_resumed_equals_the_uninterrupted_one(tiny_models, samples_dir, tmp_path):
+    """Two epochs of the shuffled order; a run stopped in the second epoch and resumed from its checkpoint
+    makes the same updates on the same samples (the order is a function of seed + epoch)."""
+    from transformers import TrainerCallback
+
+    kept = load_samples(samples_dir).num_steps
+    per_epoch = math.ceil(math.ceil(kept / 2) / 2)  # 2 kept samples per pass, 2 passes per update
+    epochs: list[int] = []
+
+    class Seen(TrainerCallback):
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            epochs.append(math.floor((state.epoch or 0) + 1e-6))
+
+    class Kill(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == per_epoch + 2:
+                raise RuntimeError("killed")
+
+    sets = {"training.samples_per_step": 4, "training.gradient_accumulation_steps": 2,
+            "training.sample_order": "shuffled", "training.max_steps": per_epoch + 3, "training.save_steps": per_epoch + 1,
+            "training.learning_rate": 1e-2}
+    cfg = train_config(tiny_models, **sets)
+    full = train(cfg, samples_dir, tmp_path / "full", progress=False, callbacks=[Seen()]).manifest
+    assert epochs == [0, 1] and full["sample_order"] == "shuffled"
+    assert full["schedule"]["kept_samples_per_update"]["max"] == 4 and full["tuned_tokens"] > kept
+    grouped = train(train_config(tiny_models, **{**sets, "training.sample_order": "grouped"}), samples_dir,
+                    tmp_path / "grouped", progress=False).manifest
+    assert [e["loss"] for e in grouped["loss_history"]] != [e["loss"] for e in full["loss_history"]]
+
+    out = tmp_path / "killed"
+    with pytest.raises(RuntimeError, match="killed"):
+        train(cfg, samples_dir, out, progress=False, callbacks=[Kill()])
+    epochs.clear()
+    resumed = train(cfg, samples_dir, out, resume=True, progress=False, callbacks=[Seen()]).manifest
+    assert resumed["resumed_from"] == f"checkpoint-{per_epoch + 1}" and epochs == [1]
+    assert resumed["tuned_tokens"] == full["tuned_tokens"]
+    for a, b in zip(resumed["loss_history"], full["loss_history"], strict=True):
+        assert a["step"] == b["step"] and a["loss"] == pytest.approx(b["loss"], rel=1e-4)
 
 
 def test_samples_per_step_must_split_into_accumulation_steps(tiny_models):
