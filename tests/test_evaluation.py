@@ -413,6 +413,27 @@ def test_cli_evaluate(tiny_models, adapters, tmp_path, capsys):
     assert metrics["n"] == 3 and not math.isnan(metrics["delta"])
 
 
+def test_cli_evaluate_shards_and_merge(tiny_models, adapters, tmp_path, capsys):
+    from lightreasoner.cli import main
+
+    args = ["--set", "evaluation.max_new_tokens=8", "--set", "evaluation.bootstrap_samples=200", "--set",
+            "evaluation.batch_size=1", "--set", "tracking.enabled=false", "--model", str(tiny_models["llama"]),
+            "--limit", "3"]
+    adapter = ["--adapter", str(adapters["llama_training"])]
+    for index in range(2):
+        assert main(["evaluate", *args, *adapter, "--output", str(tmp_path / f"s{index}"), "--shard", f"{index}/2"]) == 0
+    assert "shard=1/2 sides=base,tuned problems=1 " in capsys.readouterr().out
+    assert main(["evaluate-merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--output", str(tmp_path / "m")]) == 0
+    assert "n=3 " in capsys.readouterr().out
+    assert json.loads((tmp_path / "m" / "manifest.json").read_text())["shards"] == 2
+    for argv, message in ((["--side", "base"], "error: --side: only with --shard I/N"),
+                          (["--shard", "2/2"], "error: --shard 2/2: expected I/N with 0 <= I < N"),
+                          (["--shard", "0/2", "--side", "tuned"], "error: --side tuned: needs --adapter")):
+        assert main(["evaluate", *args, "--output", str(tmp_path / "bad"), *argv]) == 2
+        assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")] == [message]
+    assert not (tmp_path / "bad" / "manifest.json").exists()
+
+
 def test_answers_changed_counts_different_extracted_answers():
     from lightreasoner.evaluation import Prediction, answers_changed
 
