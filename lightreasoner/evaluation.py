@@ -13,6 +13,13 @@ benchmarks (``average``, the paper's column).
 Output folder (keep these names): ``predictions_base.parquet``, ``predictions_tuned.parquet``,
 ``metrics.json``, ``accuracy.png``, with benchmarks ``benchmarks.csv`` and ``benchmark_deltas.png``, and
 ``manifest.json`` (written last).
+
+One evaluation is four steps: load (:func:`load_scorer`), score one model side on one benchmark or one
+(benchmark, shard) slice (:func:`score`), aggregate the predictions into the metrics (:func:`aggregate`) and
+write the folder (:func:`write_evaluation`). :func:`evaluate` runs them in one process; across pods,
+:func:`evaluate_shard` scores one shard (every n-th batch of each benchmark, :func:`shard_set`) for one or
+both sides into a shard folder (the predictions with each problem's ``index``, a manifest of stage
+``evaluate-shard``) and :func:`merge_evaluation` joins the shards into the same folder as :func:`evaluate`.
 """
 
 from __future__ import annotations

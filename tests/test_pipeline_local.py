@@ -106,10 +106,10 @@ def test_changing_an_evaluation_setting_keeps_the_sampling_cache(tiny_models, tm
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     work = tmp_path / "work"
     first = run_local(None, work, shards=1, cache=True,
-                      params=names(tiny_models, uri, "kfp-cache", eval_batch_size=4, **SHORT))
+                      params=names(tiny_models, uri, "kfp-cache", eval_batch_size="4", **SHORT))
     check_run(first, "lightreasoner", uri, "kfp-cache", shards=1)
     second = run_local(None, work, shards=1, cache=True,
-                       params=names(tiny_models, uri, "kfp-cache", eval_batch_size=4, eval_shards=2, **SHORT))
+                       params=names(tiny_models, uri, "kfp-cache", eval_batch_size="4", eval_shards=2, **SHORT))
     # prepare, sampling, merge and training came from the cache; evaluation ran again, in 2 + 2 pods.
     assert not {"prepare-data/problems", "sample-contrastive/shard", "merge-samples/samples",
                 "finetune-lora/adapter"} & set(second.outputs)
