@@ -1,7 +1,7 @@
 """Kubeflow components, one per stage. Each is thin: it unpacks KFP artifacts, calls the library stage,
 writes outputs and metrics. No algorithm code lives here.
 
-Pure stages (prepare, sample shard, merge, train, evaluate, SFT) take only the config sections they read
+Pure stages (prepare, sample shard, merge, train, evaluation shard and merge, SFT) take only the config sections they read
 (``config``: YAML text from :func:`lightreasoner.parameters.stage_yaml`) and their input artifacts, and
 touch no MLflow run, so Kubeflow may cache them. Everything with a side effect in MLflow is its own
 uncached step: ``configure_run`` opens the parent run, ``log_stage`` records a finished stage under it,
@@ -88,15 +88,34 @@ def finetune_lora(config: str, samples: Input[Dataset], adapter: Output[Model], 
     log_kfp_metrics(metrics, {k: result.manifest.get(k) for k in ("tuned_tokens", "steps", "final_loss", "wall_seconds")})
 
 
-def evaluate(config: str, adapter: Input[Model], evaluation: Output[Dataset], metrics: Output[Metrics],
-             confusion: Output[ClassificationMetrics], summary: Output[Markdown],
-             samples: Input[Dataset] = None):
-    """Stage 3: base Expert and Expert + adapter on the same held-out problems (every benchmark of
-    ``evaluation.benchmarks``, in one model load). Besides the evaluation folder: per-benchmark metrics, the
-    McNemar table as a confusion matrix (base right/wrong x tuned right/wrong) and a summary
-    page with the accuracy plot and, given ``samples``, the KL histogram (KFP UI)."""
+def evaluation_shards(config: str) -> list:
+    """The evaluation pods' shard indices, 0..evaluation.shards-1 (what the evaluation loop runs over)."""
     from lightreasoner.config import load_config_text
-    from lightreasoner.evaluation import evaluate as stage
+
+    return list(range(load_config_text(config, None, "evaluate config").evaluation.shards))
+
+
+def evaluate_shard(config: str, shard_index: int, shards: list, side: str, shard: Output[Dataset],
+                   adapter: Input[Model] = None):
+    """Stage 3 in one pod: one model side (base: the Expert; tuned: with ``adapter``) on one shard of every
+    benchmark's batches (``merge_evaluation`` joins the shards)."""
+    from lightreasoner.config import load_config_text
+    from lightreasoner.evaluation import evaluate_shard as stage
+
+    cfg = load_config_text(config, None, "evaluate config")
+    stage(cfg, None, adapter.path if adapter is not None else None, shard.path,
+          (shards.index(shard_index), len(shards)), sides=(side,))
+
+
+def merge_evaluation(config: str, base: Input[list[Dataset]], tuned: Input[list[Dataset]],
+                     evaluation: Output[Dataset], metrics: Output[Metrics], confusion: Output[ClassificationMetrics],
+                     summary: Output[Markdown], samples: Input[Dataset] = None):
+    """Stage 3's result: the shards joined into one evaluation folder (equal to a single pod's): per-benchmark
+    and averaged metrics, paired intervals and McNemar, the McNemar table as a confusion matrix (base
+    right/wrong x tuned right/wrong) and a summary page with the accuracy plot and, given ``samples``, the KL
+    histogram (KFP UI)."""
+    from lightreasoner.config import load_config_text
+    from lightreasoner.evaluation import merge_evaluation as stage
     from lightreasoner.report import (
         benchmark_metrics,
         log_kfp_metrics,
@@ -106,7 +125,7 @@ def evaluate(config: str, adapter: Input[Model], evaluation: Output[Dataset], me
     )
 
     cfg = load_config_text(config, None, "evaluate config")
-    result = stage(cfg, None, adapter.path, evaluation.path)
+    result = stage([s.path for s in [*base, *tuned]], evaluation.path, config=cfg)
     keys = ("accuracy_base", "accuracy_tuned", "delta", "delta_ci_low", "delta_ci_high", "mcnemar_p")
     log_kfp_metrics(metrics, {**{k: result.metrics.get(k) for k in keys}, **benchmark_metrics(result.metrics)})
     table = mcnemar_table(result.metrics)
@@ -187,14 +206,17 @@ def finish_run(config_yaml: str, settings: str, kfp_run_id: str, status: dsl.Pip
     print(f"pipeline state {status.state}: MLflow parent run {ended or '(none found)'} -> {state}")
 
 
-PURE = ("prepare_data", "sample_contrastive", "merge_samples", "finetune_lora", "evaluate", "sft_baseline")
+PURE = ("prepare_data", "sample_contrastive", "merge_samples", "finetune_lora", "evaluation_shards", "evaluate_shard",
+        "merge_evaluation", "sft_baseline")
 STAGES = {
     "configure_run": configure_run,
     "prepare_data": prepare_data,
     "sample_contrastive": sample_contrastive,
     "merge_samples": merge_samples,
     "finetune_lora": finetune_lora,
-    "evaluate": evaluate,
+    "evaluation_shards": evaluation_shards,
+    "evaluate_shard": evaluate_shard,
+    "merge_evaluation": merge_evaluation,
     "sft_baseline": sft_baseline,
     "log_stage": log_stage,
     "register_model": register_model,

@@ -134,12 +134,41 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                       ("protocol", "evaluation.protocol")):
         if getattr(args, flag, None) is not None:
             args.overrides = [*args.overrides, f"{key}={getattr(args, flag)}"]
+    if args.side and not args.shard:
+        raise LightReasonerError("--side: only with --shard I/N")
     cfg = config_from_args(args)
     with ExitStack() as stack:
         adapter = stack.enter_context(local_input(args.adapter)) if args.adapter else None
         out = stack.enter_context(local_output(args.output))
+        if args.shard:
+            from .evaluation import evaluate_shard
+
+            shard = parse_shard(args.shard)
+            manifest = evaluate_shard(cfg, args.model, adapter, out, shard, limit=args.limit,
+                                      sides=(args.side,) if args.side else None)
+            print(f"shard={shard[0]}/{shard[1]} sides={','.join(manifest['sides'])} "
+                  f"problems={sum(manifest['problems'].values())} output={args.output}")
+            return 0
         result = evaluate(cfg, model=args.model, adapter=adapter, output=out, limit=args.limit)
         result.output = args.output
+    print_evaluation(result)
+    return 0
+
+
+@command("evaluate-merge")
+def cmd_evaluate_merge(args: argparse.Namespace) -> int:
+    from .evaluation import merge_evaluation
+
+    with ExitStack() as stack:
+        shards = [stack.enter_context(local_input(s)) for s in args.shards]
+        out = stack.enter_context(local_output(args.output))
+        result = merge_evaluation(shards, out)
+        result.output = args.output
+    print_evaluation(result)
+    return 0
+
+
+def print_evaluation(result) -> None:
     m = result.metrics
 
     def fmt(value, spec=".4f"):
@@ -156,7 +185,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if table:
         print(f"protocol {m['protocol']['name']} (accuracy in %; the average is over the benchmarks)")
         print(table, end="")
-    return 0
 
 
 @command("benchmarks")
@@ -380,6 +408,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmark-dir", help="folder or s3:// prefix with <benchmark>/test.jsonl files "
                    "(sets evaluation.benchmark_dir; default: the Hugging Face data sets)")
     p.add_argument("--protocol", choices=["qwen25-math-cot", "sampling-prompt"], help="sets evaluation.protocol")
+    p.add_argument("--shard", metavar="I/N", help="score only shard I of N of every benchmark (join the shards "
+                   "with evaluate-merge)")
+    p.add_argument("--side", choices=["base", "tuned"], help="with --shard: score only this model (default: "
+                   "base, and tuned given --adapter)")
+
+    p = sub.add_parser("evaluate-merge", help="join the folders of a sharded evaluation (evaluate --shard)")
+    p.add_argument("shards", nargs="+", help="shard output folders or s3:// URIs")
+    p.add_argument("--output", required=True, help="evaluation folder (as evaluate writes it)")
 
     p = sub.add_parser("benchmarks", help="list what evaluate would score: per benchmark its source, rows, digest "
                        "and answer type (the paper's row count where it differs)")

@@ -274,6 +274,10 @@ class EvaluationConfig(_Section):
     )
     bootstrap_samples: int = Field(10000, ge=100, description="Resamples for the delta's confidence interval.")
     seed: int = Field(0, description="Bootstrap seed.")
+    shards: int = Field(
+        1, ge=1, description="Kubeflow: evaluation pods per side (base, tuned), each scoring every n-th batch of "
+        "every benchmark; one step merges them (equal to one pod). `lightreasoner run` evaluates in one process.",
+    )
 
     @field_validator("benchmarks", mode="before")
     @classmethod

@@ -71,6 +71,7 @@ CONFIG_KEYS: dict[str, str] = {
     "eval_benchmarks": "evaluation.benchmarks",
     "eval_benchmark_dir": "evaluation.benchmark_dir",
     "eval_prediction_cache": "evaluation.prediction_cache",
+    "eval_shards": "evaluation.shards",
     "registered_model": "registry.model_name",
     "min_delta": "registry.min_delta",
     "max_p": "registry.max_p",

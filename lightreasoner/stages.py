@@ -6,6 +6,10 @@ checks that the compiled DAG runs exactly :func:`plan` for each method.
     method lightreasoner: prepare -> sample -> train -> evaluate -> register
     method sft:           prepare -> sft -> evaluate_sft
     method both:          the two above from the same prepared problems, then report
+
+In Kubeflow, sample and the two evaluations run across pods: a stage's ``title`` and ``gpu_memory`` name its
+shard pods for sample (then a merge step) and its merge step and shard pods for evaluate / evaluate_sft (base
+and tuned shard pods, then the merge step that writes the evaluation folder).
 """
 
 from __future__ import annotations

@@ -3,6 +3,11 @@
     configure -> prepare -> sample (N shards in parallel) -> merge -> train -> evaluate -> register
                                             [exit handler: finish_run, FINISHED or FAILED]
 
+evaluate is sharded too: a loop over ``evaluation.shards`` (pipeline parameter ``eval_shards``) runs a base
+pod (the Expert alone: it does not wait for training) and a tuned pod (with the adapter) per shard, each
+scoring every n-th batch of every benchmark; one small step merges them into the evaluation folder (equal
+to one pod's), which ``log_stage``, ``register`` and the report read.
+
 ``method`` picks the branch (``dsl.If``): lightreasoner (the DAG above, the default), sft (the SFT
 baseline: rejection sampling + LoRA -> evaluate) or both (the two from the same prepared problems, then
 the efficiency report LightReasoner / SFT). Each finished stage is recorded in MLflow by its own small
@@ -138,7 +143,7 @@ def build_pipeline(image: str | None = None, kubernetes: bool = True, hf_cache_p
         finish = c.finish_run(config_yaml=p["config_yaml"], settings=settings,
                               kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         finish.set_display_name("end the MLflow run").set_caching_options(False)
-        pure, side, gpu = [], [], []  # tasks by kind, for the platform settings below
+        pure, side, gpu, small = [], [], [], []  # tasks by kind, for the platform settings below
         with dsl.ExitHandler(finish, name="lightreasoner-run"):
             conf = c.configure_run(config_yaml=p["config_yaml"], settings=settings, run_name=p["run_name"],
                                    kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
@@ -157,14 +162,40 @@ def build_pipeline(image: str | None = None, kubernetes: bool = True, hf_cache_p
             pure.append(prep)
             logged(prep, "prepare", "problems")
             problems = prep.outputs["problems"]
+            # The evaluation shards' indices (a task output: evaluation.shards is a setting of the config).
+            eval_shards = c.evaluation_shards(config=conf.outputs["evaluate"])
+            eval_shards.set_display_name("plan evaluation shards")
+            pure.append(eval_shards)
+            small.append(eval_shards)
+
+            def evaluation(stage: str, adapter, tuned_title: str, **extra):
+                """Stage 3 across pods: per shard a base pod and a tuned pod (``dsl.ParallelFor``; two loops,
+                so that the base pods need not wait for the adapter), then one merge step that writes the
+                evaluation folder."""
+                loop = stage.replace("_", "-")
+                with dsl.ParallelFor(items=eval_shards.output, name=f"{loop}-base-shards") as index:
+                    base = c.evaluate_shard(config=conf.outputs["evaluate"], shard_index=index,
+                                            shards=eval_shards.output, side="base")
+                    base.set_display_name("evaluate base shard")
+                with dsl.ParallelFor(items=eval_shards.output, name=f"{loop}-tuned-shards") as index:
+                    tuned = c.evaluate_shard(config=conf.outputs["evaluate"], shard_index=index,
+                                             shards=eval_shards.output, side="tuned", adapter=adapter)
+                    tuned.set_display_name(tuned_title)
+                merged_eval = c.merge_evaluation(config=conf.outputs["evaluate"],
+                                                 base=dsl.Collected(base.outputs["shard"]),
+                                                 tuned=dsl.Collected(tuned.outputs["shard"]), **extra)
+                merged_eval.set_display_name(S[stage].title)
+                pure.extend([base, tuned, merged_eval])
+                gpu.extend([(base, S[stage]), (tuned, S[stage])])
+                small.append(merged_eval)
+                return merged_eval
 
             def sft_branch():
                 baseline = c.sft_baseline(config=conf.outputs["sft"], problems=problems)
                 baseline.set_display_name(S["sft"].title)
-                scored_sft = c.evaluate(config=conf.outputs["evaluate"], adapter=baseline.outputs["adapter"])
-                scored_sft.set_display_name(S["evaluate_sft"].title)
-                pure.extend([baseline, scored_sft])
-                gpu.extend([(baseline, S["sft"]), (scored_sft, S["evaluate_sft"])])
+                scored_sft = evaluation("evaluate_sft", baseline.outputs["adapter"], "evaluate SFT shard")
+                pure.append(baseline)
+                gpu.append((baseline, S["sft"]))
                 logs = [logged(baseline, "sft", "adapter"), logged(scored_sft, "evaluate_sft", "evaluation")]
                 return baseline, scored_sft, logs
 
@@ -180,11 +211,9 @@ def build_pipeline(image: str | None = None, kubernetes: bool = True, hf_cache_p
                 samples = merged.outputs["samples"]
                 tuned = c.finetune_lora(config=conf.outputs["train"], samples=samples)
                 tuned.set_display_name(S["train"].title)
-                scored = c.evaluate(config=conf.outputs["evaluate"], adapter=tuned.outputs["adapter"],
-                                    samples=samples)
-                scored.set_display_name(S["evaluate"].title)
-                pure.extend([shard, merged, tuned, scored])
-                gpu.extend([(shard, S["sample"]), (tuned, S["train"]), (scored, S["evaluate"])])
+                scored = evaluation("evaluate", tuned.outputs["adapter"], "evaluate tuned shard", samples=samples)
+                pure.extend([shard, merged, tuned])
+                gpu.extend([(shard, S["sample"]), (tuned, S["train"])])
                 lr_logs = [logged(merged, "sample", "samples"), logged(tuned, "train", "adapter")]
                 log_eval = logged(scored, "evaluate", "evaluation")
                 reg = c.register_model(config=full, samples=samples, adapter=tuned.outputs["adapter"],
@@ -221,7 +250,7 @@ def build_pipeline(image: str | None = None, kubernetes: bool = True, hf_cache_p
                 _gpu(task, p, stage, cpu="8", hf_cache_pvc=hf_cache_pvc, timeouts=limits)
             for task in (*pure, *side, finish):
                 _secrets(task, p)
-            for task in (*side, finish, prep, merged):
+            for task in (*side, finish, prep, merged, *small):
                 _small(task)
             for task, stage in ((prep, "prepare"), (reg, "register"), (report, "report")):
                 _timeout(task, limits[stage])

@@ -226,6 +226,41 @@ def test_base_predictions_are_reused_from_the_cache(answering, tmp_path, monkeyp
 
 
 @pytest.mark.slow
+def test_sharded_benchmarks_merge_into_one_cache_entry_each(answering, tmp_path, monkeypatch):
+    from test_evaluation import _make_adapter
+
+    from lightreasoner import evaluation
+
+    bench_dir = write_benchmarks(tmp_path / "bench", ["gsm8k", "asdiv"])
+    cache = tmp_path / "cache"
+    adapter = _make_adapter(answering["four"], tmp_path / "adapter")
+    cfg = _config(answering["four"], bench_dir, ["gsm8k", "asdiv"], tmp_path,
+                  **{"evaluation.prediction_cache": cache, "evaluation.batch_size": 1})
+    dirs = [tmp_path / f"{side}-{i}" for i in range(2) for side in ("base", "tuned")]
+    for folder in dirs:
+        side, index = folder.name.split("-")
+        evaluation.evaluate_shard(cfg, None, adapter if side == "tuned" else None, folder, (int(index), 2),
+                                  sides=(side,), progress=False)
+    merged = evaluation.merge_evaluation(dirs, tmp_path / "merged", config=cfg)
+    assert list(merged.metrics["benchmarks"]) == ["gsm8k", "asdiv"] and merged.metrics["average"]["n"] == 4
+    assert (tmp_path / "merged" / "benchmarks.csv").is_file() and (tmp_path / "merged" / "benchmark_deltas.png").is_file()
+    # The slices' entries, and one per benchmark written by the merge: what a single pod reads.
+    calls = []
+    real = evaluation.generate_completions
+    monkeypatch.setattr(evaluation, "generate_completions", lambda *a, **k: calls.append(1) or real(*a, **k))
+    single = evaluation.evaluate(cfg, None, adapter, tmp_path / "single", progress=False)
+    assert single.manifest["base_from_cache"] == {"gsm8k": True, "asdiv": True}
+    assert single.metrics == {**merged.metrics, "benchmarks": single.metrics["benchmarks"]}
+    for name in ("gsm8k", "asdiv"):
+        assert single.metrics["benchmarks"][name] == {**merged.metrics["benchmarks"][name], "base_from_cache": True}
+    assert len(calls) == 2  # the tuned side of each benchmark; the base came from the cache
+    # Another shard count reads its slices from the whole benchmark's entry.
+    calls.clear()
+    again = evaluation.evaluate_shard(cfg, None, None, tmp_path / "again", (0, 3), progress=False)
+    assert again["base_from_cache"] == {"gsm8k": True, "asdiv": True} and calls == []
+
+
+@pytest.mark.slow
 def test_protocol_stops_at_every_chat_end_token():
     import torch
     from conftest import build_model

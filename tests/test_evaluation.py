@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -412,6 +413,27 @@ def test_cli_evaluate(tiny_models, adapters, tmp_path, capsys):
     assert metrics["n"] == 3 and not math.isnan(metrics["delta"])
 
 
+def test_cli_evaluate_shards_and_merge(tiny_models, adapters, tmp_path, capsys):
+    from lightreasoner.cli import main
+
+    args = ["--set", "evaluation.max_new_tokens=8", "--set", "evaluation.bootstrap_samples=200", "--set",
+            "evaluation.batch_size=1", "--set", "tracking.enabled=false", "--model", str(tiny_models["llama"]),
+            "--limit", "3"]
+    adapter = ["--adapter", str(adapters["llama_training"])]
+    for index in range(2):
+        assert main(["evaluate", *args, *adapter, "--output", str(tmp_path / f"s{index}"), "--shard", f"{index}/2"]) == 0
+    assert "shard=1/2 sides=base,tuned problems=1 " in capsys.readouterr().out
+    assert main(["evaluate-merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--output", str(tmp_path / "m")]) == 0
+    assert "n=3 " in capsys.readouterr().out
+    assert json.loads((tmp_path / "m" / "manifest.json").read_text())["shards"] == 2
+    for argv, message in ((["--side", "base"], "error: --side: only with --shard I/N"),
+                          (["--shard", "2/2"], "error: --shard 2/2: expected I/N with 0 <= I < N"),
+                          (["--shard", "0/2", "--side", "tuned"], "error: --side tuned: needs --adapter")):
+        assert main(["evaluate", *args, "--output", str(tmp_path / "bad"), *argv]) == 2
+        assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")] == [message]
+    assert not (tmp_path / "bad" / "manifest.json").exists()
+
+
 def test_answers_changed_counts_different_extracted_answers():
     from lightreasoner.evaluation import Prediction, answers_changed
 
@@ -421,3 +443,59 @@ def test_answers_changed_counts_different_extracted_answers():
     base = [pred("a", "3"), pred("b", "5"), pred("c", None), pred("d", "7")]
     tuned = [pred("a", "3"), pred("b", "6"), pred("c", "2"), pred("d", "7")]
     assert answers_changed(base, tuned) == 2 and answers_changed(base, None) is None
+
+
+# --- sharded evaluation (the pipeline's pods) ------------------------------------------------------
+
+
+def test_sharded_evaluation_merges_to_the_single_pod_run(tiny_models, adapters, tmp_path):
+    from lightreasoner.evaluation import evaluate_shard, merge_evaluation
+
+    # 7 problems in batches of 2: 4 batches, so 2 shards hold 2 batches each and 3 shards 2, 1 and 1.
+    cfg = _config(tiny_models, **{"evaluation.data.limit": 7, "evaluation.batch_size": 2})
+    adapter = adapters["llama_training"]
+    single = evaluate(cfg, None, adapter, tmp_path / "single", progress=False)
+    assert len({p.output for p in single.predictions_tuned}) > 1  # outputs that differ: a real comparison
+    # The pipeline's layout: base and tuned in separate pods, 2 shards.
+    dirs = []
+    for index in range(2):
+        for side in ("base", "tuned"):
+            dirs.append(tmp_path / f"{side}-{index}")
+            manifest = evaluate_shard(cfg, None, adapter if side == "tuned" else None, dirs[-1], (index, 2),
+                                      sides=(side,), progress=False)
+            assert manifest["stage"] == "evaluate-shard" and manifest["problems"] == {"data": 4 - index}
+    merged = merge_evaluation(list(reversed(dirs)), tmp_path / "merged", config=cfg)
+    assert merged.metrics == single.metrics
+    for name in ("predictions_base.parquet", "predictions_tuned.parquet"):
+        assert pq.read_table(tmp_path / "merged" / name).equals(pq.read_table(tmp_path / "single" / name)), name
+    before, after = single.manifest, merged.manifest
+    for key in ("stage", "config", "expert", "adapter", "protocol", "benchmarks", "metrics", "files"):
+        assert after[key] == before[key], key
+    assert after["shards"] == 2 and after["timing"]["tuned_tokens"] == before["timing"]["tuned_tokens"]
+    # Both sides in one pod per shard (`lightreasoner evaluate --shard I/N`), 3 shards: the same again.
+    three = [tmp_path / f"both-{i}" for i in range(3)]
+    for index, folder in enumerate(three):
+        evaluate_shard(cfg, None, adapter, folder, (index, 3), progress=False)
+    assert merge_evaluation(three, tmp_path / "merged-3").metrics == single.metrics
+
+    # A missing shard, a folder that is no shard, shards of another config: one line, nothing written.
+    other = tmp_path / "other"
+    evaluate_shard(_config(tiny_models, **{"evaluation.data.limit": 7, "evaluation.batch_size": 2,
+                                           "evaluation.seed": 1}), None, None, other, (1, 2), progress=False)
+    cases = [(dirs[:3], "tuned predictions cover shards [0], expected 0..1 once each"),
+             ([*dirs, tmp_path / "single"], "belongs to stage 'evaluate', not to stage 'evaluate-shard'"),
+             ([dirs[0], other], "evaluated with different configs"),
+             ([tmp_path / "nothing"], "missing manifest.json (not a finished evaluation shard)"),
+             ([dirs[0], dirs[2], three[0]], "base predictions cover shards [0, 0, 1], expected 0..1")]
+    for folders, message in cases:
+        out = tmp_path / "refused"
+        with pytest.raises(LightReasonerError, match=re.escape(message)) as excinfo:
+            merge_evaluation(folders, out)
+        _assert_refused(excinfo, out)
+    with pytest.raises(LightReasonerError, match="evaluated with another config"):
+        merge_evaluation(dirs, tmp_path / "refused", config=_config(tiny_models))
+    with pytest.raises(LightReasonerError, match=re.escape("--shard 2/2: expected I/N with 0 <= I < N")):
+        evaluate_shard(cfg, None, None, tmp_path / "bad", (2, 2), progress=False)
+    with pytest.raises(LightReasonerError, match="--side tuned: needs --adapter"):
+        evaluate_shard(cfg, None, None, tmp_path / "bad", (0, 2), sides=("tuned",), progress=False)
+    assert not (tmp_path / "bad").exists()

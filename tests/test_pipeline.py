@@ -44,17 +44,24 @@ def branch_tasks(ir):
     return tasks
 
 
-PURE = {"prepare-data", "sample-contrastive", "merge-samples", "finetune-lora", "evaluate", "evaluate-2",
-        "evaluate-3", "sft-baseline", "sft-baseline-2"}
+PURE = {"prepare-data", "sample-contrastive", "merge-samples", "finetune-lora", "evaluation-shards",
+        *(f"evaluate-shard{s}" for s in ("", "-2", "-3", "-4", "-5", "-6")), "merge-evaluation", "merge-evaluation-2",
+        "merge-evaluation-3", "sft-baseline", "sft-baseline-2"}
 
 
 def test_stages_parameters_and_defaults(spec):
     _, ir, _ = spec
     tasks = branch_tasks(ir)
-    assert {"configure-run", "prepare-data", "merge-samples", "finetune-lora", "evaluate", "register-model",
-            "finish-run", "sample-contrastive", "efficiency-report", "log-stage"} <= set(tasks)
-    loop = next(t for name, t in tasks.items() if name.startswith("for-loop"))
-    assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--sampling_shards"
+    assert {"configure-run", "prepare-data", "merge-samples", "finetune-lora", "evaluate-shard", "merge-evaluation",
+            "register-model", "finish-run", "sample-contrastive", "efficiency-report", "log-stage"} <= set(tasks)
+    loops = {t["taskInfo"]["name"]: t for name, t in tasks.items() if name.startswith("for-loop")}
+    assert loops["sampling-shards"]["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--sampling_shards"
+    # Evaluation: base and tuned pods per shard of evaluation.shards; the base pods do not wait for training.
+    for name in ("evaluate-base-shards", "evaluate-tuned-shards", "evaluate-sft-base-shards"):
+        items = loops[name]["parameterIterator"]["items"]["inputParameter"]
+        assert items == "pipelinechannel--evaluation-shards-Output", name
+    assert "dependentTasks" not in loops["evaluate-base-shards"]
+    assert loops["evaluate-tuned-shards"]["dependentTasks"] == ["finetune-lora"]
     params = ir["root"]["inputDefinitions"]["parameters"]
     assert set(params) == {p.name for p in parameters.table()}
     defaults = {k: v.get("defaultValue") for k, v in params.items()}
@@ -194,7 +201,7 @@ def test_compile_without_output_writes_the_build_folder_not_the_committed_file(t
 def test_model_cache_pvc_is_mounted_on_every_gpu_step(tmp_path):
     path = compile_pipeline(tmp_path / "p.yaml", hf_cache_pvc="hf-models")
     platform = list(yaml.safe_load_all(path.read_text()))[1]["platforms"]["kubernetes"]["deploymentSpec"]
-    for stage in ("sample-contrastive", "finetune-lora", "evaluate", "sft-baseline"):
+    for stage in ("sample-contrastive", "finetune-lora", "evaluate-shard", "evaluate-shard-2", "sft-baseline"):
         executor = platform["executors"][f"exec-{stage}"]
         assert executor["pvcMount"][0]["mountPath"] == "/cache/huggingface"
         assert "emptyDirMounts" not in executor
@@ -204,11 +211,12 @@ def test_model_cache_pvc_is_mounted_on_every_gpu_step(tmp_path):
 def test_gpu_stages_request_accelerators_and_secrets_are_env(spec):
     _, ir, platform = spec
     executors = ir["deploymentSpec"]["executors"]
-    for stage in ("sample-contrastive", "finetune-lora", "evaluate"):
+    for stage in ("sample-contrastive", "finetune-lora", "evaluate-shard", "evaluate-shard-2"):
         res = executors[f"exec-{stage}"]["container"]["resources"]
         assert res["accelerator"]["resourceCount"] == "1" and "gpu" in res["accelerator"]["resourceType"]
         assert res["memoryLimit"] and res["cpuLimit"]
-    assert "accelerator" not in executors["exec-prepare-data"]["container"].get("resources", {})
+    for stage in ("prepare-data", "evaluation-shards", "merge-evaluation"):
+        assert "accelerator" not in executors[f"exec-{stage}"]["container"].get("resources", {}), stage
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     sample = k8s["exec-sample-contrastive"]
     assert sample["nodeSelector"]["nodeSelectorJson"] and sample["tolerations"]

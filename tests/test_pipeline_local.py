@@ -53,9 +53,9 @@ def check_run(run, method: str, uri: str, experiment: str, shards: int) -> None:
         assert manifest["config"]["sampling"]["max_new_tokens"] == 128  # the paper's default
         train = json.loads((out["finetune-lora/adapter"] / "manifest.json").read_text())
         assert train["config"]["training"]["learning_rate"] == 5e-5 and train["steps"] >= 1
-        metrics = json.loads((out["evaluate/evaluation"] / "metrics.json").read_text())
+        metrics = json.loads((out["merge-evaluation/evaluation"] / "metrics.json").read_text())
         assert metrics["n"] == 16 and metrics["accuracy_tuned"] is not None
-        page = (run.root / "evaluate" / "summary").read_text()
+        page = (run.root / "merge-evaluation" / "summary").read_text()
         assert "accuracy tuned" in page and "data:image/png;base64," in page and "KL histogram" in page
     if method != "lightreasoner":
         sft_adapter = next(path for name, path in out.items() if name.startswith("sft-baseline") and
@@ -101,18 +101,28 @@ def test_failed_stage_marks_the_parent_run_failed(tiny_models, tmp_path):
 
 
 def test_changing_an_evaluation_setting_keeps_the_sampling_cache(tiny_models, tmp_path):
+    """The second run evaluates across 2 shards (base and tuned pods per shard, then the merge): the same
+    evaluation as the first run's single shard. 4 problems per batch: each shard holds 2 of the 4 batches."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     work = tmp_path / "work"
-    first = run_local(None, work, shards=1, cache=True, params=names(tiny_models, uri, "kfp-cache", **SHORT))
+    first = run_local(None, work, shards=1, cache=True,
+                      params=names(tiny_models, uri, "kfp-cache", eval_batch_size="4", **SHORT))
     check_run(first, "lightreasoner", uri, "kfp-cache", shards=1)
     second = run_local(None, work, shards=1, cache=True,
-                       params=names(tiny_models, uri, "kfp-cache", eval_max_new_tokens=24, **SHORT))
-    # prepare, sampling, merge and training came from the cache; evaluation ran again.
+                       params=names(tiny_models, uri, "kfp-cache", eval_batch_size="4", eval_shards=2, **SHORT))
+    # prepare, sampling, merge and training came from the cache; evaluation ran again, in 2 + 2 pods.
     assert not {"prepare-data/problems", "sample-contrastive/shard", "merge-samples/samples",
                 "finetune-lora/adapter"} & set(second.outputs)
-    assert "evaluate/evaluation" in second.outputs
-    metrics = json.loads((second.outputs["evaluate/evaluation"] / "manifest.json").read_text())
-    assert metrics["config"]["evaluation"]["max_new_tokens"] == 24
+    pods = sorted(name.split("/")[1] for name in second.outputs if name.startswith("for-loop"))
+    assert pods == ["evaluate-shard", "evaluate-shard", "evaluate-shard-2", "evaluate-shard-2"]
+    one, two = first.outputs["merge-evaluation/evaluation"], second.outputs["merge-evaluation/evaluation"]
+    manifest = json.loads((two / "manifest.json").read_text())
+    assert manifest["config"]["evaluation"]["shards"] == 2 and manifest["shards"] == 2
+    assert json.loads((one / "manifest.json").read_text())["shards"] == 1
+    metrics = [json.loads((folder / "metrics.json").read_text()) for folder in (one, two)]
+    assert metrics[0]["n"] == 16 and {**metrics[0], "adapter": None} == {**metrics[1], "adapter": None}
+    for name in ("predictions_base.parquet", "predictions_tuned.parquet"):
+        assert pq.read_table(one / name).equals(pq.read_table(two / name)), name
     _, parents, _ = runs_of(uri, "kfp-cache")
     assert len(parents) == 2 and {p.info.status for p in parents} == {"FINISHED"}
     assert len(MlflowClient(uri).search_model_versions("name='kfp-cache'")) == 2

@@ -180,12 +180,12 @@ def test_pipeline_has_the_method_parameter_and_the_sft_branch(tmp_path):
     conditions = {t["triggerPolicy"]["condition"]: name for name, t in root.items() if "triggerPolicy" in t}
     assert any("== 'sft'" in c for c in conditions) and any("!= 'sft'" in c for c in conditions)
     sft_only = tasks_of(root[next(n for c, n in conditions.items() if "== 'sft'" in c)]["componentRef"]["name"])
-    assert {"sft-baseline", "evaluate"} <= {n.rstrip("-0123456789") for n in sft_only}
+    assert {"sft-baseline", "merge-evaluation"} <= {n.rstrip("-0123456789") for n in sft_only}
     lr = tasks_of(root[next(n for c, n in conditions.items() if "!= 'sft'" in c)]["componentRef"]["name"])
-    assert {"merge-samples", "finetune-lora", "evaluate", "register-model"} <= set(lr)
+    assert {"merge-samples", "finetune-lora", "merge-evaluation", "register-model"} <= set(lr)
     both = next(t for t in lr.values() if "== 'both'" in t.get("triggerPolicy", {}).get("condition", ""))
     inner = {n.rstrip("-0123456789") for n in tasks_of(both["componentRef"]["name"])}
-    assert {"sft-baseline", "evaluate", "efficiency-report"} <= inner
+    assert {"sft-baseline", "merge-evaluation", "efficiency-report"} <= inner
 
 
 @pytest.mark.slow
