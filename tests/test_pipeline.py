@@ -125,9 +125,27 @@ def kubernetes_executors(platform) -> dict:
 
 # The executors of the pipeline's tasks -> the stage (or stages.STEP) whose timeout bounds them.
 EXECUTOR_STAGE = {"exec-prepare-data": "prepare", "exec-sample-contrastive": "sample", "exec-finetune-lora": "train",
-                  "exec-evaluate": "evaluate", "exec-register-model": "register", "exec-sft-baseline": "sft",
-                  "exec-evaluate-2": "evaluate_sft", "exec-sft-baseline-2": "sft", "exec-evaluate-3": "evaluate_sft",
+                  "exec-register-model": "register", "exec-sft-baseline": "sft", "exec-sft-baseline-2": "sft",
                   "exec-efficiency-report": "report"}
+
+
+def executor_stages(ir) -> dict[str, str]:
+    """Executor -> stage for the table above plus the evaluation shard pods, whose stage (evaluate or
+    evaluate_sft) is read from the loop that holds them (``evaluate-base-shards``, ``evaluate-sft-...``)."""
+    out = dict(EXECUTOR_STAGE)
+    components = ir["components"]
+
+    def walk(dag: dict, loop: str) -> None:
+        for task in dag.get("tasks", {}).values():
+            comp = components[task["componentRef"]["name"]]
+            if "dag" in comp:
+                name = task["taskInfo"]["name"]
+                walk(comp["dag"], name if name.endswith("-shards") else loop)
+            elif comp.get("executorLabel", "").startswith("exec-evaluate-shard"):
+                out[comp["executorLabel"]] = "evaluate_sft" if loop.startswith("evaluate-sft") else "evaluate"
+
+    walk(ir["root"]["dag"], "")
+    return out
 
 
 def test_every_step_has_a_timeout_from_the_stage_table(spec):
@@ -135,9 +153,11 @@ def test_every_step_has_a_timeout_from_the_stage_table(spec):
     k8s = kubernetes_executors(platform)
     assert set(k8s) == set(ir["deploymentSpec"]["executors"])  # every executor has platform settings
     limits = stages.timeouts()
+    by_stage = executor_stages(ir)
+    assert {by_stage[n] for n in by_stage if n.startswith("exec-evaluate-shard")} == {"evaluate", "evaluate_sft"}
     for name, executor in k8s.items():
         seconds = int(executor.get("activeDeadlineSeconds", 0))
-        assert seconds == limits[EXECUTOR_STAGE.get(name, stages.STEP)], name
+        assert seconds == limits[by_stage.get(name, stages.STEP)], name
     # The bookkeeping steps are bounded too, and short.
     for name in ("exec-configure-run", "exec-log-stage", "exec-finish-run", "exec-merge-samples"):
         assert int(k8s[name]["activeDeadlineSeconds"]) == stages.STEP_TIMEOUT <= 3600
@@ -149,7 +169,7 @@ def test_step_timeouts_are_compile_options(tmp_path, capsys):
     k8s = kubernetes_executors(list(yaml.safe_load_all(path.read_text()))[1])
     assert k8s["exec-finetune-lora"]["activeDeadlineSeconds"] == str(12 * 3600)
     assert k8s["exec-configure-run"]["activeDeadlineSeconds"] == "600"
-    assert k8s["exec-evaluate"]["activeDeadlineSeconds"] == str(stages.STAGES["evaluate"].timeout)
+    assert k8s["exec-evaluate-shard"]["activeDeadlineSeconds"] == str(stages.STAGES["evaluate"].timeout)
     # The same through the CLI, with durations.
     out = tmp_path / "cli.yaml"
     assert main(["pipeline", "compile", "-o", str(out), "--step-timeout", "train=12h",
