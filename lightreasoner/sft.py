@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,7 @@ from .training import (
     ADAPTER,
     CHECKPOINTS,
     TOKENIZER,
+    TrainingDiverged,
     TrainResult,
     Trajectory,
     build_examples,
@@ -244,7 +246,15 @@ def sft(config: Config, output: str | Path, *, problems: list[Problem] | None = 
     completion_tokens = sum(len(t.completion) for t in trajectories)
     log.info("SFT on %d kept solutions of %d problems (%d completion tokens)", len(trajectories), kept_problems,
              completion_tokens)
-    fit = fit_lora(config, model, examples, out, device, pad, progress=progress)
+    try:
+        fit = fit_lora(config, model, examples, out, device, pad, progress=progress)
+    except TrainingDiverged:
+        for path in list(out.iterdir()):  # the folder was empty when claimed: leave it so for the rerun
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        raise
     save_outputs(model, tokenizer, out)
 
 

@@ -727,3 +727,126 @@ def test_s3_output_lock_holds_across_machines(tiny_models, aws_env, tmp_path, mo
     assert done.returncode == 0, done.stderr
     keys = aws_env.keys(f"{prefix}/samples/")
     assert f"{prefix}/samples/manifest.json" in keys and not any("_work" in k for k in keys)
+
+
+# --- (j) issue 24: non-finite settings and training, disk full in a checkpoint, inputs need manifests ----
+
+
+DIVERGE = "training.learning_rate=1e38"  # finite (the config accepts it), but the weights overflow at once
+
+
+@pytest.mark.slow
+def test_24_non_finite_loss_stops_training_in_one_line(tiny_models, cli_samples, full_training, tmp_path,
+                                                       capsys):
+    out = tmp_path / "train"
+    args = ["train", *common(tiny_models, *TRAIN), "--samples", str(cli_samples), "--output", str(out)]
+    assert main([*args, "--set", DIVERGE]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert "training diverged at update 2: the loss is nan" in line and "learning_rate (now 1e+38)" in line, line
+    assert not out.exists()  # no checkpoint, no adapter, no state: nothing to register, nothing in the way
+    assert main([*args, "--set", DIVERGE, "--set", "training.max_grad_norm=0", "--resume"]) == 2
+    assert "or clip gradients with training.max_grad_norm (now 0: off)" in one_line_error(capsys.readouterr().err)
+    assert not out.exists()
+    assert main(args) == 0  # the corrected rerun: no --overwrite, nothing refused
+    assert same_adapter(out, full_training)
+
+
+def test_24_non_finite_gradient_norm_stops_before_the_update(tmp_path):
+    import torch
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from lightreasoner.training import TrainingDiverged, trainer_classes
+
+    trainer_cls, _, _ = trainer_classes()
+    model = torch.nn.Linear(2, 2)
+    model.weight.grad = torch.tensor([[1.0, float("inf")], [0.0, 0.0]])
+    state = TrainerState()
+    state.global_step = 4
+    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=0.5, max_grad_norm=1.0, report_to="none")
+    with pytest.raises(TrainingDiverged, match=r"at update 5: the gradient norm is (inf|nan) .*learning_rate "
+                                                r"\(now 0\.5\); nothing was kept$"):
+        trainer_cls.FiniteGradientsCallback().on_pre_optimizer_step(args, state, TrainerControl(), model=model)
+    model.weight.grad = torch.ones(2, 2)
+    trainer_cls.FiniteGradientsCallback().on_pre_optimizer_step(args, state, TrainerControl(), model=model)
+
+
+def test_24_epochs_inf_is_refused_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "train"
+    for setting in ("training.epochs=inf", "training.learning_rate=inf", "registry.min_delta=nan"):
+        assert main(["train", "--set", setting, "--samples", str(tmp_path / "no-samples"), "--output", str(out)]) == 2
+        line = one_line_error(capsys.readouterr().err)
+        assert f"{setting.split('=')[0]}: " in line and "must be a finite number" in line, line
+        assert not out.exists()
+
+
+def test_24_a_crash_before_the_first_checkpoint_never_blocks_the_corrected_rerun(tmp_path):
+    """A run of another config that died before its first complete checkpoint (its state file and a torn
+    checkpoint): the corrected rerun replaces it, no --overwrite (train has none) and no --resume needed."""
+    from lightreasoner.training import CHECKPOINTS, STATE, _prepare_output
+
+    out = tmp_path / "train"
+    (out / CHECKPOINTS / "checkpoint-2").mkdir(parents=True)
+    (out / CHECKPOINTS / "checkpoint-2" / "adapter_model.safetensors").write_bytes(b"torn")
+    (out / STATE).write_text(json.dumps({"fingerprint": "0" * 64}))
+    for resume in (False, True):
+        claim = _prepare_output(out, "1" * 64, resume)
+        assert claim.clear and not claim.resume and claim.finished is None
+    # a complete checkpoint is work worth keeping: another config is still refused (choose another folder)
+    (out / CHECKPOINTS / "checkpoint-2" / "lightreasoner-counters.json").write_text("{}")
+    (out / CHECKPOINTS / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    with pytest.raises(LightReasonerError, match="holds training work of a different config"):
+        _prepare_output(out, "1" * 64, True)
+    assert _prepare_output(out, "0" * 64, True).resume
+    # anything else in the folder is not ours to delete
+    (out / CHECKPOINTS / "checkpoint-2" / "trainer_state.json").unlink()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(LightReasonerError, match="not empty and holds no training output"):
+        _prepare_output(out, "1" * 64, False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("limit", [6000, 20000], ids=["safetensors", "torch.save"])
+def test_24_disk_full_inside_a_checkpoint_is_one_line_and_resume_completes(tiny_models, cli_samples, full_training,
+                                                                           tmp_path, limit):
+    """A file may not grow past ``limit`` bytes (RLIMIT_FSIZE: EFBIG like a full disk): the first checkpoint's
+    adapter_model.safetensors (6000) or optimizer.pt (20000) cannot be written. One line, no traceback, the
+    torn checkpoint removed; ``--resume`` then trains to the same adapter."""
+    out = tmp_path / "train"
+    args = ["train", *common(tiny_models, *TRAIN), "--samples", cli_samples, "--output", out]
+    full = run_cli(args, max_file_bytes=limit)
+    line = one_line_error(full)
+    assert full.returncode == 2 and f"{out}/checkpoints/checkpoint-2" in line and "File too large" in line, line
+    assert "free some space and rerun" in line and not (out / "checkpoints" / "checkpoint-2").exists()
+    assert not (out / "manifest.json").exists() and not (out / "adapter").exists()
+    done = run_cli([*args, "--resume"])
+    assert done.returncode == 0, done.stderr
+    assert same_adapter(out, full_training)
+
+
+@contextmanager
+def small_tmpfs(folder: Path, size: str):
+    """A tmpfs of ``size`` mounted at ``folder`` (root only; skipped where mounting is not allowed)."""
+    folder.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield lambda bigger: subprocess.run(["mount", "-o", f"remount,size={bigger}", str(folder)], check=True)
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_24_disk_full_on_a_120k_tmpfs_then_resume_after_freeing_space(tiny_models, cli_samples, full_training,
+                                                                      tmp_path):
+    with small_tmpfs(tmp_path / "disk", "120k") as grow:
+        out = tmp_path / "disk" / "train"
+        args = ["train", *common(tiny_models, *TRAIN), "--samples", cli_samples, "--output", out]
+        full = run_cli(args)
+        line = one_line_error(full)
+        assert full.returncode == 2 and "No space left on device" in line and str(out) in line, line
+        assert not (out / "manifest.json").exists() and not (out / "adapter").exists()
+        grow("4m")  # space freed
+        done = run_cli([*args, "--resume"])
+        assert done.returncode == 0, done.stderr
+        assert same_adapter(out, full_training)
