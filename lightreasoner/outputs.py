@@ -131,6 +131,40 @@ def read_manifest(folder: str | Path, what: str = "samples") -> dict[str, Any]:
     return read_json(Path(folder) / MANIFEST, what)
 
 
+# The outputs a stage takes as input: kind -> (the stages that write it, what it is called).
+INPUTS = {
+    "samples": (("sample",), "samples"),
+    "training": (("train", "sft"), "a training output"),
+    "evaluation": (("evaluate",), "an evaluation"),
+}
+
+
+def read_input(folder: str | Path, kind: str, given: str | Path | None = None) -> dict[str, Any]:
+    """The one check of every stage input (samples, a training or SFT output, an evaluation): a folder is
+    taken only with its manifest, which its stage writes last, so an output a kill or a failure interrupted
+    (data files there, the manifest never written) is refused in one line, as are a damaged manifest and
+    the output of another stage. Returns the manifest. ``given``: what the user passed (an s3:// URI), named
+    in messages instead of the local ``folder``."""
+    stages, noun = INPUTS[kind]
+    commands = " or ".join(f"`{stage}`" for stage in stages)
+    folder = Path(folder)
+    shown = given if given is not None else folder
+    if not folder.is_dir():
+        raise LightReasonerError(f"{shown}: {kind} folder not found")
+    if not (folder / MANIFEST).is_file():
+        raise LightReasonerError(f"{shown}: missing {MANIFEST} (not a finished {kind} folder: {commands} did not "
+                                 "finish it; run it again)")
+    try:
+        manifest = read_json(folder / MANIFEST, kind)
+    except LightReasonerError as exc:
+        raise LightReasonerError(str(exc).replace(str(folder), str(shown), 1)) from exc
+    stage = manifest.get("stage", stages[0])
+    if stage not in stages:
+        raise LightReasonerError(f"{shown}: holds the output of stage {stage!r}, not {noun} (give the folder "
+                                 f"written by {commands})")
+    return manifest
+
+
 def library_versions(*extra: str) -> dict[str, str]:
     """Versions of the libraries whose behaviour a manifest depends on (plus the ``extra`` packages)."""
     from importlib.metadata import PackageNotFoundError, version

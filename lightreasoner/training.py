@@ -43,7 +43,7 @@ from .outputs import (
     claim_output,
     library_versions,
     prepare_output,
-    read_manifest,
+    read_input,
     sha256_file,
     write_json_atomic,
     writing,
@@ -147,15 +147,10 @@ def _read_table(path: Path, schema: pa.Schema, fields: tuple[str, ...]) -> pa.Ta
 def load_samples(folder: str | Path) -> Samples:
     """Read and validate a samples folder (stage 1's output contract); raises one-line errors."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise LightReasonerError(f"{folder}: samples folder not found")
-    for name in (TRAJECTORIES, SAMPLES, MANIFEST):
+    manifest = read_input(folder, "samples")
+    for name in (TRAJECTORIES, SAMPLES):
         if not (folder / name).is_file():
             raise LightReasonerError(f"{folder}: missing {name} (not a finished samples folder)")
-    manifest = read_manifest(folder)
-    if manifest.get("stage", "sample") != "sample":
-        raise LightReasonerError(f"{folder}: holds the output of stage {manifest.get('stage')!r}, not samples "
-                                 "(give the folder written by `sample`)")
     recorded = manifest.get("sha256") or {}
     sha = {}
     for name in (TRAJECTORIES, SAMPLES):

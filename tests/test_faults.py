@@ -850,3 +850,72 @@ def test_24_disk_full_on_a_120k_tmpfs_then_resume_after_freeing_space(tiny_model
         done = run_cli([*args, "--resume"])
         assert done.returncode == 0, done.stderr
         assert same_adapter(out, full_training)
+
+
+def _reader_cases(tmp_path):
+    """(kind, a finished output folder of that kind, a function that reads it as a stage input)."""
+    from lightreasoner.adapters import resolve_adapter
+    from lightreasoner.training import load_samples
+
+    cfg = make_config(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    samples, training, evaluation = fabricate(tmp_path, cfg, "in")
+    return [
+        ("samples", samples, lambda folder: load_samples(folder)),
+        ("samples", samples, lambda folder: registry.register(cfg, training, evaluation, folder)),
+        ("training", training, lambda folder: registry.register(cfg, folder, evaluation, samples)),
+        ("training", training, lambda folder: resolve_adapter(folder)),
+        ("evaluation", evaluation, lambda folder: registry.register(cfg, training, folder, samples)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(5), ids=["sample>train", "sample>register", "train>register",
+                                                "train>evaluate", "evaluate>register"])
+@pytest.mark.parametrize("damage, message", [
+    ("absent", "missing manifest.json (not a finished {kind} folder"),
+    ("torn", "manifest.json: not valid JSON"),
+    ("other-stage", "holds the output of stage 'prepare', not"),
+])
+def test_24_every_stage_input_needs_its_manifest(tmp_path, case, damage, message):
+    """One check (outputs.read_input) for every input a stage reads: an output whose manifest was never
+    written (the stage was killed before its last write), is torn, or belongs to another stage is refused in
+    one line, before anything is created (no MLflow experiment)."""
+    kind, folder, read = _reader_cases(tmp_path)[case]
+    manifest = folder / "manifest.json"
+    if damage == "absent":
+        manifest.unlink()
+    elif damage == "torn":
+        manifest.write_text('{"stage": ')
+    else:
+        manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "stage": "prepare"}))
+    with pytest.raises(LightReasonerError) as err:
+        read(folder)
+    line = str(err.value)
+    assert message.format(kind=kind) in line and str(folder) in line and "\n" not in line, line
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_24_register_refuses_an_evaluation_killed_inside_its_manifest_write(tiny_models, tmp_path, capsys):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    adapter = tmp_path / "adapter"
+    base = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
+    get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])).save_pretrained(adapter)
+    out = tmp_path / "eval"
+    args = ["evaluate", *common(tiny_models, "evaluation.max_new_tokens=4", "evaluation.data.limit=2",
+                                "evaluation.bootstrap_samples=100"), "--adapter", adapter, "--output", out]
+    # evaluate writes metrics.json, then manifest.json last (atomically): killed at that last write
+    killed = kill_at_call(args, "lightreasoner.evaluation:write_json_atomic", nth=2)
+    assert killed.killed, killed.stderr
+    assert (out / "metrics.json").is_file() and not (out / "manifest.json").exists()
+    cfg = make_config(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    samples = make_samples(tmp_path / "samples", cfg)
+    training = make_training(tmp_path / "train", cfg, samples)
+    assert main(["register", "--set", f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "--training",
+                 str(training), "--evaluation", str(out), "--samples", str(samples)]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert str(out) in line and "missing manifest.json (not a finished evaluation folder" in line, line
+    assert not (tmp_path / "mlflow.db").exists()
+    # the rerun of evaluate (always redone in place) completes it
+    assert run_cli(args).returncode == 0 and json.loads((out / "manifest.json").read_text())["stage"] == "evaluate"
