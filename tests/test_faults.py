@@ -919,3 +919,23 @@ def test_24_register_refuses_an_evaluation_killed_inside_its_manifest_write(tiny
     assert not (tmp_path / "mlflow.db").exists()
     # the rerun of evaluate (always redone in place) completes it
     assert run_cli(args).returncode == 0 and json.loads((out / "manifest.json").read_text())["stage"] == "evaluate"
+
+
+def test_24_sft_stops_on_a_non_finite_loss_and_leaves_its_folder_empty(tiny_models, tmp_path, monkeypatch):
+    from test_sft import fake_sampler, sft_config
+
+    from lightreasoner import sft as sft_module
+    from lightreasoner.data import load_problems
+    from lightreasoner.models import load_tokenizer
+    from lightreasoner.training import TrainingDiverged
+
+    cfg = sft_config(tiny_models, **{"training.learning_rate": 1e38, "training.max_steps": 3})
+    problems = load_problems(cfg.data)
+    right = {(i, k) for i in range(4) for k in range(3)}
+    monkeypatch.setattr(sft_module, "sample_completions", fake_sampler(problems, load_tokenizer(cfg.expert), right))
+    out = tmp_path / "sft"
+    with pytest.raises(TrainingDiverged, match="training diverged at update 2: the loss is nan") as err:
+        sft_module.sft(cfg, out, problems=problems, progress=False)
+    assert "\n" not in str(err.value) and not any(out.iterdir())  # solutions, checkpoints: all gone
+    cfg.training.learning_rate = 5e-5  # the corrected rerun into the same folder
+    assert sft_module.sft(cfg, out, problems=problems, progress=False).manifest["steps"] == 3
