@@ -939,3 +939,31 @@ def test_24_sft_stops_on_a_non_finite_loss_and_leaves_its_folder_empty(tiny_mode
     assert "\n" not in str(err.value) and not any(out.iterdir())  # solutions, checkpoints: all gone
     cfg.training.learning_rate = 5e-5  # the corrected rerun into the same folder
     assert sft_module.sft(cfg, out, problems=problems, progress=False).manifest["steps"] == 3
+
+
+def test_24_one_error_path_for_every_failed_write(tmp_path, monkeypatch):
+    """outputs.writing: whatever library failed to write (OSError, safetensors, torch.save's zip writer),
+    one line naming the file and the cause; anything else passes unchanged."""
+    import errno
+
+    class SafetensorError(Exception):  # safetensors' own error type (its Rust I/O error inside the text)
+        pass
+
+    where = tmp_path / "checkpoint-2"
+    cases = [
+        (OSError(errno.ENOSPC, "No space left on device"), "No space left on device (free some space and rerun"),
+        (OSError(errno.EDQUOT, "Disk quota exceeded", str(where / "optimizer.pt")), "optimizer.pt: Disk quota"),
+        (PermissionError(errno.EACCES, "Permission denied"), "checkpoint-2: Permission denied"),
+        (SafetensorError("Error while serializing: I/O error: File too large (os error 27)"), "File too large (free"),
+        (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 18432 vs 18324"),
+         "No space left on device (free"),  # no errno: the probe write finds it
+    ]
+    monkeypatch.setattr(outputs, "_probe_errno", lambda path: errno.ENOSPC)
+    for exc, message in cases:
+        with pytest.raises(LightReasonerError) as err, outputs.writing(where):
+            raise exc
+        assert message in str(err.value) and "\n" not in str(err.value) and err.value.__cause__ is exc
+    for exc in (ValueError("not a write"), MemoryError(), LightReasonerError("already one line")):
+        with pytest.raises(type(exc)) as err, outputs.writing(where):
+            raise exc
+        assert err.value is exc
