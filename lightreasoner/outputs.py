@@ -48,6 +48,8 @@ def _probe_errno(where: Path, size: int = 1 << 20) -> int | None:
     """Why writing into ``where``'s folder fails, for a library that did not say (torch.save): the errno
     of writing ``size`` bytes there (disk full, file size limit, quota), None when that succeeds."""
     folder = where if where.is_dir() else where.parent
+    if not folder.is_dir():
+        return None
     probe = folder / ".lightreasoner-write-probe"
     try:
         with probe.open("wb") as handle:
