@@ -11,7 +11,7 @@ from typing import Any
 from .config import Config
 from .errors import LightReasonerError, passthrough
 from .models import resolve_source, same_model
-from .outputs import MANIFEST, read_json
+from .outputs import MANIFEST, read_input
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -40,8 +40,9 @@ def resolve_adapter(path: str | Path) -> AdapterSource:
     else:
         raise LightReasonerError(f"adapter {given}: no adapter_config.json (not a training output or adapter folder)")
     manifest = None
-    if manifest_path is not None and manifest_path.is_file():
-        manifest = read_json(manifest_path, "training")
+    if folder != given or (manifest_path is not None and manifest_path.is_file()):
+        # a training output: taken only with its manifest (outputs.read_input), never half-written
+        manifest = read_input(folder.parent, "training", given if folder != given else folder.parent)
     return AdapterSource(folder, given, manifest)
 
 

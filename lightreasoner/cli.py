@@ -6,7 +6,6 @@ Bad input raises :class:`LightReasonerError`; ``main`` prints it as one line and
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
 import os
@@ -14,7 +13,7 @@ import sys
 from collections.abc import Callable
 from contextlib import ExitStack
 
-from .errors import LightReasonerError
+from .errors import LightReasonerError, write_error
 from .stages import METHODS
 from .storage import is_s3, local_input, local_output
 
@@ -537,12 +536,8 @@ def main(argv: list[str] | None = None) -> int:
         # Disk full, a read-only or missing folder ...: one line naming the file, not a traceback.
         _traceback(exc, args.verbose)
         # pyarrow and plain writes often name no file: then the output being written.
-        where = exc.filename or getattr(args, "output", None) or getattr(args, "workdir", None) or "output"
-        if errno.ENOSPC == exc.errno or errno.EFBIG == exc.errno:
-            print(f"error: {where}: {exc.strerror or exc} (free some space and rerun: sample, "
-                  "run and train --resume continue where they stopped)", file=sys.stderr)
-            return 2
-        print(f"error: {where}: {exc.strerror or exc}", file=sys.stderr)
+        where = getattr(args, "output", None) or getattr(args, "workdir", None) or "output"
+        print(f"error: {write_error(exc, where)}", file=sys.stderr)  # the message of every failed write
         return 2
 
 

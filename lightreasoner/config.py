@@ -53,7 +53,9 @@ BatchSize = Annotated[int | Literal["auto"], BeforeValidator(_batch_size)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Every float setting is finite (nan, inf and -inf refused, naming the key): a field that means to
+    # accept them says so in its description and sets ``Field(allow_inf_nan=True)``.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
@@ -133,9 +135,11 @@ class SamplingConfig(_Section):
     )
     seed: int = Field(0, description="Sampling seed (decoding generation-config); batch i draws from seed + i.")
 
-    @field_validator("beta")
+    @field_validator("beta", mode="before")  # before the float check: nan/inf get beta's own message
     @classmethod
-    def _check_beta(cls, value: float | str) -> float | str:
+    def _check_beta(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            return value  # refused by the type check
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("auto:"):
@@ -377,6 +381,8 @@ def _format_validation_error(source: str, error: ValidationError) -> str:
         key = ".".join(str(p) for p in item["loc"]) or "<root>"
         if item["type"] == "extra_forbidden":
             parts.append(f"unknown key {key!r}")
+        elif item["type"] == "finite_number":
+            parts.append(f"{key}: {item['input']}: must be a finite number (not nan, inf or -inf)")
         else:
             parts.append(f"{key}: {item['msg']}")
     return f"{source}: " + "; ".join(parts)

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import LightReasonerError
+from .errors import LightReasonerError, write_errno, write_error
 
 MANIFEST = "manifest.json"
 
@@ -41,13 +44,49 @@ def folder_sha256(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def _probe_errno(where: Path, size: int = 1 << 20) -> int | None:
+    """Why writing into ``where``'s folder fails, for a library that did not say (torch.save): the errno
+    of writing ``size`` bytes there (disk full, file size limit, quota), None when that succeeds."""
+    folder = where if where.is_dir() else where.parent
+    if not folder.is_dir():
+        return None
+    probe = folder / ".lightreasoner-write-probe"
+    try:
+        with probe.open("wb") as handle:
+            handle.write(b"\0" * size)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        return exc.errno
+    finally:
+        probe.unlink(missing_ok=True)
+    return None
+
+
+@contextmanager
+def writing(where: str | Path) -> Iterator[None]:
+    """The one error path of every write of a stage output (data files, manifests, checkpoints, adapters):
+    a failed write, whatever library raised it (OSError, safetensors, torch.save), becomes one line naming
+    the file and the cause, e.g. ``OUT/checkpoints/checkpoint-2: No space left on device (free some space
+    and rerun ...)``; ``where`` is named when the error names no file. Other errors pass unchanged."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - only failed writes are translated, the rest re-raised
+        found = write_errno(exc)
+        if found is None:
+            raise
+        code = _probe_errno(Path(where)) if found is True else None
+        raise write_error(exc, where, code) from exc
+
+
 def write_text_atomic(text: str, path: Path) -> None:
     """Write text under a temporary name, then rename: a reader never sees half a file."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(text)
-        tmp.replace(path)
+        with writing(path):
+            tmp.write_text(text)
+            tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -67,8 +106,9 @@ def write_table_atomic(table, path: Path) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        pq.write_table(table, tmp)
-        tmp.replace(path)
+        with writing(path):
+            pq.write_table(table, tmp)
+            tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -91,6 +131,40 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
 def read_manifest(folder: str | Path, what: str = "samples") -> dict[str, Any]:
     """``folder/manifest.json`` of a finished ``what`` folder."""
     return read_json(Path(folder) / MANIFEST, what)
+
+
+# The outputs a stage takes as input: kind -> (the stages that write it, what it is called).
+INPUTS = {
+    "samples": (("sample",), "samples"),
+    "training": (("train", "sft"), "a training output"),
+    "evaluation": (("evaluate",), "an evaluation"),
+}
+
+
+def read_input(folder: str | Path, kind: str, given: str | Path | None = None) -> dict[str, Any]:
+    """The one check of every stage input (samples, a training or SFT output, an evaluation): a folder is
+    taken only with its manifest, which its stage writes last, so an output a kill or a failure interrupted
+    (data files there, the manifest never written) is refused in one line, as are a damaged manifest and
+    the output of another stage. Returns the manifest. ``given``: what the user passed (an s3:// URI), named
+    in messages instead of the local ``folder``."""
+    stages, noun = INPUTS[kind]
+    commands = " or ".join(f"`{stage}`" for stage in stages)
+    folder = Path(folder)
+    shown = given if given is not None else folder
+    if not folder.is_dir():
+        raise LightReasonerError(f"{shown}: {kind} folder not found")
+    if not (folder / MANIFEST).is_file():
+        raise LightReasonerError(f"{shown}: missing {MANIFEST} (not a finished {kind} folder: {commands} did not "
+                                 "finish it; run it again)")
+    try:
+        manifest = read_json(folder / MANIFEST, kind)
+    except LightReasonerError as exc:
+        raise LightReasonerError(str(exc).replace(str(folder), str(shown), 1)) from exc
+    stage = manifest.get("stage", stages[0])
+    if stage not in stages:
+        raise LightReasonerError(f"{shown}: holds the output of stage {stage!r}, not {noun} (give the folder "
+                                 f"written by {commands})")
+    return manifest
 
 
 def library_versions(*extra: str) -> dict[str, str]:
@@ -152,7 +226,8 @@ def _holds_files(folder: Path) -> bool:
 
 def prepare_output(out: Path, *, stage: str, what: str, fingerprint: str | None = None, state: str | None = None,
                    resume: bool = False, overwrite: bool = False, rerun: bool = False,
-                   has_work=None, overwrite_flag: str | None = "--overwrite") -> Claim:
+                   has_work=None, work_dirs: tuple[str, ...] = (),
+                   overwrite_flag: str | None = "--overwrite") -> Claim:
     """The one rule for a stage's output folder; reads, writes nothing (a refused run leaves nothing).
 
     ======================================  =====================  ===============  ===========
@@ -169,7 +244,9 @@ def prepare_output(out: Path, *, stage: str, what: str, fingerprint: str | None 
     ``rerun`` (evaluation): the stage recomputes its own output in place, whatever it held; only another
     stage's output is refused. ``state``: the path, relative to ``out``, of the file that records the job's
     fingerprint while it runs; ``has_work(out)``: whether the work in progress holds anything worth keeping
-    (a run killed before its first result: counts as empty). ``what`` names the output in messages ("samples", "training"), and
+    (a run killed before its first result, whatever its config: counts as empty, so the corrected rerun
+    replaces it without ``overwrite``); ``work_dirs``: folders, relative to ``out``, that hold only that work
+    in progress (besides the state file's own folder). ``what`` names the output in messages ("samples", "training"), and
     ``overwrite_flag`` the stage's option that sets ``overwrite`` (None: it has none)."""
     out = Path(out)
     hint = f"use {overwrite_flag} to replace it" if overwrite_flag and not rerun else "choose another folder"
@@ -204,9 +281,9 @@ def prepare_output(out: Path, *, stage: str, what: str, fingerprint: str | None 
         return redo(f"{out}: holds {what} output of a different config")
     if state_path is not None and state_path.is_file():
         if has_work is not None and not has_work(out):
-            work = state_path.parent if state_path.parent != out else None  # the work folder's own files
+            work = [out / d for d in work_dirs] + ([state_path.parent] if state_path.parent != out else [])
             others = [p for p in out.rglob("*") if p.is_file() and p != state_path
-                      and (work is None or work not in p.parents)]
+                      and not any(w in p.parents for w in work)]  # besides the work folders' own files
             return Claim(out, clear=True) if not others else redo(f"{out}: output folder is not empty and holds "
                                                                    f"no {what} output")
         data = _json_object(state_path)
@@ -230,12 +307,13 @@ def claim_output(claim: Claim, *, fingerprint: str | None = None, state: str | N
     in ``retire`` (the manifest first: a failed rerun never leaves a folder that looks complete), record
     the job's ``fingerprint`` in ``state``."""
     out = claim.out
-    if claim.clear and out.exists():
-        shutil.rmtree(out)
-    for name in (MANIFEST, *retire) if retire else ():
-        (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    if state and fingerprint is not None:
-        (out / state).parent.mkdir(parents=True, exist_ok=True)
-        if not (out / state).is_file() or claim.clear or not claim.resume:
-            write_json_atomic({"fingerprint": fingerprint}, out / state)
+    with writing(out):
+        if claim.clear and out.exists():
+            shutil.rmtree(out)
+        for name in (MANIFEST, *retire) if retire else ():
+            (out / name).unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        if state and fingerprint is not None:
+            (out / state).parent.mkdir(parents=True, exist_ok=True)
+            if not (out / state).is_file() or claim.clear or not claim.resume:
+                write_json_atomic({"fingerprint": fingerprint}, out / state)

@@ -23,9 +23,12 @@ def save(fig, path: Path, dpi: int = 110) -> Path:
     plt = pyplot()
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp.png")
+    from .outputs import writing
+
     try:
-        fig.savefig(tmp, format="png", dpi=dpi)
-        tmp.replace(path)
+        with writing(path):
+            fig.savefig(tmp, format="png", dpi=dpi)
+            tmp.replace(path)
     finally:
         plt.close(fig)
         tmp.unlink(missing_ok=True)

@@ -41,7 +41,7 @@ from . import __version__, storage, tracking
 from .adapters import verify_adapter
 from .config import Config
 from .errors import LightReasonerError, passthrough
-from .outputs import folder_sha256, read_json
+from .outputs import folder_sha256, read_input, read_json
 from .redaction import redact, redact_text
 from .stats import mcnemar_exact
 
@@ -320,10 +320,8 @@ def register(config: Config, training: str | Path, evaluation: str | Path, sampl
         train_dir = stack.enter_context(storage.local_input(training))
         eval_dir = stack.enter_context(storage.local_input(evaluation))
         samples_dir = stack.enter_context(storage.local_input(samples)) if samples is not None else None
-        train_manifest = read_json(train_dir / "manifest.json", "training")
-        if train_manifest.get("stage") not in (None, "train", "sft"):
-            raise LightReasonerError(f"{training}: holds the output of stage {train_manifest.get('stage')!r}, "
-                                     "not a training output")
+        train_manifest = read_input(train_dir, "training", training)
+        read_input(eval_dir, "evaluation", evaluation)  # its manifest, written last: a finished evaluation
         adapter = train_dir / "adapter"
         if not (adapter / "adapter_config.json").is_file():
             raise LightReasonerError(f"{training}: missing adapter/adapter_config.json (not a training output)")
@@ -334,7 +332,7 @@ def register(config: Config, training: str | Path, evaluation: str | Path, sampl
         adapter_sha = folder_sha256(adapter)
         check_binding(metrics, adapter_sha, training, evaluation)
         verify_adapter(adapter, training)
-        samples_manifest = read_json(samples_dir / "manifest.json", "samples") if samples_dir else None
+        samples_manifest = read_input(samples_dir, "samples", samples) if samples_dir else None
         if samples_manifest is not None:
             recorded = train_manifest.get("samples_sha256")
             actual = (samples_manifest.get("sha256") or {}).get("samples.parquet")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,13 +240,21 @@ def sft(config: Config, output: str | Path, *, problems: list[Problem] | None = 
     examples = build_examples(trajectories, "packed")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     claim_output(claim)
-    write_solutions(solutions, out / SOLUTIONS)
-    kept_problems = len({s.problem_id for s in solutions if s.kept})
-    completion_tokens = sum(len(t.completion) for t in trajectories)
-    log.info("SFT on %d kept solutions of %d problems (%d completion tokens)", len(trajectories), kept_problems,
-             completion_tokens)
-    fit = fit_lora(config, model, examples, out, device, pad, progress=progress)
-    save_outputs(model, tokenizer, out)
+    try:
+        write_solutions(solutions, out / SOLUTIONS)
+        kept_problems = len({s.problem_id for s in solutions if s.kept})
+        completion_tokens = sum(len(t.completion) for t in trajectories)
+        log.info("SFT on %d kept solutions of %d problems (%d completion tokens)", len(trajectories),
+                 kept_problems, completion_tokens)
+        fit = fit_lora(config, model, examples, out, device, pad, progress=progress)
+        save_outputs(model, tokenizer, out)
+    except Exception:  # diverged, disk full ...: the folder was empty when claimed, so it is left for the rerun
+        for path in list(out.iterdir()):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        raise
 
 
     solutions_sha = sha256_file(out / SOLUTIONS)

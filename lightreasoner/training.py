@@ -43,9 +43,10 @@ from .outputs import (
     claim_output,
     library_versions,
     prepare_output,
-    read_manifest,
+    read_input,
     sha256_file,
     write_json_atomic,
+    writing,
 )
 from .sampling import SAMPLE_SCHEMA, SAMPLES, TRAJECTORIES, TRAJECTORY_SCHEMA
 from .storage import prune_progress, save_progress
@@ -146,15 +147,10 @@ def _read_table(path: Path, schema: pa.Schema, fields: tuple[str, ...]) -> pa.Ta
 def load_samples(folder: str | Path) -> Samples:
     """Read and validate a samples folder (stage 1's output contract); raises one-line errors."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise LightReasonerError(f"{folder}: samples folder not found")
-    for name in (TRAJECTORIES, SAMPLES, MANIFEST):
+    manifest = read_input(folder, "samples")
+    for name in (TRAJECTORIES, SAMPLES):
         if not (folder / name).is_file():
             raise LightReasonerError(f"{folder}: missing {name} (not a finished samples folder)")
-    manifest = read_manifest(folder)
-    if manifest.get("stage", "sample") != "sample":
-        raise LightReasonerError(f"{folder}: holds the output of stage {manifest.get('stage')!r}, not samples "
-                                 "(give the folder written by `sample`)")
     recorded = manifest.get("sha256") or {}
     sha = {}
     for name in (TRAJECTORIES, SAMPLES):
@@ -448,6 +444,26 @@ def soft_label_kl(model, trajectories: list[Trajectory], pad: int, batch_size: i
 # --- LoRA and the trainer --------------------------------------------------------------------------
 
 
+class TrainingDiverged(LightReasonerError):
+    """A non-finite loss, gradient norm or weight: training stops, and its work in progress is discarded."""
+
+
+def diverged(what: str, value: float, update: int, args) -> TrainingDiverged:
+    """The one-line error of a diverged run, naming the update and the likely setting."""
+    hint = f"lower training.learning_rate (now {args.learning_rate:g})"
+    if not args.max_grad_norm:
+        hint += " or clip gradients with training.max_grad_norm (now 0: off)"
+    return TrainingDiverged(f"training diverged at update {update}: the {what} is {value} (not finite); {hint}; "
+                            "nothing was kept")
+
+
+def check_finite_weights(model, update: int, args) -> None:
+    """Every trainable weight is finite (the update that produced them may have had a finite loss)."""
+    for name, param in model.named_parameters():
+        if param.requires_grad and not bool(torch.isfinite(param.detach()).all()):
+            raise diverged(f"weight {name}", float("nan"), update, args)
+
+
 def trainable_expert(config: Config, device: torch.device):
     """The Expert in plain dense weights, ready for LoRA.
 
@@ -524,12 +540,17 @@ def trainer_classes():
             complete one."""
             limit = self.args.save_total_limit
             self.args.save_total_limit = None
+            run_dir = Path(self._get_output_dir(trial=trial))
+            checkpoint = run_dir / f"checkpoint-{self.state.global_step}"
             try:
-                super()._save_checkpoint(model, trial)
+                with writing(checkpoint):  # disk full (safetensors, torch.save, json): one line
+                    super()._save_checkpoint(model, trial)
+                    write_json_atomic(self.counters, checkpoint / COUNTERS)
+            except LightReasonerError:
+                shutil.rmtree(checkpoint, ignore_errors=True)  # its space back; the last complete one stays
+                raise
             finally:
                 self.args.save_total_limit = limit
-            run_dir = Path(self._get_output_dir(trial=trial))
-            write_json_atomic(self.counters, run_dir / f"checkpoint-{self.state.global_step}" / COUNTERS)
             if limit:
                 try:
                     from transformers.trainer_utils import rotate_checkpoints
@@ -545,6 +566,8 @@ def trainer_classes():
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             loss = batch_loss(model, inputs)
             if model.training:
+                if not bool(torch.isfinite(loss.detach())):
+                    raise diverged("loss", float(loss.detach()), self.state.global_step + 1, self.args)
                 c = self.counters
                 c["tuned_tokens"] += int(inputs["positions"].shape[0])
                 c["input_tokens"] += int(inputs["attention_mask"].sum())
@@ -580,6 +603,19 @@ def trainer_classes():
             c["update_samples_min"] = n if low is None else min(low, n)
             c["update_samples_max"] = max(c.get("update_samples_max", 0), n)
             c["tuned_at_last_update"] = c["tuned_tokens"]
+
+    class FiniteGradientsCallback(TrainerCallback):
+        """Before every optimizer step: the gradient norm (after clipping, which turns an infinite norm
+        into nan gradients) must be finite, else the run stops (:func:`diverged`)."""
+
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            grads = [p.grad.detach() for p in model.parameters() if p.grad is not None] if model is not None else []
+            if grads:
+                norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+                if not bool(torch.isfinite(norm)):
+                    raise diverged("gradient norm", float(norm), state.global_step + 1, args)
+
+    SoftLabelTrainer.FiniteGradientsCallback = FiniteGradientsCallback
 
     class CountersCallback(TrainerCallback):
         """Saves the trainer's token counters into each checkpoint (restored on resume)."""
@@ -706,6 +742,7 @@ def _prepare_output(out: Path, fingerprint: str, resume: bool):
     """The output-folder rule (:func:`lightreasoner.outputs.prepare_output`) for training: ``--resume``
     continues this job's checkpoints; a finished run of the same job is returned as it is."""
     return prepare_output(out, stage="train", what="training", fingerprint=fingerprint, state=STATE, resume=resume,
+                          has_work=lambda o: last_checkpoint(o / CHECKPOINTS) is not None, work_dirs=(CHECKPOINTS,),
                           overwrite_flag=None)
 
 
@@ -784,7 +821,8 @@ def fit_lora(config: Config, model, examples: list[dict[str, Any]], out: Path, d
         args=training_arguments(config, checkpoints, device, progress, grouped=grouped),
         train_dataset=examples,
         data_collator=SoftLabelCollator(pad),
-        callbacks=[history, SoftLabelTrainer.UpdateStatsCallback(ref), CountersCallback(ref), *(callbacks or [])],
+        callbacks=[history, SoftLabelTrainer.UpdateStatsCallback(ref), CountersCallback(ref),
+                   SoftLabelTrainer.FiniteGradientsCallback(), *(callbacks or [])],
     )
     ref.append(trainer)
     if not progress:
@@ -797,9 +835,26 @@ def fit_lora(config: Config, model, examples: list[dict[str, Any]], out: Path, d
     if resume_from is not None:
         trainer.counters.update(_json_file(resume_from / COUNTERS) or {})
     t0 = time.perf_counter()
-    if resume_from is None or not _restore_final(trainer, model, resume_from, history):
-        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    try:
+        if resume_from is None or not _restore_final(trainer, model, resume_from, history):
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        check_finite_weights(model, int(trainer.state.global_step), trainer.args)
+    except TrainingDiverged:
+        discard_work(out)  # checkpoints of a diverged run: nothing to resume, nothing to register
+        raise
     return Fit(trainer, history, resume_from, time.perf_counter() - t0)
+
+
+def discard_work(out: Path) -> None:
+    """Remove a training's work in progress (its state file, checkpoints, half-saved folders), here and,
+    for an s3:// output, under ``_work/``: a corrected rerun finds nothing in its way."""
+    for name in (CHECKPOINTS, STATE, *(d + ".tmp" for d in (ADAPTER, TOKENIZER, MERGED))):
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    prune_progress(out)
 
 
 def update_stats(counters: dict[str, Any], samples_per_step: int | None) -> dict[str, Any]:
@@ -821,6 +876,11 @@ def heldout_summary(heldout: list[Trajectory], before: float | None, after: floa
 
 def save_outputs(model, tokenizer, out: Path, merge: bool = False) -> None:
     """``adapter/``, ``tokenizer/`` (and ``merged/``), each written to a temporary folder and renamed."""
+    with writing(out):
+        _save_outputs(model, tokenizer, out, merge)
+
+
+def _save_outputs(model, tokenizer, out: Path, merge: bool) -> None:
     tmp = out / (ADAPTER + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)

@@ -76,3 +76,60 @@ def test_the_papers_five_pairs_and_schedule():
         assert (c.sampling.alpha, c.sampling.beta, c.sampling.max_new_tokens, c.data.limit) == (0.2, 0.4, 128, 1000)
         # as the authors ran: generate() with the Expert's own generation config, a shuffled DataLoader
         assert (c.sampling.decoding, t.sample_order) == ("generation-config", "shuffled")
+
+
+def _float_fields(model: type, prefix: str = "") -> list[tuple[str, object]]:
+    """Every setting of the config whose type admits a float, found by walking the models."""
+    import typing
+
+    from pydantic import BaseModel
+
+    found = []
+    for name, info in model.model_fields.items():
+        kinds = typing.get_args(info.annotation) or (info.annotation,)
+        nested = [k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)]
+        if nested:
+            found += _float_fields(nested[0], f"{prefix}{name}.")
+        elif float in kinds:
+            found.append((f"{prefix}{name}", info))
+    return found
+
+
+FLOAT_FIELDS = _float_fields(Config)
+
+
+def test_float_fields_are_discovered():
+    keys = {key for key, _ in FLOAT_FIELDS}
+    assert {"training.learning_rate", "training.epochs", "registry.min_delta", "sampling.beta",
+            "evaluation.data.limit"} - keys == {"evaluation.data.limit"}  # an int is not a float setting
+    assert len(keys) >= 10
+
+
+@pytest.mark.parametrize("key, info", FLOAT_FIELDS, ids=[k for k, _ in FLOAT_FIELDS])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", ".nan", ".inf", "-.inf", "1e400"])
+def test_every_float_setting_is_finite(key, info, value):
+    """One rule for the whole config: nan, inf and -inf (however written) are refused in one line naming
+    the key, unless the setting's description says it accepts them."""
+    if "non-finite" in (info.description or ""):
+        pytest.skip(f"{key}: its description allows non-finite values")
+    with pytest.raises(LightReasonerError) as err:
+        load_config(None, [f"{key}={value}"])
+    line = str(err.value)
+    assert key in line and "finite" in line and "\n" not in line, line
+    # the same from a mapping (YAML file, pipeline parameters): a float, not text
+    data: dict = {}
+    node = data
+    *sections, name = key.split(".")
+    for section in sections:
+        node = node.setdefault(section, {})
+    node[name] = float(value.replace(".", "")) if value != "1e400" else float("inf")
+    from lightreasoner.config import config_from_dict
+
+    with pytest.raises(LightReasonerError, match="finite"):
+        config_from_dict(data)
+
+
+def test_issue_24_settings():
+    for setting in ("training.learning_rate=inf", "registry.min_delta=nan", "training.epochs=inf"):
+        with pytest.raises(LightReasonerError, match=f"{setting.split('=')[0]}: .*must be a finite number"):
+            load_config(None, [setting])

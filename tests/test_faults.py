@@ -727,3 +727,243 @@ def test_s3_output_lock_holds_across_machines(tiny_models, aws_env, tmp_path, mo
     assert done.returncode == 0, done.stderr
     keys = aws_env.keys(f"{prefix}/samples/")
     assert f"{prefix}/samples/manifest.json" in keys and not any("_work" in k for k in keys)
+
+
+# --- (j) issue 24: non-finite settings and training, disk full in a checkpoint, inputs need manifests ----
+
+
+DIVERGE = "training.learning_rate=1e38"  # finite (the config accepts it), but the weights overflow at once
+
+
+@pytest.mark.slow
+def test_24_non_finite_loss_stops_training_in_one_line(tiny_models, cli_samples, full_training, tmp_path,
+                                                       capsys):
+    out = tmp_path / "train"
+    args = ["train", *common(tiny_models, *TRAIN), "--samples", str(cli_samples), "--output", str(out)]
+    assert main([*args, "--set", DIVERGE]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert "training diverged at update 2: the loss is nan" in line and "learning_rate (now 1e+38)" in line, line
+    assert not out.exists()  # no checkpoint, no adapter, no state: nothing to register, nothing in the way
+    assert main([*args, "--set", DIVERGE, "--set", "training.max_grad_norm=0", "--resume"]) == 2
+    assert "or clip gradients with training.max_grad_norm (now 0: off)" in one_line_error(capsys.readouterr().err)
+    assert not out.exists()
+    assert main(args) == 0  # the corrected rerun: no --overwrite, nothing refused
+    assert same_adapter(out, full_training)
+
+
+def test_24_non_finite_gradient_norm_stops_before_the_update(tmp_path):
+    import torch
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from lightreasoner.training import TrainingDiverged, trainer_classes
+
+    trainer_cls, _, _ = trainer_classes()
+    model = torch.nn.Linear(2, 2)
+    model.weight.grad = torch.tensor([[1.0, float("inf")], [0.0, 0.0]])
+    state = TrainerState()
+    state.global_step = 4
+    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=0.5, max_grad_norm=1.0, report_to="none")
+    with pytest.raises(TrainingDiverged, match=r"at update 5: the gradient norm is (inf|nan) .*learning_rate "
+                                                r"\(now 0\.5\); nothing was kept$"):
+        trainer_cls.FiniteGradientsCallback().on_pre_optimizer_step(args, state, TrainerControl(), model=model)
+    model.weight.grad = torch.ones(2, 2)
+    trainer_cls.FiniteGradientsCallback().on_pre_optimizer_step(args, state, TrainerControl(), model=model)
+
+
+def test_24_epochs_inf_is_refused_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "train"
+    for setting in ("training.epochs=inf", "training.learning_rate=inf", "registry.min_delta=nan"):
+        assert main(["train", "--set", setting, "--samples", str(tmp_path / "no-samples"), "--output", str(out)]) == 2
+        line = one_line_error(capsys.readouterr().err)
+        assert f"{setting.split('=')[0]}: " in line and "must be a finite number" in line, line
+        assert not out.exists()
+
+
+def test_24_a_crash_before_the_first_checkpoint_never_blocks_the_corrected_rerun(tmp_path):
+    """A run of another config that died before its first complete checkpoint (its state file and a torn
+    checkpoint): the corrected rerun replaces it, no --overwrite (train has none) and no --resume needed."""
+    from lightreasoner.training import CHECKPOINTS, STATE, _prepare_output
+
+    out = tmp_path / "train"
+    (out / CHECKPOINTS / "checkpoint-2").mkdir(parents=True)
+    (out / CHECKPOINTS / "checkpoint-2" / "adapter_model.safetensors").write_bytes(b"torn")
+    (out / STATE).write_text(json.dumps({"fingerprint": "0" * 64}))
+    for resume in (False, True):
+        claim = _prepare_output(out, "1" * 64, resume)
+        assert claim.clear and not claim.resume and claim.finished is None
+    # a complete checkpoint is work worth keeping: another config is still refused (choose another folder)
+    (out / CHECKPOINTS / "checkpoint-2" / "lightreasoner-counters.json").write_text("{}")
+    (out / CHECKPOINTS / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    with pytest.raises(LightReasonerError, match="holds training work of a different config"):
+        _prepare_output(out, "1" * 64, True)
+    assert _prepare_output(out, "0" * 64, True).resume
+    # anything else in the folder is not ours to delete
+    (out / CHECKPOINTS / "checkpoint-2" / "trainer_state.json").unlink()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(LightReasonerError, match="not empty and holds no training output"):
+        _prepare_output(out, "1" * 64, False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("limit", [6000, 20000], ids=["safetensors", "torch.save"])
+def test_24_disk_full_inside_a_checkpoint_is_one_line_and_resume_completes(tiny_models, cli_samples, full_training,
+                                                                           tmp_path, limit):
+    """A file may not grow past ``limit`` bytes (RLIMIT_FSIZE: EFBIG like a full disk): the first checkpoint's
+    adapter_model.safetensors (6000) or optimizer.pt (20000) cannot be written. One line, no traceback, the
+    torn checkpoint removed; ``--resume`` then trains to the same adapter."""
+    out = tmp_path / "train"
+    args = ["train", *common(tiny_models, *TRAIN), "--samples", cli_samples, "--output", out]
+    full = run_cli(args, max_file_bytes=limit)
+    line = one_line_error(full)
+    assert full.returncode == 2 and f"{out}/checkpoints/checkpoint-2" in line and "File too large" in line, line
+    assert "free some space and rerun" in line and not (out / "checkpoints" / "checkpoint-2").exists()
+    assert not (out / "manifest.json").exists() and not (out / "adapter").exists()
+    done = run_cli([*args, "--resume"])
+    assert done.returncode == 0, done.stderr
+    assert same_adapter(out, full_training)
+
+
+@contextmanager
+def small_tmpfs(folder: Path, size: str):
+    """A tmpfs of ``size`` mounted at ``folder`` (root only; skipped where mounting is not allowed)."""
+    folder.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield lambda bigger: subprocess.run(["mount", "-o", f"remount,size={bigger}", str(folder)], check=True)
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_24_disk_full_on_a_120k_tmpfs_then_resume_after_freeing_space(tiny_models, cli_samples, full_training,
+                                                                      tmp_path):
+    with small_tmpfs(tmp_path / "disk", "120k") as grow:
+        out = tmp_path / "disk" / "train"
+        args = ["train", *common(tiny_models, *TRAIN), "--samples", cli_samples, "--output", out]
+        full = run_cli(args)
+        line = one_line_error(full)
+        assert full.returncode == 2 and "No space left on device" in line and str(out) in line, line
+        assert not (out / "manifest.json").exists() and not (out / "adapter").exists()
+        grow("4m")  # space freed
+        done = run_cli([*args, "--resume"])
+        assert done.returncode == 0, done.stderr
+        assert same_adapter(out, full_training)
+
+
+def _reader_cases(tmp_path):
+    """(kind, a finished output folder of that kind, a function that reads it as a stage input)."""
+    from lightreasoner.adapters import resolve_adapter
+    from lightreasoner.training import load_samples
+
+    cfg = make_config(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    samples, training, evaluation = fabricate(tmp_path, cfg, "in")
+    return [
+        ("samples", samples, lambda folder: load_samples(folder)),
+        ("samples", samples, lambda folder: registry.register(cfg, training, evaluation, folder)),
+        ("training", training, lambda folder: registry.register(cfg, folder, evaluation, samples)),
+        ("training", training, lambda folder: resolve_adapter(folder)),
+        ("evaluation", evaluation, lambda folder: registry.register(cfg, training, folder, samples)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(5), ids=["sample>train", "sample>register", "train>register",
+                                                "train>evaluate", "evaluate>register"])
+@pytest.mark.parametrize("damage, message", [
+    ("absent", "missing manifest.json (not a finished {kind} folder"),
+    ("torn", "manifest.json: not valid JSON"),
+    ("other-stage", "holds the output of stage 'prepare', not"),
+])
+def test_24_every_stage_input_needs_its_manifest(tmp_path, case, damage, message):
+    """One check (outputs.read_input) for every input a stage reads: an output whose manifest was never
+    written (the stage was killed before its last write), is torn, or belongs to another stage is refused in
+    one line, before anything is created (no MLflow experiment)."""
+    kind, folder, read = _reader_cases(tmp_path)[case]
+    manifest = folder / "manifest.json"
+    if damage == "absent":
+        manifest.unlink()
+    elif damage == "torn":
+        manifest.write_text('{"stage": ')
+    else:
+        manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "stage": "prepare"}))
+    with pytest.raises(LightReasonerError) as err:
+        read(folder)
+    line = str(err.value)
+    assert message.format(kind=kind) in line and str(folder) in line and "\n" not in line, line
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_24_register_refuses_an_evaluation_killed_inside_its_manifest_write(tiny_models, tmp_path, capsys):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    adapter = tmp_path / "adapter"
+    base = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
+    get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])).save_pretrained(adapter)
+    out = tmp_path / "eval"
+    args = ["evaluate", *common(tiny_models, "evaluation.max_new_tokens=4", "evaluation.data.limit=2",
+                                "evaluation.bootstrap_samples=100"), "--adapter", adapter, "--output", out]
+    # evaluate writes metrics.json, then manifest.json last (atomically): killed at that last write
+    killed = kill_at_call(args, "lightreasoner.evaluation:write_json_atomic", nth=2)
+    assert killed.killed, killed.stderr
+    assert (out / "metrics.json").is_file() and not (out / "manifest.json").exists()
+    cfg = make_config(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    samples = make_samples(tmp_path / "samples", cfg)
+    training = make_training(tmp_path / "train", cfg, samples)
+    assert main(["register", "--set", f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "--training",
+                 str(training), "--evaluation", str(out), "--samples", str(samples)]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert str(out) in line and "missing manifest.json (not a finished evaluation folder" in line, line
+    assert not (tmp_path / "mlflow.db").exists()
+    # the rerun of evaluate (always redone in place) completes it
+    assert run_cli(args).returncode == 0 and json.loads((out / "manifest.json").read_text())["stage"] == "evaluate"
+
+
+def test_24_sft_stops_on_a_non_finite_loss_and_leaves_its_folder_empty(tiny_models, tmp_path, monkeypatch):
+    from test_sft import fake_sampler, sft_config
+
+    from lightreasoner import sft as sft_module
+    from lightreasoner.data import load_problems
+    from lightreasoner.models import load_tokenizer
+    from lightreasoner.training import TrainingDiverged
+
+    cfg = sft_config(tiny_models, **{"training.learning_rate": 1e38, "training.max_steps": 3})
+    problems = load_problems(cfg.data)
+    right = {(i, k) for i in range(4) for k in range(3)}
+    monkeypatch.setattr(sft_module, "sample_completions", fake_sampler(problems, load_tokenizer(cfg.expert), right))
+    out = tmp_path / "sft"
+    with pytest.raises(TrainingDiverged, match="training diverged at update 2: the loss is nan") as err:
+        sft_module.sft(cfg, out, problems=problems, progress=False)
+    assert "\n" not in str(err.value) and not any(out.iterdir())  # solutions, checkpoints: all gone
+    cfg.training.learning_rate = 5e-5  # the corrected rerun into the same folder
+    assert sft_module.sft(cfg, out, problems=problems, progress=False).manifest["steps"] == 3
+
+
+def test_24_one_error_path_for_every_failed_write(tmp_path, monkeypatch):
+    """outputs.writing: whatever library failed to write (OSError, safetensors, torch.save's zip writer),
+    one line naming the file and the cause; anything else passes unchanged."""
+    import errno
+
+    class SafetensorError(Exception):  # safetensors' own error type (its Rust I/O error inside the text)
+        pass
+
+    where = tmp_path / "checkpoint-2"
+    cases = [
+        (OSError(errno.ENOSPC, "No space left on device"), "No space left on device (free some space and rerun"),
+        (OSError(errno.EDQUOT, "Disk quota exceeded", str(where / "optimizer.pt")), "optimizer.pt: Disk quota"),
+        (PermissionError(errno.EACCES, "Permission denied"), "checkpoint-2: Permission denied"),
+        (SafetensorError("Error while serializing: I/O error: File too large (os error 27)"), "File too large (free"),
+        (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 18432 vs 18324"),
+         "No space left on device (free"),  # no errno: the probe write finds it
+    ]
+    monkeypatch.setattr(outputs, "_probe_errno", lambda path: errno.ENOSPC)
+    for exc, message in cases:
+        with pytest.raises(LightReasonerError) as err, outputs.writing(where):
+            raise exc
+        assert message in str(err.value) and "\n" not in str(err.value) and err.value.__cause__ is exc
+    for exc in (ValueError("not a write"), MemoryError(), LightReasonerError("already one line")):
+        with pytest.raises(type(exc)) as err, outputs.writing(where):
+            raise exc
+        assert err.value is exc
