@@ -18,6 +18,14 @@ Promotion rule (:func:`promote`): the challenger becomes ``champion`` when
 * there is one: on the same evaluation problems (paired), accuracy(challenger) - accuracy(champion) >=
   min_delta and the exact McNemar p of the two versions' discordant problems <= max_p.
 
+Every attempt is on the record (:func:`_record_decision`): the challenger version gets tags
+``promotion.decision`` (promoted / refused), ``promotion.reason``, ``promotion.delta``, ``promotion.p_value``,
+``promotion.compared_to`` and the decision as a sentence in its description; the register run and the
+pipeline run above it get the decision and the version they produced (``lightreasoner.model_version``, a
+link in their description). A version that loses ``challenger`` to a newer one is tagged ``superseded_by``.
+The version's source run stays the ``register`` run: the model's artifacts live there, and MLflow's server
+accepts a version source only inside its run's artifact root.
+
 The alias is set last, after every check; the champion is re-read just before (a concurrent promotion
 makes the check run again) and promotions of one model are serialised on this machine by a file lock, so
 concurrent calls leave exactly one champion that passed the rule. Running it twice changes nothing.
@@ -51,6 +59,19 @@ CHALLENGER = "challenger"
 CHAMPION = "champion"
 CORRECTNESS = "evaluation/correctness.json"
 REGISTRATION_KEY = "lightreasoner.registration_key"
+# The decision of every promotion attempt, on the challenger version (public: users filter on these).
+DECISION = "promotion.decision"            # promoted | refused
+REASON = "promotion.reason"                # the one-line reason promote prints
+DELTA = "promotion.delta"                  # paired delta against the champion (or the base Expert)
+P_VALUE = "promotion.p_value"              # exact McNemar p of that comparison
+COMPARED_TO = "promotion.compared_to"      # the champion version judged against, or "base expert"
+SUPERSEDED_BY = "superseded_by"            # on a version that lost alias challenger: the version that took it
+# On the pipeline (parent) run and the register run: the version they produced.
+RUN_MODEL = "lightreasoner.registered_model"
+RUN_VERSION = "lightreasoner.model_version"
+RUN_MODEL_URI = "lightreasoner.model_uri"
+NOTE = "mlflow.note.content"               # the run's description in the MLflow UI (markdown)
+BASE_EXPERT = "base expert"
 METRIC_KEYS = ("n", "accuracy_base", "accuracy_tuned", "delta", "delta_ci_low", "delta_ci_high", "mcnemar_p")
 
 
@@ -272,14 +293,47 @@ def _fail_stale_runs(client, experiment: str, key: str, keep: set[str]) -> None:
 
 
 def _finish(client, name: str, version) -> None:
-    """The last steps of a registration, each safe to repeat: alias challenger, run tag, run FINISHED."""
+    """The last steps of a registration, each safe to repeat: the challenger it replaces tagged
+    ``superseded_by``, alias challenger, the version written on the register and pipeline runs, run FINISHED."""
     run = client.get_run(version.run_id) if version.run_id else None
     if run is not None and run.info.status == "FINISHED":
         return  # completed before: a rerun changes nothing (the alias may have moved on since)
+    previous = _alias(client, name, CHALLENGER)
+    if previous is not None and str(previous.version) != str(version.version):
+        client.set_model_version_tag(name, previous.version, SUPERSEDED_BY, str(version.version))
     client.set_registered_model_alias(name, CHALLENGER, version.version)
     if run is not None:
         client.set_tag(version.run_id, "registered_version", version.version)
+        for run_id in _produced_by(run):
+            _record_on_run(client, run_id, name, str(version.version), None)
         client.set_terminated(version.run_id, "FINISHED")
+
+
+def _produced_by(run) -> list[str]:
+    """The runs that produced a version: its register run and the pipeline run above it (when there is one)."""
+    parent = run.data.tags.get("mlflow.parentRunId")
+    return [run.info.run_id, *([parent] if parent else [])]
+
+
+def version_link(client, name: str, version: str) -> str:
+    """Where the version's page is: a URL on an HTTP tracking server, else its ``models:/`` URI."""
+    uri = client.tracking_uri
+    if uri.startswith(("http://", "https://")):
+        return f"{storage.safe_url(uri).rstrip('/')}/#/models/{name}/versions/{version}"
+    return f"models:/{name}/{version}"
+
+
+def _record_on_run(client, run_id: str, name: str, version: str, decision: Decision | None) -> None:
+    """Tag a run with the version it produced (and the promotion decision) and describe both in its
+    description (``mlflow.note.content``), so the runs list answers "which version?" and "promoted?"."""
+    tags = {RUN_MODEL: name, RUN_VERSION: version, RUN_MODEL_URI: f"models:/{name}/{version}"}
+    note = f"Registered model [{name} version {version}]({version_link(client, name, version)})."
+    if decision is not None:
+        tags.update({DECISION: decision.outcome, REASON: decision.reason[:5000]})
+        note += f" {decision.sentence()}"
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    client.set_tag(run_id, NOTE, note)
 
 
 def _log_model(client, run, folder: Path) -> None:
@@ -426,6 +480,31 @@ class Decision:
     def __str__(self) -> str:
         return f"{'promoted' if self.promoted else 'not promoted'}: {self.reason}"
 
+    @property
+    def outcome(self) -> str:
+        """The value of tag ``promotion.decision``."""
+        return "promoted" if self.promoted else "refused"
+
+    @property
+    def compared_to(self) -> str:
+        return self.champion_before or BASE_EXPERT
+
+    def sentence(self) -> str:
+        """The decision in one sentence (the version's description)."""
+        if self.promoted:
+            over = f"over champion version {self.champion_before}" if self.champion_before else "(first champion)"
+            return f"Promoted to champion {over}: {self.reason}."
+        return f"Not promoted (champion stays {self.champion_before or 'unset'}): {self.reason}."
+
+    def tags(self) -> dict[str, str]:
+        """The tags a promotion attempt writes on the challenger version."""
+        tags = {DECISION: self.outcome, REASON: self.reason[:5000], COMPARED_TO: self.compared_to}
+        if self.delta is not None:
+            tags[DELTA] = f"{self.delta:.6g}"
+        if self.p_value is not None:
+            tags[P_VALUE] = f"{self.p_value:.6g}"
+        return tags
+
 
 @contextlib.contextmanager
 def _promotion_lock(uri: str, name: str) -> Iterator[None]:
@@ -508,6 +587,21 @@ def _judge(client, name: str, challenger, champion, min_delta: float, max_p: flo
     return ok, delta, p, reason
 
 
+def _record_decision(client, version, decision: Decision) -> None:
+    """A promotion attempt on the record: ``promotion.*`` tags and a sentence in the challenger version's
+    description, and the decision on the runs that produced it (register run, pipeline run)."""
+    name = decision.model
+    for key, value in decision.tags().items():
+        client.set_model_version_tag(name, version.version, key, value)
+    expert = (version.tags or {}).get("expert")
+    base = f"LightReasoner adapter on {expert}." if expert else "LightReasoner adapter."
+    client.update_model_version(name, version.version, description=f"{base} {decision.sentence()}")
+    if version.run_id:
+        run = client.get_run(version.run_id)
+        for run_id in _produced_by(run):
+            _record_on_run(client, run_id, name, str(version.version), decision)
+
+
 def promote(config: Config, model_name: str | None = None, min_delta: float | None = None,
             max_p: float | None = None, *, echo: bool = True) -> Decision:
     """Move alias ``champion`` to the ``challenger`` version when it passes the rule (module docstring).
@@ -531,19 +625,21 @@ def promote(config: Config, model_name: str | None = None, min_delta: float | No
             if champion is not None and champion.version == challenger.version:
                 decision = Decision(name, False, f"version {challenger.version} is already the champion; nothing to do",
                                     challenger.version, before, before)
-                break
+                break  # its promotion is already on the record
             ok, delta, p, reason = _judge(client, name, challenger, champion, min_delta, max_p)
             if not ok:
                 decision = Decision(name, False, reason, challenger.version, before, before, delta, p)
+                _record_decision(client, challenger, decision)
                 break
             now = _alias(client, name, CHAMPION)
             if (now.version if now else None) != before:
                 continue  # someone promoted meanwhile: judge again against the new champion
-            client.set_model_version_tag(name, challenger.version, "promoted_over", before or "base expert")
+            decision = Decision(name, True, reason, challenger.version, before, challenger.version, delta, p)
+            client.set_model_version_tag(name, challenger.version, "promoted_over", before or BASE_EXPERT)
             client.set_model_version_tag(name, challenger.version, "promotion_delta", f"{delta:.6g}")
             client.set_model_version_tag(name, challenger.version, "promotion_p", f"{p:.6g}")
+            _record_decision(client, challenger, decision)
             client.set_registered_model_alias(name, CHAMPION, challenger.version)  # the last step
-            decision = Decision(name, True, reason, challenger.version, before, challenger.version, delta, p)
             break
         else:
             raise LightReasonerError(f"model {name!r}: the champion kept changing during promotion; retry")
@@ -591,12 +687,13 @@ def _value(v: Any) -> str:
 
 
 def compare(config: Config, run_ids: list[str], *, echo: bool = True) -> Comparison:
-    """Side by side: key params, every stage metric (a pipeline run includes its stage runs) and tags."""
+    """Side by side: the model version a run registered and its promotion decision, key params, every stage
+    metric (a pipeline run includes its stage runs) and tags."""
     if not run_ids:
         raise LightReasonerError("compare: give at least one run id")
     client = tracking.client_for(config)
     uri = client.tracking_uri
-    infos = []
+    infos, produced = [], []
     with tracking.mlflow_errors(uri, "reading runs"):
         from mlflow.exceptions import MlflowException
 
@@ -607,15 +704,20 @@ def compare(config: Config, run_ids: list[str], *, echo: bool = True) -> Compari
                 raise LightReasonerError(f"run {run_id}: not found at {storage.safe_url(uri)}") from None
             children = client.search_runs([run.info.experiment_id],
                                           filter_string=f"tags.mlflow.parentRunId = '{run_id}'", max_results=100)
-            params, metrics = {}, {}
+            params, metrics, tags = {}, {}, {}
             for r in [*children, run]:  # the run's own values win
                 params.update(r.data.params)
                 metrics.update(r.data.metrics)
-            infos.append((run, params, metrics, sorted(c.data.tags.get("lightreasoner.stage", "?") for c in children)))
+                tags.update({k: v for k, v in r.data.tags.items() if k in (RUN_MODEL, RUN_VERSION, DECISION)})
+            stages = sorted(c.data.tags.get("lightreasoner.stage", "?") for c in children)
+            infos.append((run, params, metrics, stages))
+            produced.append(tags)
     rows: list[tuple[str, list[str]]] = [
         ("run name", [_value(r.info.run_name) for r, *_ in infos]),
         ("status", [r.info.status for r, *_ in infos]),
         ("stages", [",".join(s) or "-" for *_, s in infos]),
+        ("model version", [f"{t[RUN_MODEL]} v{t[RUN_VERSION]}" if t.get(RUN_VERSION) else "-" for t in produced]),
+        ("promotion", [t.get(DECISION) or "-" for t in produced]),
         ("version", [_value(r.data.tags.get("lightreasoner.version")) for r, *_ in infos]),
         ("git commit", [_value((r.data.tags.get("lightreasoner.git_commit") or "")[:10] or None) for r, *_ in infos]),
     ]

@@ -270,3 +270,51 @@ def test_model_requirements_are_the_images_versions():
         pkg, version = requirement.split("==", 1)
         assert pins[pkg.lower()] == version, requirement
         assert "+" not in version  # never a local build such as +cpu
+
+
+@pytest.mark.slow
+def test_decisions_are_on_the_record(mlflow_server, aws_env, tmp_path):
+    """Promoted, refused, promoted: every version says why, a replaced challenger says by whom, every
+    pipeline run names the version it produced and its decision; compare shows both."""
+    from mlflow.tracking import MlflowClient
+
+    from lightreasoner import tracking
+
+    name = f"lr-{uuid.uuid4().hex[:8]}"
+    cfg = make_config(mlflow_server.uri, experiment=f"rec-{name}", model_name=name)
+    client = MlflowClient(mlflow_server.uri)
+    parents = []
+    for tag, tuned in (("v1", V1), ("v2", V2), ("v3", V3)):
+        samples, training, evaluation = fabricate(tmp_path, cfg, tuned, tag)
+        parent = tracking.start_pipeline(cfg, f"run-{tag}")
+        registry.register(cfg, training, evaluation, samples, parent_run_id=parent)
+        registry.promote(cfg, echo=False)
+        tracking.end_pipeline(cfg, parent)
+        parents.append(parent)
+    assert aliases(client, name) == {"challenger": "3", "champion": "3"}
+
+    v1, v2, v3 = (client.get_model_version(name, v) for v in ("1", "2", "3"))
+    assert v1.tags["promotion.decision"] == "promoted" and v1.tags["promotion.compared_to"] == "base expert"
+    assert float(v1.tags["promotion.delta"]) == pytest.approx(0.25) and "Promoted to champion" in v1.description
+    assert v2.tags["promotion.decision"] == "refused" and v2.tags["promotion.compared_to"] == "1"
+    assert float(v2.tags["promotion.delta"]) == pytest.approx(-0.125) and float(v2.tags["promotion.p_value"]) < 1
+    assert "does not beat champion version 1" in v2.tags["promotion.reason"]
+    assert v2.description.startswith(f"LightReasoner adapter on {cfg.expert.model}. Not promoted (champion stays 1)")
+    assert v3.tags["promotion.decision"] == "promoted" and v3.tags["promotion.compared_to"] == "1"
+    assert "over champion version 1" in v3.description
+    assert v1.tags["superseded_by"] == "2" and v2.tags["superseded_by"] == "3" and "superseded_by" not in v3.tags
+
+    for version, (parent, decision) in enumerate(zip(parents, ("promoted", "refused", "promoted"), strict=True), 1):
+        tags = client.get_run(parent).data.tags
+        assert tags["lightreasoner.model_version"] == str(version) and tags["lightreasoner.registered_model"] == name
+        assert tags["lightreasoner.model_uri"] == f"models:/{name}/{version}"
+        assert tags["promotion.decision"] == decision
+        assert f"{mlflow_server.uri}/#/models/{name}/versions/{version}" in tags["mlflow.note.content"]
+        # the runs list answers "which version did this run produce?"
+        found = client.search_runs([client.get_run(parent).info.experiment_id],
+                                   f"tags.`lightreasoner.model_version` = '{version}' and tags.`lightreasoner.kind` = 'pipeline'")
+        assert [r.info.run_id for r in found] == [parent]
+
+    table = registry.compare(cfg, parents, echo=False).as_dict()
+    assert list(table["promotion"].values()) == ["promoted", "refused", "promoted"]
+    assert list(table["model version"].values()) == [f"{name} v1", f"{name} v2", f"{name} v3"]
