@@ -181,8 +181,8 @@ def save_pyfunc(path: Path, artifacts: dict[str, str], model_config: dict[str, A
         from . import mlflow_model
 
         # One text column, unnamed: a list of questions or a one-column DataFrame (``question``) both fit;
-        # one parameter: the new-token budget (default: the evaluation protocol's).
-        budget = ParamSpec("max_new_tokens", "long", int(model_config.get("max_new_tokens") or 512))
+        # one parameter: the new-token budget (default: serving_config's, from the evaluation protocol).
+        budget = ParamSpec("max_new_tokens", "long", int(model_config["max_new_tokens"]))
         signature = ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]),
                                    params=ParamSchema([budget]))
         mlflow.pyfunc.save_model(str(path), python_model=mlflow_model.__file__, artifacts=artifacts,
@@ -218,20 +218,28 @@ def expert_location(expert: dict[str, Any]) -> dict[str, Any]:
 
 def serving_config(train_cfg: Mapping[str, Any], metrics: Mapping[str, Any], config: Config) -> dict[str, Any]:
     """How the registered model prompts and stops: as the evaluation that scored it (its ``protocol`` in
-    ``metrics.json``: system prompt, chat template, new tokens, end tokens), so the served model answers the
-    way its accuracy was measured. An evaluation without a recorded protocol (made before protocols existed)
-    falls back to the training config's prompt."""
+    ``metrics.json``: system prompt, chat template, end tokens), so the served model answers the way its
+    accuracy was measured. Its default new-token budget (``max_new_tokens``, a request's ``params`` override
+    it) is the evaluation's, but at least the protocol's own (:func:`lightreasoner.protocols.full_answer_tokens`):
+    a model scored with a short budget (``run --quick``: 32 tokens) still serves whole answers;
+    ``eval_max_new_tokens`` records the evaluation's. An evaluation without a recorded protocol (made before
+    protocols existed) falls back to the training config's prompt."""
+    from .protocols import full_answer_tokens
+
     protocol = metrics.get("protocol")
     if isinstance(protocol, Mapping) and "system_prompt" in protocol:
-        return {"protocol": protocol.get("name") or "", "system_prompt": protocol["system_prompt"],
+        name = protocol.get("name") or ""
+        evaluated = int(protocol.get("max_new_tokens") or full_answer_tokens(name))
+        return {"protocol": name, "system_prompt": protocol["system_prompt"],
                 "chat_template": bool(protocol.get("chat_template", True)),
-                "max_new_tokens": int(protocol.get("max_new_tokens") or 512),
+                "max_new_tokens": max(evaluated, full_answer_tokens(name)), "eval_max_new_tokens": evaluated,
                 "stop_tokens": [str(t) for t in protocol.get("stop_tokens") or []]}
     prompt = train_cfg.get("prompt") or {}
+    evaluated = int((train_cfg.get("evaluation") or {}).get("max_new_tokens") or config.evaluation.max_new_tokens
+                    or full_answer_tokens(None))
     return {"protocol": "", "system_prompt": prompt.get("system_prompt", config.prompt.system_prompt),
             "chat_template": prompt.get("chat_template", config.prompt.chat_template),
-            "max_new_tokens": ((train_cfg.get("evaluation") or {}).get("max_new_tokens")
-                               or config.evaluation.max_new_tokens or 512),
+            "max_new_tokens": max(evaluated, full_answer_tokens(None)), "eval_max_new_tokens": evaluated,
             "stop_tokens": []}
 
 

@@ -183,10 +183,18 @@ def test_served_model_prompts_and_stops_as_its_evaluation_did(tmp_path):
     protocol = resolve_protocol(cfg).as_dict()
     served = registry.serving_config(cfg.dump(), {"protocol": protocol}, cfg)
     assert served == {"protocol": "qwen25-math-cot", "system_prompt": QWEN25_SYSTEM, "chat_template": True,
-                      "max_new_tokens": 2048, "stop_tokens": list(protocol["stop_tokens"])}
+                      "max_new_tokens": 2048, "eval_max_new_tokens": 2048, "stop_tokens": list(protocol["stop_tokens"])}
     # an evaluation from before protocols were recorded: the training config's prompt, as before
     old = registry.serving_config(cfg.dump(), {}, cfg)
     assert old["system_prompt"] == "Train prompt." and old["stop_tokens"] == [] and old["protocol"] == ""
+    # a quick run scored with 32 tokens still serves whole answers: at least the protocol's own budget
+    for name, budget in (("qwen25-math-cot", 2048), ("sampling-prompt", 512)):
+        short = make_config("http://unused", extra=[f"evaluation.protocol={name}", "evaluation.max_new_tokens=32"])
+        served = registry.serving_config(short.dump(), {"protocol": resolve_protocol(short).as_dict()}, short)
+        assert (served["max_new_tokens"], served["eval_max_new_tokens"]) == (budget, 32)
+    long = make_config("http://unused", extra=["evaluation.protocol=sampling-prompt", "evaluation.max_new_tokens=4096"])
+    assert registry.serving_config(long.dump(), {"protocol": resolve_protocol(long).as_dict()}, long)[
+        "max_new_tokens"] == 4096
 
 
 @pytest.mark.slow
@@ -217,9 +225,10 @@ def test_registered_model_loads_and_answers(mlflow_server, aws_env, tiny_models,
     # it prompts and stops as the evaluation that scored it (end tokens the tokenizer lacks are skipped)
     served = model.unwrap_python_model()
     tok = AutoTokenizer.from_pretrained(tiny_models["llama"])
-    assert served.system_prompt == "Box it." and served.max_new_tokens == 4
+    # evaluated with 4 tokens, served with at least the protocol's budget (512 for a protocol of unknown name)
+    assert served.system_prompt == "Box it." and served.max_new_tokens == 512
     assert model.metadata.signature.params.to_dict() == [
-        {"name": "max_new_tokens", "type": "long", "default": 4, "shape": None}]
+        {"name": "max_new_tokens", "type": "long", "default": 512, "shape": None}]
     assert len(model.predict(["What is 2 + 3?"], params={"max_new_tokens": 1})) == 1
     assert set(served.stop_ids) >= {tok.eos_token_id} and len(served.stop_ids) <= 1 + ("<|im_end|>" in tok.get_vocab())
     # Self-contained: a fresh environment without lightreasoner (the installed wheels reused, no network)
