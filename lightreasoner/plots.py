@@ -84,6 +84,16 @@ def kl_plots(trajectories: Path, beta: float, out: Path, *, skip_first: int = 0,
     return paths
 
 
+def sample_kl_plots(folder: Path, manifest: Mapping[str, Any], out: Path) -> list[Path]:
+    """:func:`kl_plots` of a samples folder, counting what its manifest's metrics count: candidate steps
+    only (t = 0 is not one with ``sampling.skip_first_step``), kept = the selected steps."""
+    sampling = (manifest.get("config") or {}).get("sampling") or {}
+    selected = (manifest.get("counts") or {}).get("selected")
+    return kl_plots(Path(folder) / "trajectories.parquet", float(manifest.get("effective_beta") or 0.0), out,
+                    skip_first=1 if sampling.get("skip_first_step") else 0,
+                    kept=int(selected) if selected is not None else None)
+
+
 def plot_loss(points: list[tuple[str, float, int]], path: Path, title: str = "") -> Path:
     """The training loss against the optimizer step (``points``: the stage's ``(name, value, step)`` series)."""
     plt = pyplot()

@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import LightReasonerError
 from .outputs import read_json
-from .plots import kl_plots, plot_accuracy, plot_loss
+from .plots import plot_accuracy, plot_loss, sample_kl_plots
 
 
 @dataclass(frozen=True)
@@ -71,11 +71,7 @@ def read_sample(folder: Path, tmp: Path) -> StageRecord:
         "problems_per_second": timing.get("problems_per_second"), "seconds": timing.get("sampling_seconds"),
     })
     files = [(folder / "samples.parquet", None)] if (folder / "samples.parquet").is_file() else []
-    # The histogram counts the steps the metrics count: candidates only (t = 0 is not one with
-    # sampling.skip_first_step), kept = the manifest's selected steps.
-    skip = 1 if ((manifest.get("config") or {}).get("sampling") or {}).get("skip_first_step") else 0
-    plots = (kl_plots(folder / "trajectories.parquet", beta, tmp, skip_first=skip, kept=_int(counts.get("selected")))
-             if (folder / "trajectories.parquet").is_file() else [])
+    plots = sample_kl_plots(folder, manifest, tmp) if (folder / "trajectories.parquet").is_file() else []
     data = (manifest.get("config") or {}).get("data")
     inputs = [_problems_input(data, "training", _ids_digest(folder / "trajectories.parquet"),
                               _int(counts.get("problems")))] if data else []
@@ -169,7 +165,8 @@ BENCHMARK_TABLE_COLUMNS = ("benchmark", "n", "accuracy_base", "accuracy_tuned", 
 
 def evaluation_tables(folder: Path, values: Mapping[str, Any]) -> list[tuple[str, Any]]:
     """The evaluation as MLflow tables (the UI's table view, ``mlflow.load_table``): one row per problem
-    (benchmark, question, gold, base and tuned answer and output, both correct flags) and one row per
+    (benchmark, question, gold, base and tuned extracted answer, both correct flags; the full outputs stay in
+    the predictions Parquet files, which would make the table too large to browse) and one row per
     benchmark (accuracies, delta and its interval, McNemar p; with an ``average`` row over benchmarks)."""
     import pandas as pd
     import pyarrow.parquet as pq
@@ -191,9 +188,6 @@ def evaluation_tables(folder: Path, values: Mapping[str, Any]) -> list[tuple[str
             tuned = pq.read_table(tuned_path).to_pandas().set_index("problem_id").reindex(base["problem_id"])
             table["tuned_answer"] = tuned["extracted"].to_numpy()
             table["tuned_correct"] = tuned["correct"].fillna(False).astype(bool).to_numpy()
-        table["base_output"] = base["output"]
-        if tuned_path.is_file():
-            table["tuned_output"] = tuned["output"].to_numpy()
         tables.append((PROBLEM_TABLE, table))
     if (folder / "benchmarks.csv").is_file():  # the evaluation's own per-benchmark table (and its average)
         tables.append((BENCHMARK_TABLE, pd.read_csv(folder / "benchmarks.csv")))

@@ -107,7 +107,7 @@ def test_tracked_tiny_run(mlflow_server, aws_env, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", exp)  # load_table looks in the active experiment
     problems = mlflow.load_table("tables/problems.json", run_ids=[ids["evaluate"]])
     assert list(problems.columns) == ["benchmark", "problem_id", "question", "gold", "base_answer", "base_correct",
-                                      "tuned_answer", "tuned_correct", "base_output", "tuned_output"]
+                                      "tuned_answer", "tuned_correct"]
     assert len(problems) == 10 and problems["question"][3] == "What is 3?"
     assert problems["base_correct"].sum() == 5 and problems["tuned_correct"].sum() == 9
     benchmarks = mlflow.load_table("tables/benchmarks.json", run_ids=[ids["evaluate"]])
