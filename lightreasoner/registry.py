@@ -23,8 +23,10 @@ Every attempt is on the record (:func:`_record_decision`): the challenger versio
 ``promotion.compared_to`` and the decision as a sentence in its description; the register run and the
 pipeline run above it get the decision and the version they produced (``lightreasoner.model_version``, a
 link in their description). A version that loses ``challenger`` to a newer one is tagged ``superseded_by``.
-The version's source run stays the ``register`` run: the model's artifacts live there, and MLflow's server
-accepts a version source only inside its run's artifact root.
+The version's source run (its ``run_id``) is the pipeline run when there is one, so the pipeline run's page lists
+it under "Registered models": the pyfunc model is logged into that run's artifacts (``model/``; MLflow's server
+accepts a version source only inside its run's artifact root); the ``register`` run (tag
+``lightreasoner.register_run`` on the version) keeps the evaluation and the training manifest.
 
 The alias is set last, after every check; the champion is re-read just before (a concurrent promotion
 makes the check run again) and promotions of one model are serialised on this machine by a file lock, so
@@ -59,6 +61,7 @@ CHALLENGER = "challenger"
 CHAMPION = "champion"
 CORRECTNESS = "evaluation/correctness.json"
 REGISTRATION_KEY = "lightreasoner.registration_key"
+REGISTER_RUN = "lightreasoner.register_run"  # on a version: the register run (its evaluation/correctness.json)
 # The decision of every promotion attempt, on the challenger version (public: users filter on these).
 DECISION = "promotion.decision"            # promoted | refused
 REASON = "promotion.reason"                # the one-line reason promote prints
@@ -303,7 +306,8 @@ def _fail_stale_runs(client, experiment: str, key: str, keep: set[str]) -> None:
 def _finish(client, name: str, version) -> None:
     """The last steps of a registration, each safe to repeat: the challenger it replaces tagged
     ``superseded_by``, alias challenger, the version written on the register and pipeline runs, run FINISHED."""
-    run = client.get_run(version.run_id) if version.run_id else None
+    register_run = _register_run_id(version)
+    run = client.get_run(register_run) if register_run else None
     if run is not None and run.info.status == "FINISHED":
         return  # completed before: a rerun changes nothing (the alias may have moved on since)
     previous = _alias(client, name, CHALLENGER)
@@ -311,10 +315,15 @@ def _finish(client, name: str, version) -> None:
         client.set_model_version_tag(name, previous.version, SUPERSEDED_BY, str(version.version))
     client.set_registered_model_alias(name, CHALLENGER, version.version)
     if run is not None:
-        client.set_tag(version.run_id, "registered_version", version.version)
+        client.set_tag(register_run, "registered_version", version.version)
         for run_id in _produced_by(run):
             _record_on_run(client, run_id, name, str(version.version), None)
-        client.set_terminated(version.run_id, "FINISHED")
+        client.set_terminated(register_run, "FINISHED")
+
+
+def _register_run_id(version) -> str | None:
+    """The register run of a version (its source run is the pipeline run when it had one)."""
+    return (version.tags or {}).get(REGISTER_RUN) or version.run_id
 
 
 def _produced_by(run) -> list[str]:
@@ -363,8 +372,10 @@ def _log_model(client, run, folder: Path) -> None:
 
 def register(config: Config, training: str | Path, evaluation: str | Path, samples: str | Path | None = None,
              *, parent_run_id: str | None = None, key_run_id: str | None = None) -> RegisteredVersion:
-    """Log the adapter (pyfunc) in a ``register`` run, register it under ``registry.model_name`` with lineage
-    tags and point the alias ``challenger`` at the new version (set last). Inputs: local folders or s3://.
+    """Log the adapter (pyfunc) and its evaluation in a ``register`` run, register it under
+    ``registry.model_name`` with lineage tags and point the alias ``challenger`` at the new version (set
+    last). Inputs: local folders or s3://. With a pipeline run (``parent_run_id``) the model is logged into
+    that run and the version's source run is it (the register run is tagged on the version).
 
     Every input is checked before anything is created: the evaluation must have scored this very adapter
     (its recorded sha256) and the adapter must load (safetensors header, LoRA shapes). Idempotent: a retry
@@ -416,12 +427,15 @@ def register(config: Config, training: str | Path, evaluation: str | Path, sampl
             if done:  # a retry: complete the version the first call made
                 version = done[0]
                 _finish(client, name, version)
-                experiment = client.get_run(version.run_id).info.experiment_id if version.run_id else None
+                if parent_run_id:  # a resumed `run` (a new pipeline run each attempt): this one produced it too
+                    _record_on_run(client, parent_run_id, name, str(version.version), None)
+                register_run = _register_run_id(version)
+                experiment = client.get_run(register_run).info.experiment_id if register_run else None
                 if experiment:
-                    _fail_stale_runs(client, experiment, key, keep={version.run_id})
+                    _fail_stale_runs(client, experiment, key, keep={register_run})
                 log.info("%s version %s was already registered for this adapter and evaluation", name,
                          version.version)
-                return RegisteredVersion(name, str(version.version), version.run_id, version.source, CHALLENGER,
+                return RegisteredVersion(name, str(version.version), register_run, version.source, CHALLENGER,
                                          dict(version.tags))
             experiment = (client.get_run(parent_run_id).info.experiment_id if parent_run_id
                           else tracking.experiment_id(client, config))
@@ -453,10 +467,14 @@ def register(config: Config, training: str | Path, evaluation: str | Path, sampl
                 model_config = {"expert": expert_location(dict(cfg.get("expert") or config.expert.model_dump())),
                                 **serving_config(cfg, metrics, config)}
                 save_pyfunc(tmp / "model", artifacts, model_config, model_requirements(), {"lightreasoner": tags})
-                _log_model(client, run, tmp / "model")
-                source = storage.join(run.info.artifact_uri, "model")
+                # The version's source run is the pipeline run when there is one (its page then lists the
+                # version under "Registered models"), else the register run: the model is logged there.
+                source_run = client.get_run(parent_run_id) if parent_run_id else run
+                _log_model(client, source_run, tmp / "model")
+                source = storage.join(source_run.info.artifact_uri, "model")
                 _ensure_registered_model(client, name)
-                version = client.create_model_version(name, source, run_id=run_id, tags=tags,
+                tags[REGISTER_RUN] = run_id
+                version = client.create_model_version(name, source, run_id=source_run.info.run_id, tags=tags,
                                                       description=f"LightReasoner adapter on {tags['expert']}")
                 _finish(client, name, version)
         except BaseException:
@@ -546,10 +564,11 @@ def _tag_float(version, key: str) -> float | None:
 
 
 def _correctness(client, version, tmp: Path) -> dict[str, bool] | None:
-    if not version.run_id:
+    register_run = _register_run_id(version)
+    if not register_run:
         return None
     try:
-        path = tracking.download_artifact(client, version.run_id, CORRECTNESS, tmp / f"v{version.version}")
+        path = tracking.download_artifact(client, register_run, CORRECTNESS, tmp / f"v{version.version}")
     except LightReasonerError:
         return None
     return json.loads(Path(path).read_text())
@@ -595,25 +614,26 @@ def _judge(client, name: str, challenger, champion, min_delta: float, max_p: flo
     return ok, delta, p, reason
 
 
-def _record_decision(client, version, decision: Decision) -> None:
+def _record_decision(client, version, decision: Decision, parent_run_id: str | None = None) -> None:
     """A promotion attempt on the record: ``promotion.*`` tags and a sentence in the challenger version's
-    description, and the decision on the runs that produced it (register run, pipeline run)."""
+    description, and the decision on the runs that produced it (register run, pipeline run, and
+    ``parent_run_id``: the pipeline run that asked, when it is another one, e.g. a resumed ``run``)."""
     name = decision.model
     for key, value in decision.tags().items():
         client.set_model_version_tag(name, version.version, key, value)
     expert = (version.tags or {}).get("expert")
     base = f"LightReasoner adapter on {expert}." if expert else "LightReasoner adapter."
     client.update_model_version(name, version.version, description=f"{base} {decision.sentence()}")
-    if version.run_id:
-        run = client.get_run(version.run_id)
-        for run_id in _produced_by(run):
-            _record_on_run(client, run_id, name, str(version.version), decision)
+    runs = _produced_by(client.get_run(_register_run_id(version))) if _register_run_id(version) else []
+    for run_id in dict.fromkeys([*runs, *([parent_run_id] if parent_run_id else [])]):
+        _record_on_run(client, run_id, name, str(version.version), decision)
 
 
 def promote(config: Config, model_name: str | None = None, min_delta: float | None = None,
-            max_p: float | None = None, *, echo: bool = True) -> Decision:
+            max_p: float | None = None, *, echo: bool = True, parent_run_id: str | None = None) -> Decision:
     """Move alias ``champion`` to the ``challenger`` version when it passes the rule (module docstring).
-    Prints (``echo``) and returns the decision with its reason. Raises when there is no challenger."""
+    Prints (``echo``) and returns the decision with its reason, recorded on the version and on the runs
+    that produced it (and on ``parent_run_id``). Raises when there is no challenger."""
     name = model_name or config.registry.model_name
     min_delta = config.registry.min_delta if min_delta is None else float(min_delta)
     max_p = config.registry.max_p if max_p is None else float(max_p)
@@ -637,7 +657,7 @@ def promote(config: Config, model_name: str | None = None, min_delta: float | No
             ok, delta, p, reason = _judge(client, name, challenger, champion, min_delta, max_p)
             if not ok:
                 decision = Decision(name, False, reason, challenger.version, before, before, delta, p)
-                _record_decision(client, challenger, decision)
+                _record_decision(client, challenger, decision, parent_run_id)
                 break
             now = _alias(client, name, CHAMPION)
             if (now.version if now else None) != before:
@@ -646,7 +666,7 @@ def promote(config: Config, model_name: str | None = None, min_delta: float | No
             client.set_model_version_tag(name, challenger.version, "promoted_over", before or BASE_EXPERT)
             client.set_model_version_tag(name, challenger.version, "promotion_delta", f"{delta:.6g}")
             client.set_model_version_tag(name, challenger.version, "promotion_p", f"{p:.6g}")
-            _record_decision(client, challenger, decision)
+            _record_decision(client, challenger, decision, parent_run_id)
             client.set_registered_model_alias(name, CHAMPION, challenger.version)  # the last step
             break
         else:

@@ -312,6 +312,12 @@ def test_decisions_are_on_the_record(mlflow_server, aws_env, tmp_path):
     assert v3.tags["promotion.decision"] == "promoted" and v3.tags["promotion.compared_to"] == "1"
     assert "over champion version 1" in v3.description
     assert v1.tags["superseded_by"] == "2" and v2.tags["superseded_by"] == "3" and "superseded_by" not in v3.tags
+    # each version's source run is the pipeline run (its page lists it); the register run is tagged
+    for version, parent in zip((v1, v2, v3), parents, strict=True):
+        prun = client.get_run(parent)
+        assert version.run_id == parent and version.source == f"{prun.info.artifact_uri}/model"
+        register_run = client.get_run(version.tags["lightreasoner.register_run"])
+        assert register_run.data.tags["mlflow.parentRunId"] == parent and register_run.info.status == "FINISHED"
 
     for version, (parent, decision) in enumerate(zip(parents, ("promoted", "refused", "promoted"), strict=True), 1):
         tags = client.get_run(parent).data.tags

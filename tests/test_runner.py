@@ -69,6 +69,7 @@ def test_run_all_on_tiny_models(tiny_models, tmp_path, monkeypatch):
     assert tags["promotion.decision"] == ("promoted" if summary.decision.promoted else "refused")
     version = client.get_model_version(summary.registered.name, summary.registered.version)
     assert version.tags["promotion.reason"] == summary.decision.reason
+    assert version.run_id == parents[0].info.run_id  # the pipeline run lists it under "Registered models"
     (evaluate,) = client.search_runs([parents[0].info.experiment_id], "tags.`lightreasoner.stage` = 'evaluate'")
     import mlflow
 
