@@ -10,7 +10,7 @@ compares the two on the same problems: the paired delta with a bootstrap 95% con
 McNemar p-value, per benchmark, pooled over all problems (the top-level fields) and averaged over the
 benchmarks (``average``, the paper's column).
 
-Output folder (keep these names): ``predictions_base.parquet``, ``predictions_tuned.parquet``,
+Output folder (keep these names): ``predictions_base.parquet``, ``predictions_tuned.parquet``, ``questions.parquet``,
 ``metrics.json``, ``accuracy.png``, with benchmarks ``benchmarks.csv`` and ``benchmark_deltas.png``, and
 ``manifest.json`` (written last).
 
@@ -73,6 +73,7 @@ METRICS = "metrics.json"
 PLOT = "accuracy.png"
 BENCHMARK_TABLE = "benchmarks.csv"
 DELTA_PLOT = "benchmark_deltas.png"
+QUESTIONS = "questions.parquet"  # problem_id -> question: the per-problem table MLflow shows (records.evaluation_tables)
 
 PREDICTION_SCHEMA = pa.schema(
     [
@@ -476,6 +477,9 @@ def write_evaluation(out: Path, config: Config, metrics: dict[str, Any], results
     base_preds = [p for r in results for p in r.base]
     tuned_preds = None if any(r.tuned is None for r in results) else [p for r in results for p in r.tuned]
     write_predictions(base_preds, out / PREDICTIONS_BASE)
+    write_table_atomic(pa.Table.from_pylist([{"problem_id": p.problem_id, "question": p.question} for p in all_problems],
+                                            schema=pa.schema([("problem_id", pa.string()), ("question", pa.string())])),
+                       out / QUESTIONS)
     if tuned_preds is not None:
         write_predictions(tuned_preds, out / PREDICTIONS_TUNED)
     write_json_atomic(metrics, out / METRICS)

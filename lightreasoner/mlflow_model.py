@@ -46,7 +46,7 @@ class AdapterModel(PythonModel):
         self.model = PeftModel.from_pretrained(base, context.artifacts["adapter"]).eval()
         self.system_prompt = cfg.get("system_prompt") or ""
         self.chat_template = bool(cfg.get("chat_template", True))
-        self.max_new_tokens = int(cfg.get("max_new_tokens", 512))
+        self.max_new_tokens = int(cfg["max_new_tokens"])  # the protocol's budget (registry.serving_config)
         # It stops where its evaluation stopped: the eos (tokenizer's and generation config's) and the
         # protocol's chat-template end tokens.
         vocab = self.tokenizer.get_vocab()

@@ -35,13 +35,19 @@ def save(fig, path: Path, dpi: int = 110) -> Path:
     return path
 
 
-def kl_plots(trajectories: Path, beta: float, out: Path) -> list[Path]:
-    """KL histogram of every step with the beta line; kept fraction per problem (steps with KL > beta)."""
+def kl_plots(trajectories: Path, beta: float, out: Path, *, skip_first: int = 0,
+             kept: int | None = None) -> list[Path]:
+    """KL histogram of the candidate steps with the beta line; kept fraction per problem (steps with KL > beta).
+
+    ``skip_first``: leading steps of each trajectory that are never candidates (``sampling.skip_first_steps``),
+    left out so the legend counts what the metrics count; ``kept``: the number of steps selected (the
+    manifest's ``counts.selected``), used for the legend when given."""
     import numpy as np
     import pyarrow.parquet as pq
 
     table = pq.read_table(trajectories, columns=["problem_id", "step_kl"])
-    per_problem = [np.asarray(v or [], dtype=np.float64) for v in table.column("step_kl").to_pylist()]
+    per_problem = [np.asarray(v or [], dtype=np.float64)[max(0, skip_first):]
+                   for v in table.column("step_kl").to_pylist()]
     all_kl = np.concatenate(per_problem) if per_problem else np.zeros(0)
     plt = pyplot()
     paths = []
@@ -55,10 +61,11 @@ def kl_plots(trajectories: Path, beta: float, out: Path) -> list[Path]:
             ax.hist(np.clip(all_kl, bins[0], None), bins=bins, color="tab:blue", alpha=0.8)
         else:
             ax.hist(all_kl, bins=60, color="tab:blue", alpha=0.8)
-    kept = float((all_kl > beta).mean()) if all_kl.size else 0.0
+    n_kept = int((all_kl > beta).sum()) if kept is None else int(kept)
+    share = n_kept / all_kl.size if all_kl.size else 0.0
     ax.axvline(max(beta, 1e-6) if ax.get_xscale() == "log" else beta, color="tab:red", linestyle="--",
-               label=f"beta = {beta:.4g} (kept {kept:.1%} of {all_kl.size} steps)")
-    ax.set_xlabel("KL(p_Expert || p_Amateur) per step")
+               label=f"beta = {beta:.4g} (kept {n_kept} of {all_kl.size} candidate steps, {share:.1%})")
+    ax.set_xlabel("KL(p_Expert || p_Amateur) per candidate step")
     ax.set_ylabel("steps")
     ax.set_title("Expert-Amateur divergence")
     ax.legend()
@@ -78,6 +85,30 @@ def kl_plots(trajectories: Path, beta: float, out: Path) -> list[Path]:
     fig.tight_layout()
     paths.append(save(fig, out / "kept_fraction_per_problem.png"))
     return paths
+
+
+def sample_kl_plots(folder: Path, manifest: Mapping[str, Any], out: Path) -> list[Path]:
+    """:func:`kl_plots` of a samples folder, counting what its manifest's metrics count: candidate steps
+    only (t = 0 is not one with ``sampling.skip_first_step``), kept = the selected steps."""
+    sampling = (manifest.get("config") or {}).get("sampling") or {}
+    selected = (manifest.get("counts") or {}).get("selected")
+    return kl_plots(Path(folder) / "trajectories.parquet", float(manifest.get("effective_beta") or 0.0), out,
+                    skip_first=1 if sampling.get("skip_first_step") else 0,
+                    kept=int(selected) if selected is not None else None)
+
+
+def plot_loss(points: list[tuple[str, float, int]], path: Path, title: str = "") -> Path:
+    """The training loss against the optimizer step (``points``: the stage's ``(name, value, step)`` series)."""
+    plt = pyplot()
+    points = sorted((step, value) for _, value, step in points)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([s for s, _ in points], [v for _, v in points], color="tab:orange", marker="." if len(points) < 50 else None)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_title(title or "Training loss", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save(fig, path)
 
 
 def plot_accuracy(metrics: Mapping[str, Any], path: Path, title: str = "") -> Path:

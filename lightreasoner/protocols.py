@@ -49,16 +49,24 @@ TOOLKIT_STOPS = ("</s>", "<|im_end|>", "<|endoftext|>")
 # Chat-template end tokens: Qwen's (ChatML), Llama 3's, Gemma's, Phi's.
 END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>", "<|end|>")
 SAMPLING_PROMPT = "sampling-prompt"
+# Each protocol's own new-token budget: what a full answer under it needs (evaluation.max_new_tokens overrides
+# it for an evaluation; the registered model serves at least this much, see full_answer_tokens).
+BUDGETS = {QWEN25_MATH_COT: 2048, SAMPLING_PROMPT: 512}
+
+
+def full_answer_tokens(protocol: str | None) -> int:
+    """The new-token budget a full answer needs under ``protocol`` (the sampling prompt's for unknown names)."""
+    return BUDGETS.get(protocol or "", BUDGETS[SAMPLING_PROMPT])
 
 
 def resolve_protocol(config: Config) -> Protocol:
     """The protocol ``evaluation.protocol`` names, with ``evaluation.max_new_tokens`` when set."""
     ecfg = config.evaluation
     if ecfg.protocol == QWEN25_MATH_COT:
-        return Protocol(QWEN25_MATH_COT, QWEN25_SYSTEM, True, ecfg.max_new_tokens or 2048, TOOLKIT_STOPS,
-                        QWEN25_MATH_COT_TEMPLATE, TOOLKIT_STOPS)
+        return Protocol(QWEN25_MATH_COT, QWEN25_SYSTEM, True, ecfg.max_new_tokens or BUDGETS[QWEN25_MATH_COT],
+                        TOOLKIT_STOPS, QWEN25_MATH_COT_TEMPLATE, TOOLKIT_STOPS)
     return Protocol(SAMPLING_PROMPT, config.prompt.system_prompt, config.prompt.chat_template,
-                    ecfg.max_new_tokens or 512, ())
+                    ecfg.max_new_tokens or BUDGETS[SAMPLING_PROMPT], ())
 
 
 def stop_token_ids(tokenizer, protocol: Protocol) -> list[int]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import LightReasonerError
 from .outputs import read_json
-from .plots import kl_plots, plot_accuracy
+from .plots import plot_accuracy, plot_loss, sample_kl_plots
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class StageRecord:
     json_files: list[tuple[Path, str | None]]  # logged as redacted copies
     plots: list[Path]
     inputs: list[StageInput] = field(default_factory=list)  # data sets the stage read (mlflow.log_input)
+    tables: list[tuple[str, Any]] = field(default_factory=list)  # (artifact file, DataFrame): mlflow.log_table
 
 
 def number(value: Any) -> float | None:
@@ -70,7 +71,7 @@ def read_sample(folder: Path, tmp: Path) -> StageRecord:
         "problems_per_second": timing.get("problems_per_second"), "seconds": timing.get("sampling_seconds"),
     })
     files = [(folder / "samples.parquet", None)] if (folder / "samples.parquet").is_file() else []
-    plots = kl_plots(folder / "trajectories.parquet", beta, tmp) if (folder / "trajectories.parquet").is_file() else []
+    plots = sample_kl_plots(folder, manifest, tmp) if (folder / "trajectories.parquet").is_file() else []
     data = (manifest.get("config") or {}).get("data")
     inputs = [_problems_input(data, "training", _ids_digest(folder / "trajectories.parquet"),
                               _int(counts.get("problems")))] if data else []
@@ -99,7 +100,8 @@ def read_train(folder: Path, tmp: Path) -> StageRecord:
     digest = manifest.get("samples_sha256") or (samples.get("sha256") or {}).get("samples.parquet")
     inputs = [StageInput("samples", str(samples["path"]), "training", digest=_digest(digest),
                          rows=_int((manifest.get("counts") or {}).get("kept_steps")))] if samples.get("path") else []
-    return StageRecord(manifest.get("config"), metrics, steps, files, [(folder / "manifest.json", None)], [],
+    plots = [plot_loss(steps, tmp / LOSS_PLOT, "LightReasoner training loss")] if steps else []
+    return StageRecord(manifest.get("config"), metrics, steps, files, [(folder / "manifest.json", None)], plots,
                        inputs)
 
 
@@ -116,7 +118,8 @@ def read_sft(folder: Path, tmp: Path) -> StageRecord:
              if number(p.get("loss")) is not None and p.get("step") is not None]
     files = [(folder / name, name) for name in ("adapter", "tokenizer") if (folder / name).is_dir()]
     files += [(folder / "solutions.parquet", None)] if (folder / "solutions.parquet").is_file() else []
-    return StageRecord(manifest.get("config"), metrics, steps, files, [(folder / "manifest.json", None)], [])
+    plots = [plot_loss(steps, tmp / LOSS_PLOT, "SFT training loss")] if steps else []
+    return StageRecord(manifest.get("config"), metrics, steps, files, [(folder / "manifest.json", None)], plots)
 
 
 def read_evaluate(folder: Path, tmp: Path, prefix: str = "evaluate") -> StageRecord:
@@ -150,7 +153,48 @@ def read_evaluate(folder: Path, tmp: Path, prefix: str = "evaluate") -> StageRec
     if data and not benchmarks:  # the evaluation problems: their source, digested by the problem ids really scored
         inputs.append(_problems_input(data, "evaluation", _ids_digest(folder / "predictions_base.parquet"),
                                       _int(values.get("n"))))
-    return StageRecord(config, metrics, [], files, jsons, plots, inputs)
+    return StageRecord(config, metrics, [], files, jsons, plots, inputs, evaluation_tables(folder, values))
+
+
+LOSS_PLOT = "loss_curve.png"
+PROBLEM_TABLE = "tables/problems.json"
+BENCHMARK_TABLE = "tables/benchmarks.json"
+BENCHMARK_TABLE_COLUMNS = ("benchmark", "n", "accuracy_base", "accuracy_tuned", "delta", "delta_ci_low",
+                           "delta_ci_high", "mcnemar_p")
+
+
+def evaluation_tables(folder: Path, values: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The evaluation as MLflow tables (the UI's table view, ``mlflow.load_table``): one row per problem
+    (benchmark, question, gold, base and tuned extracted answer, both correct flags; the full outputs stay in
+    the predictions Parquet files, which would make the table too large to browse) and one row per
+    benchmark (accuracies, delta and its interval, McNemar p; with an ``average`` row over benchmarks)."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    tables = []
+    base_path, tuned_path = folder / "predictions_base.parquet", folder / "predictions_tuned.parquet"
+    if base_path.is_file():
+        base = pq.read_table(base_path).to_pandas()
+        table = pd.DataFrame({"benchmark": base["benchmark"] if "benchmark" in base else "data",
+                              "problem_id": base["problem_id"]})
+        questions = folder / "questions.parquet"  # written by evaluations since the tables exist
+        if questions.is_file():
+            q = pq.read_table(questions).to_pandas()
+            table["question"] = table["problem_id"].map(dict(zip(q["problem_id"], q["question"], strict=True)))
+        table["gold"] = base["gold"]
+        table["base_answer"] = base["extracted"]
+        table["base_correct"] = base["correct"].astype(bool)
+        if tuned_path.is_file():
+            tuned = pq.read_table(tuned_path).to_pandas().set_index("problem_id").reindex(base["problem_id"])
+            table["tuned_answer"] = tuned["extracted"].to_numpy()
+            table["tuned_correct"] = tuned["correct"].fillna(False).astype(bool).to_numpy()
+        tables.append((PROBLEM_TABLE, table))
+    if (folder / "benchmarks.csv").is_file():  # the evaluation's own per-benchmark table (and its average)
+        tables.append((BENCHMARK_TABLE, pd.read_csv(folder / "benchmarks.csv")))
+    elif values.get("accuracy_base") is not None:  # one data set: its pooled numbers
+        row = {"benchmark": "data", **{k: values.get(k) for k in BENCHMARK_TABLE_COLUMNS[1:]}}
+        tables.append((BENCHMARK_TABLE, pd.DataFrame([row], columns=list(BENCHMARK_TABLE_COLUMNS))))
+    return tables
 
 
 def read_prepare(folder: Path, tmp: Path) -> StageRecord:

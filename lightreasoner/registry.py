@@ -18,6 +18,16 @@ Promotion rule (:func:`promote`): the challenger becomes ``champion`` when
 * there is one: on the same evaluation problems (paired), accuracy(challenger) - accuracy(champion) >=
   min_delta and the exact McNemar p of the two versions' discordant problems <= max_p.
 
+Every attempt is on the record (:func:`_record_decision`): the challenger version gets tags
+``promotion.decision`` (promoted / refused), ``promotion.reason``, ``promotion.delta``, ``promotion.p_value``,
+``promotion.compared_to`` and the decision as a sentence in its description; the register run and the
+pipeline run above it get the decision and the version they produced (``lightreasoner.model_version``, a
+link in their description). A version that loses ``challenger`` to a newer one is tagged ``superseded_by``.
+The version's source run (its ``run_id``) is the pipeline run when there is one, so the pipeline run's page lists
+it under "Registered models": the pyfunc model is logged into that run's artifacts (``model/``; MLflow's server
+accepts a version source only inside its run's artifact root); the ``register`` run (tag
+``lightreasoner.register_run`` on the version) keeps the evaluation and the training manifest.
+
 The alias is set last, after every check; the champion is re-read just before (a concurrent promotion
 makes the check run again) and promotions of one model are serialised on this machine by a file lock, so
 concurrent calls leave exactly one champion that passed the rule. Running it twice changes nothing.
@@ -51,6 +61,20 @@ CHALLENGER = "challenger"
 CHAMPION = "champion"
 CORRECTNESS = "evaluation/correctness.json"
 REGISTRATION_KEY = "lightreasoner.registration_key"
+REGISTER_RUN = "lightreasoner.register_run"  # on a version: the register run (its evaluation/correctness.json)
+# The decision of every promotion attempt, on the challenger version (public: users filter on these).
+DECISION = "promotion.decision"            # promoted | refused
+REASON = "promotion.reason"                # the one-line reason promote prints
+DELTA = "promotion.delta"                  # paired delta against the champion (or the base Expert)
+P_VALUE = "promotion.p_value"              # exact McNemar p of that comparison
+COMPARED_TO = "promotion.compared_to"      # the champion version judged against, or "base expert"
+SUPERSEDED_BY = "superseded_by"            # on a version that lost alias challenger: the version that took it
+# On the pipeline (parent) run and the register run: the version they produced.
+RUN_MODEL = "lightreasoner.registered_model"
+RUN_VERSION = "lightreasoner.model_version"
+RUN_MODEL_URI = "lightreasoner.model_uri"
+NOTE = "mlflow.note.content"               # the run's description in the MLflow UI (markdown)
+BASE_EXPERT = "base expert"
 METRIC_KEYS = ("n", "accuracy_base", "accuracy_tuned", "delta", "delta_ci_low", "delta_ci_high", "mcnemar_p")
 
 
@@ -160,8 +184,8 @@ def save_pyfunc(path: Path, artifacts: dict[str, str], model_config: dict[str, A
         from . import mlflow_model
 
         # One text column, unnamed: a list of questions or a one-column DataFrame (``question``) both fit;
-        # one parameter: the new-token budget (default: the evaluation protocol's).
-        budget = ParamSpec("max_new_tokens", "long", int(model_config.get("max_new_tokens") or 512))
+        # one parameter: the new-token budget (default: serving_config's, from the evaluation protocol).
+        budget = ParamSpec("max_new_tokens", "long", int(model_config["max_new_tokens"]))
         signature = ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]),
                                    params=ParamSchema([budget]))
         mlflow.pyfunc.save_model(str(path), python_model=mlflow_model.__file__, artifacts=artifacts,
@@ -197,20 +221,28 @@ def expert_location(expert: dict[str, Any]) -> dict[str, Any]:
 
 def serving_config(train_cfg: Mapping[str, Any], metrics: Mapping[str, Any], config: Config) -> dict[str, Any]:
     """How the registered model prompts and stops: as the evaluation that scored it (its ``protocol`` in
-    ``metrics.json``: system prompt, chat template, new tokens, end tokens), so the served model answers the
-    way its accuracy was measured. An evaluation without a recorded protocol (made before protocols existed)
-    falls back to the training config's prompt."""
+    ``metrics.json``: system prompt, chat template, end tokens), so the served model answers the way its
+    accuracy was measured. Its default new-token budget (``max_new_tokens``, a request's ``params`` override
+    it) is the evaluation's, but at least the protocol's own (:func:`lightreasoner.protocols.full_answer_tokens`):
+    a model scored with a short budget (``run --quick``: 32 tokens) still serves whole answers;
+    ``eval_max_new_tokens`` records the evaluation's. An evaluation without a recorded protocol (made before
+    protocols existed) falls back to the training config's prompt."""
+    from .protocols import full_answer_tokens
+
     protocol = metrics.get("protocol")
     if isinstance(protocol, Mapping) and "system_prompt" in protocol:
-        return {"protocol": protocol.get("name") or "", "system_prompt": protocol["system_prompt"],
+        name = protocol.get("name") or ""
+        evaluated = int(protocol.get("max_new_tokens") or full_answer_tokens(name))
+        return {"protocol": name, "system_prompt": protocol["system_prompt"],
                 "chat_template": bool(protocol.get("chat_template", True)),
-                "max_new_tokens": int(protocol.get("max_new_tokens") or 512),
+                "max_new_tokens": max(evaluated, full_answer_tokens(name)), "eval_max_new_tokens": evaluated,
                 "stop_tokens": [str(t) for t in protocol.get("stop_tokens") or []]}
     prompt = train_cfg.get("prompt") or {}
+    evaluated = int((train_cfg.get("evaluation") or {}).get("max_new_tokens") or config.evaluation.max_new_tokens
+                    or full_answer_tokens(None))
     return {"protocol": "", "system_prompt": prompt.get("system_prompt", config.prompt.system_prompt),
             "chat_template": prompt.get("chat_template", config.prompt.chat_template),
-            "max_new_tokens": ((train_cfg.get("evaluation") or {}).get("max_new_tokens")
-                               or config.evaluation.max_new_tokens or 512),
+            "max_new_tokens": max(evaluated, full_answer_tokens(None)), "eval_max_new_tokens": evaluated,
             "stop_tokens": []}
 
 
@@ -272,14 +304,53 @@ def _fail_stale_runs(client, experiment: str, key: str, keep: set[str]) -> None:
 
 
 def _finish(client, name: str, version) -> None:
-    """The last steps of a registration, each safe to repeat: alias challenger, run tag, run FINISHED."""
-    run = client.get_run(version.run_id) if version.run_id else None
+    """The last steps of a registration, each safe to repeat: the challenger it replaces tagged
+    ``superseded_by``, alias challenger, the version written on the register and pipeline runs, run FINISHED."""
+    register_run = _register_run_id(version)
+    run = client.get_run(register_run) if register_run else None
     if run is not None and run.info.status == "FINISHED":
         return  # completed before: a rerun changes nothing (the alias may have moved on since)
+    previous = _alias(client, name, CHALLENGER)
+    if previous is not None and str(previous.version) != str(version.version):
+        client.set_model_version_tag(name, previous.version, SUPERSEDED_BY, str(version.version))
     client.set_registered_model_alias(name, CHALLENGER, version.version)
     if run is not None:
-        client.set_tag(version.run_id, "registered_version", version.version)
-        client.set_terminated(version.run_id, "FINISHED")
+        client.set_tag(register_run, "registered_version", version.version)
+        for run_id in _produced_by(run):
+            _record_on_run(client, run_id, name, str(version.version), None)
+        client.set_terminated(register_run, "FINISHED")
+
+
+def _register_run_id(version) -> str | None:
+    """The register run of a version (its source run is the pipeline run when it had one)."""
+    return (version.tags or {}).get(REGISTER_RUN) or version.run_id
+
+
+def _produced_by(run) -> list[str]:
+    """The runs that produced a version: its register run and the pipeline run above it (when there is one)."""
+    parent = run.data.tags.get("mlflow.parentRunId")
+    return [run.info.run_id, *([parent] if parent else [])]
+
+
+def version_link(client, name: str, version: str) -> str:
+    """Where the version's page is: a URL on an HTTP tracking server, else its ``models:/`` URI."""
+    uri = client.tracking_uri
+    if uri.startswith(("http://", "https://")):
+        return f"{storage.safe_url(uri).rstrip('/')}/#/models/{name}/versions/{version}"
+    return f"models:/{name}/{version}"
+
+
+def _record_on_run(client, run_id: str, name: str, version: str, decision: Decision | None) -> None:
+    """Tag a run with the version it produced (and the promotion decision) and describe both in its
+    description (``mlflow.note.content``), so the runs list answers "which version?" and "promoted?"."""
+    tags = {RUN_MODEL: name, RUN_VERSION: version, RUN_MODEL_URI: f"models:/{name}/{version}"}
+    note = f"Registered model [{name} version {version}]({version_link(client, name, version)})."
+    if decision is not None:
+        tags.update({DECISION: decision.outcome, REASON: decision.reason[:5000]})
+        note += f" {decision.sentence()}"
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    client.set_tag(run_id, NOTE, note)
 
 
 def _log_model(client, run, folder: Path) -> None:
@@ -301,8 +372,10 @@ def _log_model(client, run, folder: Path) -> None:
 
 def register(config: Config, training: str | Path, evaluation: str | Path, samples: str | Path | None = None,
              *, parent_run_id: str | None = None, key_run_id: str | None = None) -> RegisteredVersion:
-    """Log the adapter (pyfunc) in a ``register`` run, register it under ``registry.model_name`` with lineage
-    tags and point the alias ``challenger`` at the new version (set last). Inputs: local folders or s3://.
+    """Log the adapter (pyfunc) and its evaluation in a ``register`` run, register it under
+    ``registry.model_name`` with lineage tags and point the alias ``challenger`` at the new version (set
+    last). Inputs: local folders or s3://. With a pipeline run (``parent_run_id``) the model is logged into
+    that run and the version's source run is it (the register run is tagged on the version).
 
     Every input is checked before anything is created: the evaluation must have scored this very adapter
     (its recorded sha256) and the adapter must load (safetensors header, LoRA shapes). Idempotent: a retry
@@ -352,12 +425,15 @@ def register(config: Config, training: str | Path, evaluation: str | Path, sampl
             if done:  # a retry: complete the version the first call made
                 version = done[0]
                 _finish(client, name, version)
-                experiment = client.get_run(version.run_id).info.experiment_id if version.run_id else None
+                if parent_run_id:  # a resumed `run` (a new pipeline run each attempt): this one produced it too
+                    _record_on_run(client, parent_run_id, name, str(version.version), None)
+                register_run = _register_run_id(version)
+                experiment = client.get_run(register_run).info.experiment_id if register_run else None
                 if experiment:
-                    _fail_stale_runs(client, experiment, key, keep={version.run_id})
+                    _fail_stale_runs(client, experiment, key, keep={register_run})
                 log.info("%s version %s was already registered for this adapter and evaluation", name,
                          version.version)
-                return RegisteredVersion(name, str(version.version), version.run_id, version.source, CHALLENGER,
+                return RegisteredVersion(name, str(version.version), register_run, version.source, CHALLENGER,
                                          dict(version.tags))
             experiment = (client.get_run(parent_run_id).info.experiment_id if parent_run_id
                           else tracking.experiment_id(client, config))
@@ -389,10 +465,14 @@ def register(config: Config, training: str | Path, evaluation: str | Path, sampl
                 model_config = {"expert": expert_location(dict(cfg.get("expert") or config.expert.model_dump())),
                                 **serving_config(cfg, metrics, config)}
                 save_pyfunc(tmp / "model", artifacts, model_config, model_requirements(), {"lightreasoner": tags})
-                _log_model(client, run, tmp / "model")
-                source = storage.join(run.info.artifact_uri, "model")
+                # The version's source run is the pipeline run when there is one (its page then lists the
+                # version under "Registered models"), else the register run: the model is logged there.
+                source_run = client.get_run(parent_run_id) if parent_run_id else run
+                _log_model(client, source_run, tmp / "model")
+                source = storage.join(source_run.info.artifact_uri, "model")
                 _ensure_registered_model(client, name)
-                version = client.create_model_version(name, source, run_id=run_id, tags=tags,
+                tags[REGISTER_RUN] = run_id
+                version = client.create_model_version(name, source, run_id=source_run.info.run_id, tags=tags,
                                                       description=f"LightReasoner adapter on {tags['expert']}")
                 _finish(client, name, version)
         except BaseException:
@@ -423,6 +503,31 @@ class Decision:
 
     def __str__(self) -> str:
         return f"{'promoted' if self.promoted else 'not promoted'}: {self.reason}"
+
+    @property
+    def outcome(self) -> str:
+        """The value of tag ``promotion.decision``."""
+        return "promoted" if self.promoted else "refused"
+
+    @property
+    def compared_to(self) -> str:
+        return self.champion_before or BASE_EXPERT
+
+    def sentence(self) -> str:
+        """The decision in one sentence (the version's description)."""
+        if self.promoted:
+            over = f"over champion version {self.champion_before}" if self.champion_before else "(first champion)"
+            return f"Promoted to champion {over}: {self.reason}."
+        return f"Not promoted (champion stays {self.champion_before or 'unset'}): {self.reason}."
+
+    def tags(self) -> dict[str, str]:
+        """The tags a promotion attempt writes on the challenger version."""
+        tags = {DECISION: self.outcome, REASON: self.reason[:5000], COMPARED_TO: self.compared_to}
+        if self.delta is not None:
+            tags[DELTA] = f"{self.delta:.6g}"
+        if self.p_value is not None:
+            tags[P_VALUE] = f"{self.p_value:.6g}"
+        return tags
 
 
 @contextlib.contextmanager
@@ -457,10 +562,11 @@ def _tag_float(version, key: str) -> float | None:
 
 
 def _correctness(client, version, tmp: Path) -> dict[str, bool] | None:
-    if not version.run_id:
+    register_run = _register_run_id(version)
+    if not register_run:
         return None
     try:
-        path = tracking.download_artifact(client, version.run_id, CORRECTNESS, tmp / f"v{version.version}")
+        path = tracking.download_artifact(client, register_run, CORRECTNESS, tmp / f"v{version.version}")
     except LightReasonerError:
         return None
     return json.loads(Path(path).read_text())
@@ -506,10 +612,26 @@ def _judge(client, name: str, challenger, champion, min_delta: float, max_p: flo
     return ok, delta, p, reason
 
 
+def _record_decision(client, version, decision: Decision, parent_run_id: str | None = None) -> None:
+    """A promotion attempt on the record: ``promotion.*`` tags and a sentence in the challenger version's
+    description, and the decision on the runs that produced it (register run, pipeline run, and
+    ``parent_run_id``: the pipeline run that asked, when it is another one, e.g. a resumed ``run``)."""
+    name = decision.model
+    for key, value in decision.tags().items():
+        client.set_model_version_tag(name, version.version, key, value)
+    expert = (version.tags or {}).get("expert")
+    base = f"LightReasoner adapter on {expert}." if expert else "LightReasoner adapter."
+    client.update_model_version(name, version.version, description=f"{base} {decision.sentence()}")
+    runs = _produced_by(client.get_run(_register_run_id(version))) if _register_run_id(version) else []
+    for run_id in dict.fromkeys([*runs, *([parent_run_id] if parent_run_id else [])]):
+        _record_on_run(client, run_id, name, str(version.version), decision)
+
+
 def promote(config: Config, model_name: str | None = None, min_delta: float | None = None,
-            max_p: float | None = None, *, echo: bool = True) -> Decision:
+            max_p: float | None = None, *, echo: bool = True, parent_run_id: str | None = None) -> Decision:
     """Move alias ``champion`` to the ``challenger`` version when it passes the rule (module docstring).
-    Prints (``echo``) and returns the decision with its reason. Raises when there is no challenger."""
+    Prints (``echo``) and returns the decision with its reason, recorded on the version and on the runs
+    that produced it (and on ``parent_run_id``). Raises when there is no challenger."""
     name = model_name or config.registry.model_name
     min_delta = config.registry.min_delta if min_delta is None else float(min_delta)
     max_p = config.registry.max_p if max_p is None else float(max_p)
@@ -529,19 +651,21 @@ def promote(config: Config, model_name: str | None = None, min_delta: float | No
             if champion is not None and champion.version == challenger.version:
                 decision = Decision(name, False, f"version {challenger.version} is already the champion; nothing to do",
                                     challenger.version, before, before)
-                break
+                break  # its promotion is already on the record
             ok, delta, p, reason = _judge(client, name, challenger, champion, min_delta, max_p)
             if not ok:
                 decision = Decision(name, False, reason, challenger.version, before, before, delta, p)
+                _record_decision(client, challenger, decision, parent_run_id)
                 break
             now = _alias(client, name, CHAMPION)
             if (now.version if now else None) != before:
                 continue  # someone promoted meanwhile: judge again against the new champion
-            client.set_model_version_tag(name, challenger.version, "promoted_over", before or "base expert")
+            decision = Decision(name, True, reason, challenger.version, before, challenger.version, delta, p)
+            client.set_model_version_tag(name, challenger.version, "promoted_over", before or BASE_EXPERT)
             client.set_model_version_tag(name, challenger.version, "promotion_delta", f"{delta:.6g}")
             client.set_model_version_tag(name, challenger.version, "promotion_p", f"{p:.6g}")
+            _record_decision(client, challenger, decision, parent_run_id)
             client.set_registered_model_alias(name, CHAMPION, challenger.version)  # the last step
-            decision = Decision(name, True, reason, challenger.version, before, challenger.version, delta, p)
             break
         else:
             raise LightReasonerError(f"model {name!r}: the champion kept changing during promotion; retry")
@@ -589,12 +713,13 @@ def _value(v: Any) -> str:
 
 
 def compare(config: Config, run_ids: list[str], *, echo: bool = True) -> Comparison:
-    """Side by side: key params, every stage metric (a pipeline run includes its stage runs) and tags."""
+    """Side by side: the model version a run registered and its promotion decision, key params, every stage
+    metric (a pipeline run includes its stage runs) and tags."""
     if not run_ids:
         raise LightReasonerError("compare: give at least one run id")
     client = tracking.client_for(config)
     uri = client.tracking_uri
-    infos = []
+    infos, produced = [], []
     with tracking.mlflow_errors(uri, "reading runs"):
         from mlflow.exceptions import MlflowException
 
@@ -605,15 +730,20 @@ def compare(config: Config, run_ids: list[str], *, echo: bool = True) -> Compari
                 raise LightReasonerError(f"run {run_id}: not found at {storage.safe_url(uri)}") from None
             children = client.search_runs([run.info.experiment_id],
                                           filter_string=f"tags.mlflow.parentRunId = '{run_id}'", max_results=100)
-            params, metrics = {}, {}
+            params, metrics, tags = {}, {}, {}
             for r in [*children, run]:  # the run's own values win
                 params.update(r.data.params)
                 metrics.update(r.data.metrics)
-            infos.append((run, params, metrics, sorted(c.data.tags.get("lightreasoner.stage", "?") for c in children)))
+                tags.update({k: v for k, v in r.data.tags.items() if k in (RUN_MODEL, RUN_VERSION, DECISION)})
+            stages = sorted(c.data.tags.get("lightreasoner.stage", "?") for c in children)
+            infos.append((run, params, metrics, stages))
+            produced.append(tags)
     rows: list[tuple[str, list[str]]] = [
         ("run name", [_value(r.info.run_name) for r, *_ in infos]),
         ("status", [r.info.status for r, *_ in infos]),
         ("stages", [",".join(s) or "-" for *_, s in infos]),
+        ("model version", [f"{t[RUN_MODEL]} v{t[RUN_VERSION]}" if t.get(RUN_VERSION) else "-" for t in produced]),
+        ("promotion", [t.get(DECISION) or "-" for t in produced]),
         ("version", [_value(r.data.tags.get("lightreasoner.version")) for r, *_ in infos]),
         ("git commit", [_value((r.data.tags.get("lightreasoner.git_commit") or "")[:10] or None) for r, *_ in infos]),
     ]

@@ -283,7 +283,7 @@ def benchmark_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 def summary_markdown(evaluation: str | Path, samples: str | Path | None = None) -> str:
     """The run's summary page: accuracy base/tuned with interval and McNemar p, the paired table, the
     accuracy plot and (given the samples folder) the KL histogram, as self-contained Markdown."""
-    from .plots import kl_plots
+    from .plots import sample_kl_plots
 
     evaluation = Path(evaluation)
     metrics = json.loads((evaluation / "metrics.json").read_text())
@@ -315,8 +315,7 @@ def summary_markdown(evaluation: str | Path, samples: str | Path | None = None) 
         lines += ["", _png(evaluation / "benchmark_deltas.png", "delta per benchmark")]
     if samples is not None:
         with tempfile.TemporaryDirectory() as tmp:
-            beta = float(manifest.get("effective_beta") or 0.0)
-            histogram = kl_plots(Path(samples) / "trajectories.parquet", beta, Path(tmp))[0]
+            histogram = sample_kl_plots(Path(samples), manifest, Path(tmp))[0]
             lines += ["", _png(histogram, "KL histogram")]
     return "\n".join(lines) + "\n"
 

@@ -310,7 +310,7 @@ def _register(r: _Run) -> None:
     r.summary.registered = registry.register(r.config, r.folder("train"), r.folder("evaluate"), r.folder("sample"),
                                              parent_run_id=r.parent, key_run_id=r.first_run_id)
     if r.promote:
-        r.summary.decision = registry.promote(r.config, echo=False)
+        r.summary.decision = registry.promote(r.config, echo=False, parent_run_id=r.parent)
     r.summary.seconds["register"] = time.perf_counter() - start
 
 

@@ -8,8 +8,10 @@ Every stage writes its output folder (manifest last); :func:`log_stage` reads th
   sampling problems, steps, kept_steps, kept_fraction, mean_kl, median_kl, effective_beta,
   problems_per_second; training loss per step, final_loss, tuned_tokens, wall_seconds; evaluation
   accuracy_base, accuracy_tuned, delta, delta_ci_low, delta_ci_high, mcnemar_p;
-* artifacts: the manifest (redacted copy), samples, adapter, predictions and plots (KL histogram with the
-  beta line, kept fraction per problem, accuracy bars);
+* artifacts: the manifest (redacted copy), samples, adapter, predictions and plots (KL histogram of the
+  candidate steps with the beta line, kept fraction per problem, loss curve, accuracy bars), the plots
+  also on the parent run (side-by-side comparison of pipeline runs); the evaluation's per-problem and
+  per-benchmark tables as MLflow tables (``tables/problems.json``, ``tables/benchmarks.json``);
 * tags: package version, git commit (``LIGHTREASONER_GIT_COMMIT`` or the source checkout), image
   (``LIGHTREASONER_IMAGE``), Kubeflow run id (``KFP_RUN_ID`` / ``LIGHTREASONER_KFP_RUN_ID``).
 
@@ -38,7 +40,7 @@ from . import __version__, storage
 from .config import Config
 from .errors import LightReasonerError, one_line
 from .outputs import MANIFEST
-from .records import READERS, StageInput, StageRecord, number, prepare_inputs
+from .records import LOSS_PLOT, READERS, StageInput, StageRecord, number, prepare_inputs
 from .redaction import clean_tags, has_url_password, redact, redact_text
 from .stages import GRAPH
 
@@ -207,7 +209,14 @@ def client_for(config: Config):
         return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+# MLflow 3's UI opens an experiment in its GenAI (traces) view unless it is tagged as model training.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
 def experiment_id(client, config: Config) -> str:
+    """The id of ``tracking.experiment``, created when missing; tagged ``mlflow.experimentKind`` =
+    ``custom_model_development`` (a kind someone set already is left alone)."""
     from mlflow.exceptions import MlflowException
 
     name = config.tracking.experiment
@@ -216,9 +225,12 @@ def experiment_id(client, config: Config) -> str:
         if exp is not None:
             if exp.lifecycle_stage == "deleted":
                 raise LightReasonerError(f"tracking.experiment {name!r}: experiment is deleted (restore or rename)")
+            if EXPERIMENT_KIND_TAG not in (exp.tags or {}):
+                client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return exp.experiment_id
         try:
-            return client.create_experiment(name, artifact_location=artifact_location(config))
+            return client.create_experiment(name, artifact_location=artifact_location(config),
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except MlflowException as exc:
             if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
                 raise
@@ -536,8 +548,31 @@ def _log_record(client, config: Config, stage: str, record: StageRecord, run, pa
                 log_artifact(client, run, path, artifact_path)
             for path, artifact_path in record.json_files:
                 _log_redacted_json(client, run, path, artifact_path, tmp)
-            for plot in record.plots:
-                log_artifact(client, run, plot, "plots")
+            _log_plots(client, run, stage, record.plots, parent_run_id, tmp)
+            for artifact_file, table in record.tables:  # the UI's table view; mlflow.load_table reads them
+                client.log_table(run_id, table, artifact_file)
+
+
+FIRST_PLOT = "0_loss_curve.png"  # the loss curve heads a training run's artifact list (sorted by name)
+
+
+def _log_plots(client, run, stage: str, plots: list[Path], parent_run_id: str | None, tmp: Path) -> None:
+    """A stage's plots into its run (``plots/``; a training run's loss curve first, as ``0_loss_curve.png``)
+    and into the pipeline run (``plots/``, ``plots/<stage>/`` for the SFT baseline's), so that two pipeline
+    runs compare their plots side by side in the MLflow UI."""
+    for plot in plots:
+        if plot.name == LOSS_PLOT:
+            first = tmp / "first" / FIRST_PLOT
+            first.parent.mkdir(exist_ok=True)
+            shutil.copyfile(plot, first)
+            log_artifact(client, run, first)
+        else:
+            log_artifact(client, run, plot, "plots")
+    if parent_run_id and plots:
+        parent = client.get_run(parent_run_id)
+        folder = "plots" if stage in ("sample", "train", "evaluate") else f"plots/{stage}"
+        for plot in plots:
+            log_artifact(client, parent, plot, folder)
 
 
 LIVE_KEYS = {"loss": "train/loss", "learning_rate": "train/learning_rate", "grad_norm": "train/grad_norm"}

@@ -100,6 +100,8 @@ def make_evaluation(folder: Path, config, base: list[bool], tuned: list[bool], *
         pq.write_table(pa.Table.from_pylist([
             {"problem_id": i, "output": "x", "extracted": "1", "gold": "1", "correct": c, "tokens_generated": 3}
             for i, c in zip(ids, correct, strict=True)]), folder / f"predictions_{name}.parquet")
+    pq.write_table(pa.Table.from_pylist([{"problem_id": i, "question": f"What is {n}?"} for n, i in enumerate(ids)]),
+                   folder / "questions.parquet")
     n = len(base)
     b_only = sum(b and not t for b, t in zip(base, tuned, strict=True))
     t_only = sum(t and not b for b, t in zip(base, tuned, strict=True))

@@ -236,8 +236,8 @@ def test_evaluate_with_adapter_writes_the_contract(tiny_models, adapters, tmp_pa
     out = tmp_path / "eval"
     result = evaluate(cfg, None, adapters["llama_training"], out, progress=False)
     names = {p.name for p in out.iterdir()}
-    assert {"predictions_base.parquet", "predictions_tuned.parquet", "metrics.json", "accuracy.png",
-            "manifest.json"} <= names
+    assert {"predictions_base.parquet", "predictions_tuned.parquet", "questions.parquet", "metrics.json",
+            "accuracy.png", "manifest.json"} <= names
     assert not any(n.endswith(".tmp") for n in names)
     for name in ("predictions_base.parquet", "predictions_tuned.parquet"):
         table = pq.read_table(out / name)

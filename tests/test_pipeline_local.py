@@ -73,6 +73,12 @@ def check_run(run, method: str, uri: str, experiment: str, shards: int) -> None:
         assert not any(k.startswith("evaluation.") for k in children["sample"].data.params)
         versions = client.search_model_versions(f"name='{experiment}'")
         assert len(versions) == 1
+        # the pipeline run names the version it produced and the decision, and carries the comparison plots
+        tags = parents[0].data.tags
+        assert tags["lightreasoner.model_version"] == str(versions[0].version) and tags["promotion.decision"]
+        assert versions[0].tags["promotion.decision"] == tags["promotion.decision"]
+        assert {f.path for f in client.list_artifacts(parents[0].info.run_id, "plots")} >= {
+            "plots/kl_histogram.png", "plots/loss_curve.png", "plots/accuracy.png"}
     if method == "both":
         assert "report/ratio_tuned_tokens" in parents[0].data.metrics
 

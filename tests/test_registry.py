@@ -183,10 +183,18 @@ def test_served_model_prompts_and_stops_as_its_evaluation_did(tmp_path):
     protocol = resolve_protocol(cfg).as_dict()
     served = registry.serving_config(cfg.dump(), {"protocol": protocol}, cfg)
     assert served == {"protocol": "qwen25-math-cot", "system_prompt": QWEN25_SYSTEM, "chat_template": True,
-                      "max_new_tokens": 2048, "stop_tokens": list(protocol["stop_tokens"])}
+                      "max_new_tokens": 2048, "eval_max_new_tokens": 2048, "stop_tokens": list(protocol["stop_tokens"])}
     # an evaluation from before protocols were recorded: the training config's prompt, as before
     old = registry.serving_config(cfg.dump(), {}, cfg)
     assert old["system_prompt"] == "Train prompt." and old["stop_tokens"] == [] and old["protocol"] == ""
+    # a quick run scored with 32 tokens still serves whole answers: at least the protocol's own budget
+    for name, budget in (("qwen25-math-cot", 2048), ("sampling-prompt", 512)):
+        short = make_config("http://unused", extra=[f"evaluation.protocol={name}", "evaluation.max_new_tokens=32"])
+        served = registry.serving_config(short.dump(), {"protocol": resolve_protocol(short).as_dict()}, short)
+        assert (served["max_new_tokens"], served["eval_max_new_tokens"]) == (budget, 32)
+    long = make_config("http://unused", extra=["evaluation.protocol=sampling-prompt", "evaluation.max_new_tokens=4096"])
+    assert registry.serving_config(long.dump(), {"protocol": resolve_protocol(long).as_dict()}, long)[
+        "max_new_tokens"] == 4096
 
 
 @pytest.mark.slow
@@ -217,9 +225,10 @@ def test_registered_model_loads_and_answers(mlflow_server, aws_env, tiny_models,
     # it prompts and stops as the evaluation that scored it (end tokens the tokenizer lacks are skipped)
     served = model.unwrap_python_model()
     tok = AutoTokenizer.from_pretrained(tiny_models["llama"])
-    assert served.system_prompt == "Box it." and served.max_new_tokens == 4
+    # evaluated with 4 tokens, served with at least the protocol's budget (512 for a protocol of unknown name)
+    assert served.system_prompt == "Box it." and served.max_new_tokens == 512
     assert model.metadata.signature.params.to_dict() == [
-        {"name": "max_new_tokens", "type": "long", "default": 4, "shape": None}]
+        {"name": "max_new_tokens", "type": "long", "default": 512, "shape": None}]
     assert len(model.predict(["What is 2 + 3?"], params={"max_new_tokens": 1})) == 1
     assert set(served.stop_ids) >= {tok.eos_token_id} and len(served.stop_ids) <= 1 + ("<|im_end|>" in tok.get_vocab())
     # Self-contained: a fresh environment without lightreasoner (the installed wheels reused, no network)
@@ -270,3 +279,57 @@ def test_model_requirements_are_the_images_versions():
         pkg, version = requirement.split("==", 1)
         assert pins[pkg.lower()] == version, requirement
         assert "+" not in version  # never a local build such as +cpu
+
+
+@pytest.mark.slow
+def test_decisions_are_on_the_record(mlflow_server, aws_env, tmp_path):
+    """Promoted, refused, promoted: every version says why, a replaced challenger says by whom, every
+    pipeline run names the version it produced and its decision; compare shows both."""
+    from mlflow.tracking import MlflowClient
+
+    from lightreasoner import tracking
+
+    name = f"lr-{uuid.uuid4().hex[:8]}"
+    cfg = make_config(mlflow_server.uri, experiment=f"rec-{name}", model_name=name)
+    client = MlflowClient(mlflow_server.uri)
+    parents = []
+    for tag, tuned in (("v1", V1), ("v2", V2), ("v3", V3)):
+        samples, training, evaluation = fabricate(tmp_path, cfg, tuned, tag)
+        parent = tracking.start_pipeline(cfg, f"run-{tag}")
+        registry.register(cfg, training, evaluation, samples, parent_run_id=parent)
+        registry.promote(cfg, echo=False)
+        tracking.end_pipeline(cfg, parent)
+        parents.append(parent)
+    assert aliases(client, name) == {"challenger": "3", "champion": "3"}
+
+    v1, v2, v3 = (client.get_model_version(name, v) for v in ("1", "2", "3"))
+    assert v1.tags["promotion.decision"] == "promoted" and v1.tags["promotion.compared_to"] == "base expert"
+    assert float(v1.tags["promotion.delta"]) == pytest.approx(0.25) and "Promoted to champion" in v1.description
+    assert v2.tags["promotion.decision"] == "refused" and v2.tags["promotion.compared_to"] == "1"
+    assert float(v2.tags["promotion.delta"]) == pytest.approx(-0.125) and float(v2.tags["promotion.p_value"]) < 1
+    assert "does not beat champion version 1" in v2.tags["promotion.reason"]
+    assert v2.description.startswith(f"LightReasoner adapter on {cfg.expert.model}. Not promoted (champion stays 1)")
+    assert v3.tags["promotion.decision"] == "promoted" and v3.tags["promotion.compared_to"] == "1"
+    assert "over champion version 1" in v3.description
+    assert v1.tags["superseded_by"] == "2" and v2.tags["superseded_by"] == "3" and "superseded_by" not in v3.tags
+    # each version's source run is the pipeline run (its page lists it); the register run is tagged
+    for version, parent in zip((v1, v2, v3), parents, strict=True):
+        prun = client.get_run(parent)
+        assert version.run_id == parent and version.source == f"{prun.info.artifact_uri}/model"
+        register_run = client.get_run(version.tags["lightreasoner.register_run"])
+        assert register_run.data.tags["mlflow.parentRunId"] == parent and register_run.info.status == "FINISHED"
+
+    for version, (parent, decision) in enumerate(zip(parents, ("promoted", "refused", "promoted"), strict=True), 1):
+        tags = client.get_run(parent).data.tags
+        assert tags["lightreasoner.model_version"] == str(version) and tags["lightreasoner.registered_model"] == name
+        assert tags["lightreasoner.model_uri"] == f"models:/{name}/{version}"
+        assert tags["promotion.decision"] == decision
+        assert f"{mlflow_server.uri}/#/models/{name}/versions/{version}" in tags["mlflow.note.content"]
+        # the runs list answers "which version did this run produce?"
+        found = client.search_runs([client.get_run(parent).info.experiment_id],
+                                   f"tags.`lightreasoner.model_version` = '{version}' and tags.`lightreasoner.kind` = 'pipeline'")
+        assert [r.info.run_id for r in found] == [parent]
+
+    table = registry.compare(cfg, parents, echo=False).as_dict()
+    assert list(table["promotion"].values()) == ["promoted", "refused", "promoted"]
+    assert list(table["model version"].values()) == [f"{name} v1", f"{name} v2", f"{name} v3"]

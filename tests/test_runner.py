@@ -36,7 +36,7 @@ def stage_runs(uri: str, experiment: str):
 
 
 @pytest.mark.slow
-def test_run_all_on_tiny_models(tiny_models, tmp_path):
+def test_run_all_on_tiny_models(tiny_models, tmp_path, monkeypatch):
     from rich.console import Console
 
     cfg = tiny_config(tiny_models, **{"tracking.enabled": "true", "data.limit": 4, "sampling.beta": "auto:0.5",
@@ -63,6 +63,20 @@ def test_run_all_on_tiny_models(tiny_models, tmp_path):
     for run in client.search_runs([parents[0].info.experiment_id], "tags.`lightreasoner.stage` != 'register'"):
         assert run.info.status == "FINISHED", run.data.tags
         assert run.inputs.dataset_inputs, f"{run.data.tags['lightreasoner.stage']}: no dataset input"
+    # the pipeline run names the version it produced and the promotion decision; the evaluation reads as a table
+    tags = client.get_run(parents[0].info.run_id).data.tags
+    assert tags["lightreasoner.model_version"] == summary.registered.version
+    assert tags["promotion.decision"] == ("promoted" if summary.decision.promoted else "refused")
+    version = client.get_model_version(summary.registered.name, summary.registered.version)
+    assert version.tags["promotion.reason"] == summary.decision.reason
+    assert version.run_id == parents[0].info.run_id  # the pipeline run lists it under "Registered models"
+    (evaluate,) = client.search_runs([parents[0].info.experiment_id], "tags.`lightreasoner.stage` = 'evaluate'")
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")  # load_table's search
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", parents[0].info.experiment_id)
+    table = mlflow.load_table("tables/problems.json", run_ids=[evaluate.info.run_id])
+    assert len(table) == 4 and table["question"].str.len().min() > 0
 
 
 def test_a_failing_stage_leaves_its_run_failed_and_its_error_printed(capsys, tmp_path):

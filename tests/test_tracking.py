@@ -94,6 +94,25 @@ def test_tracked_tiny_run(mlflow_server, aws_env, tmp_path, monkeypatch):
         for name in names:
             assert art[stage] + name in keys, (stage, name)
 
+    # Readable in the UI: the experiment opens in the classic (model training) view; the pipeline run
+    # carries the comparison plots; the training run's loss curve heads its artifacts; the evaluation's
+    # tables load with mlflow.load_table.
+    import mlflow
+
+    assert client.get_experiment(exp).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert {f.path for f in client.list_artifacts(parent, "plots")} >= {
+        "plots/kl_histogram.png", "plots/kept_fraction_per_problem.png", "plots/loss_curve.png", "plots/accuracy.png"}
+    assert client.list_artifacts(ids["train"])[0].path == "0_loss_curve.png"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", exp)  # load_table looks in the active experiment
+    problems = mlflow.load_table("tables/problems.json", run_ids=[ids["evaluate"]])
+    assert list(problems.columns) == ["benchmark", "problem_id", "question", "gold", "base_answer", "base_correct",
+                                      "tuned_answer", "tuned_correct"]
+    assert len(problems) == 10 and problems["question"][3] == "What is 3?"
+    assert problems["base_correct"].sum() == 5 and problems["tuned_correct"].sum() == 9
+    benchmarks = mlflow.load_table("tables/benchmarks.json", run_ids=[ids["evaluate"]])
+    assert benchmarks["accuracy_tuned"].tolist() == [0.9] and benchmarks["benchmark"].tolist() == ["data"]
+
     from lightreasoner.registry import compare
 
     table = compare(cfg, [parent, ids["sample"]], echo=False).as_dict()
@@ -288,3 +307,22 @@ def test_training_loss_is_visible_while_it_trains(mlflow_server, aws_env, tiny_m
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5]  # streamed once, not replayed again
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and "train/learning_rate" in run.data.metrics
+
+
+def test_kl_histogram_counts_what_the_metrics_count(tmp_path, monkeypatch):
+    """Candidate steps only (t = 0 left out with skip_first_step), kept = the manifest's selected steps."""
+    from lightreasoner import plots, records
+
+    cfg = make_config(None, extra=["sampling.skip_first_step=true"])
+    samples = make_samples(tmp_path / "samples", cfg)
+    legends = []
+    real_save = plots.save
+
+    def spy(fig, path, dpi=110):
+        legends.extend(t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts())
+        return real_save(fig, path, dpi)
+
+    monkeypatch.setattr(plots, "save", spy)
+    record = records.read_sample(samples, tmp_path)
+    kept, steps = int(record.metrics["sample/kept_steps"]), 12 - 3  # 12 steps in 3 trajectories, t = 0 skipped
+    assert legends[0] == f"beta = 0.4 (kept {kept} of {steps} candidate steps, {kept / steps:.1%})"
