@@ -263,7 +263,7 @@ def write_benchmark_table(metrics: dict[str, Any], path: Path) -> None:
 SIDES = ("base", "tuned")
 SHARD_STAGE = "evaluate-shard"
 # A shard's predictions: the evaluation's columns and each problem's position in its benchmark.
-SHARD_SCHEMA = PREDICTION_SCHEMA.append(pa.field("index", pa.int32()))
+SHARD_SCHEMA = PREDICTION_SCHEMA.append(pa.field("index", pa.int32())).append(pa.field("question", pa.string()))
 
 
 def configured(config: Config, model: str | None = None, limit: int | None = None) -> Config:
@@ -477,6 +477,7 @@ def write_evaluation(out: Path, config: Config, metrics: dict[str, Any], results
     base_preds = [p for r in results for p in r.base]
     tuned_preds = None if any(r.tuned is None for r in results) else [p for r in results for p in r.tuned]
     write_predictions(base_preds, out / PREDICTIONS_BASE)
+    all_problems = [p for r in results for p in r.eval_set.problems]
     write_table_atomic(pa.Table.from_pylist([{"problem_id": p.problem_id, "question": p.question} for p in all_problems],
                                             schema=pa.schema([("problem_id", pa.string()), ("question", pa.string())])),
                        out / QUESTIONS)
@@ -618,8 +619,9 @@ def evaluate_shard(config: Config, model: str | None, adapter: str | Path | None
             seconds[side] += scored.seconds
             if side == "base":
                 from_cache[part.name] = scored.from_cache
-            rows[side] += [{**row, "index": i}
-                           for row, i in zip(_prediction_rows(scored.predictions), part.indices or [], strict=True)]
+            rows[side] += [{**row, "index": i, "question": p.question}
+                           for row, i, p in zip(_prediction_rows(scored.predictions), part.indices or [],
+                                                part.problems, strict=True)]
     for side in sides:
         write_table_atomic(pa.Table.from_pylist(rows[side], schema=SHARD_SCHEMA), out / shard_predictions(side))
     manifest = {
@@ -720,8 +722,10 @@ def merge_evaluation(shard_dirs: list[str | Path], output: str | Path, *,
         if not hit:  # one entry for the whole benchmark, as a single pod stores it
             prediction_cache.store(cfg.evaluation.prediction_cache, key, _prediction_rows(preds["base"]),
                                    PREDICTION_SCHEMA)
-        results.append(SetResult(EvalSet(name, [], version.get("answer_type", "number"), version), preds["base"],
-                                 preds.get("tuned"), key, hit))
+        questions = [Problem(r["problem_id"], r["question"], r["gold"])
+                     for r in sorted((r for r in rows["base"] if r["benchmark"] == name), key=lambda r: r["index"])]
+        results.append(SetResult(EvalSet(name, questions, version.get("answer_type", "number"), version),
+                                 preds["base"], preds.get("tuned"), key, hit))
 
     adapter_info = tuned_shards[0]["adapter"] if tuned_shards else None
     metrics = aggregate(cfg, results, expert_info=first["expert"], protocol_info=first["protocol"],
