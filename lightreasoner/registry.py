@@ -395,7 +395,8 @@ def register(config: Config, training: str | Path, evaluation: str | Path, sampl
                 source = storage.join(run.info.artifact_uri, "model")
                 _ensure_registered_model(client, name)
                 version = client.create_model_version(name, source, run_id=run_id, tags=tags,
-                                                      description=f"LightReasoner adapter on {tags['expert']}")
+                                                      description=f"LightReasoner adapter on {tags['expert']}",
+                                                      await_creation_for=tracking.MODEL_VERSION_WAIT)
                 _finish(client, name, version)
         except BaseException:
             with contextlib.suppress(Exception):
