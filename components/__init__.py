@@ -33,8 +33,9 @@ def configure_run(config_yaml: str, settings: str, run_name: str, kfp_run_id: st
     from lightreasoner import parameters, tracking
 
     tracking.configure_process()
-    cfg = tracking.require_uri(parameters.config_from_settings(config_yaml, settings))
-    parent = tracking.start_pipeline(cfg, run_name or tracking.default_run_name(method),
+    cfg = parameters.config_from_settings(config_yaml, settings)
+    # the URI resolved here stays out of the outputs: a Secret's URI may hold a password
+    parent = tracking.start_pipeline(tracking.require_uri(cfg), run_name or tracking.default_run_name(method),
                                      kfp_run_id=kfp_run_id or None)
     stages = {name: parameters.stage_yaml(cfg, name) for name in ("prepare", "sample", "train", "evaluate", "sft")}
     out = namedtuple("Configured", ["parent_run_id", "full", *stages])

@@ -153,6 +153,7 @@ def test_every_entry_point_with_the_uri_only_in_the_environment(tiny_models, mlf
     conf = components.configure_run(config_yaml=yaml_text, settings="", run_name="", kfp_run_id=kfp_run,
                                     method="lightreasoner")
     assert conf.parent_run_id and os.environ["MLFLOW_TRACKING_URI"] == mlflow_server.uri
+    assert mlflow_server.uri not in conf.full  # the Secret's URI never becomes a step's parameter
     for stage, folder in (("sample", samples), ("train", training), ("evaluate", evaluation)):
         components.log_stage(config=conf.full, stage=stage, output=SimpleNamespace(path=str(folder)),
                              parent_run_id=conf.parent_run_id)
