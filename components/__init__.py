@@ -20,17 +20,23 @@ from kfp import dsl
 from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 
-def configure_run(config_yaml: str, settings: str, run_name: str, kfp_run_id: str) -> NamedTuple(
+def configure_run(config_yaml: str, settings: str, run_name: str, kfp_run_id: str,
+                  method: str = "lightreasoner") -> NamedTuple(
         "Configured", [("parent_run_id", str), ("full", str), ("prepare", str), ("sample", str),
                        ("train", str), ("evaluate", str), ("sft", str)]):
     """Validate the run's settings once (a bad parameter fails here, in one line), split them per stage,
-    and open the MLflow parent run (found again, not doubled, when Kubeflow retries this step)."""
+    and open the MLflow parent run, named ``run_name`` or ``<method>-<date>`` (found again, not doubled,
+    when Kubeflow retries this step). With tracking on and no tracking URI (neither the parameter nor
+    MLFLOW_TRACKING_URI), it refuses to start: a pod's own sqlite store would lose the run."""
     from collections import namedtuple
 
     from lightreasoner import parameters, tracking
 
+    tracking.configure_process()
     cfg = parameters.config_from_settings(config_yaml, settings)
-    parent = tracking.start_pipeline(cfg, run_name or None, kfp_run_id=kfp_run_id or None)
+    # the URI resolved here stays out of the outputs: a Secret's URI may hold a password
+    parent = tracking.start_pipeline(tracking.require_uri(cfg), run_name or tracking.default_run_name(method),
+                                     kfp_run_id=kfp_run_id or None)
     stages = {name: parameters.stage_yaml(cfg, name) for name in ("prepare", "sample", "train", "evaluate", "sft")}
     out = namedtuple("Configured", ["parent_run_id", "full", *stages])
     return out(parent or "", parameters.full_yaml(cfg), **stages)
@@ -157,7 +163,8 @@ def log_stage(config: str, stage: str, output: Input[Artifact], parent_run_id: s
     from lightreasoner import tracking
     from lightreasoner.config import load_config_text
 
-    cfg = load_config_text(config, None, "run config")
+    tracking.configure_process()
+    cfg = tracking.require_uri(load_config_text(config, None, "run config"))
     tracking.log_stage(cfg, stage, output.path, parent_run_id or None)
 
 
@@ -167,10 +174,11 @@ def register_model(config: str, samples: Input[Dataset], adapter: Input[Model], 
     """Register the adapter (alias challenger), then try to promote it to champion."""
     from collections import namedtuple
 
-    from lightreasoner import registry
+    from lightreasoner import registry, tracking
     from lightreasoner.config import load_config_text
 
-    cfg = load_config_text(config, None, "run config")
+    tracking.configure_process()
+    cfg = tracking.require_uri(load_config_text(config, None, "run config"))
     registered = registry.register(cfg, adapter.path, evaluation.path, samples.path,
                                    parent_run_id=parent_run_id or None)
     promoted = bool(registry.promote(cfg).promoted) if promote else False
@@ -182,11 +190,13 @@ def efficiency_report(config: str, samples: Input[Dataset], lr_adapter: Input[Mo
                       parent_run_id: str, report: Output[Dataset], metrics: Output[Metrics],
                       page: Output[Markdown]):
     """LightReasoner vs SFT: time, problems, tuned tokens, accuracy and the ratios (MLflow and KFP UI)."""
+    from lightreasoner import tracking
     from lightreasoner.config import load_config_text
     from lightreasoner.report import efficiency_markdown, log_kfp_metrics, report_metrics
     from lightreasoner.report import efficiency_report as stage
 
-    cfg = load_config_text(config, None, "run config")
+    tracking.configure_process()
+    cfg = tracking.require_uri(load_config_text(config, None, "run config"))
     folders = {"sample": samples.path, "train": lr_adapter.path, "evaluate": lr_evaluation.path,
                "sft": sft_adapter.path, "evaluate_sft": sft_evaluation.path}
     result = stage(cfg, report.path, parent_run_id=parent_run_id or None, folders=folders)
@@ -200,7 +210,8 @@ def finish_run(config_yaml: str, settings: str, kfp_run_id: str, status: dsl.Pip
     FAILED otherwise. Runs whatever happened before it, so no parent run stays RUNNING."""
     from lightreasoner import parameters, tracking
 
-    cfg = parameters.config_from_settings(config_yaml, settings)
+    tracking.configure_process()
+    cfg = tracking.require_uri(parameters.config_from_settings(config_yaml, settings))
     state = "FINISHED" if status.state == "SUCCEEDED" else "FAILED"
     ended = tracking.end_pipeline_for(cfg, kfp_run_id, state)
     print(f"pipeline state {status.state}: MLflow parent run {ended or '(none found)'} -> {state}")

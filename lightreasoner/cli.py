@@ -28,6 +28,9 @@ def command(name: str):
     return register
 
 
+RUN_NAME_HELP = "name of the MLflow parent run (default: <method>-<date>-<time>)"
+
+
 def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (defaults apply to everything it leaves out)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -264,12 +267,19 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         print(compile_pipeline(args.output or BUILD, args.image, args.hf_cache_pvc, timeouts))
         return 0
     if action == "run-local":
-        cfg = config_from_args(args)
+        from .runner import demo_config
+        from .tracking import ui_command_for
+
+        # --quick: exactly `run --quick` (the demo with its small sizes), else the config or the defaults
+        cfg = demo_config(args.config, args.overrides, True) if args.quick else config_from_args(args)
+        params = {"run_name": args.run_name} if args.run_name else None
         run = client.run_local(cfg, args.workdir, shards=args.shards, promote=not args.no_promote,
-                               method=args.method)
+                               method=args.method, params=params)
         print(f"local run finished: {run.root}")
         for name, path in sorted(run.outputs.items()):
             print(f"  {name}: {path}")
+        if run.tracking_uri:
+            print(f"browse the run: {ui_command_for(run.tracking_uri)}")
         return 0
     if action == "unschedule":
         count = client.unschedule(args.host, experiment=args.experiment, name=args.name, namespace=args.namespace,
@@ -298,7 +308,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runner import demo_config, run_all, summary_table
 
     cfg = demo_config(args.config, args.overrides, args.quick)
-    summary = run_all(cfg, args.workdir, promote=not args.no_promote, method=args.method)
+    summary = run_all(cfg, args.workdir, promote=not args.no_promote, method=args.method, run_name=args.run_name)
     console = Console()
     console.print(summary_table(summary))
     if summary.report is not None:
@@ -365,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-promote", action="store_true", help="register only, no promotion check")
     p.add_argument("--method", choices=METHODS, default="lightreasoner",
                    help="lightreasoner (default), the SFT baseline, or both and the efficiency report")
+    p.add_argument("--run-name", help=RUN_NAME_HELP)
 
     p = sub.add_parser("config", help="print the resolved config (or the reference of every key)")
     add_config_args(p)
@@ -461,7 +472,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_step_timeout(q)
     q = psub.add_parser("run-local", help="run the pipeline end to end here through kfp.local")
     add_config_args(q)
-    q.add_argument("--workdir", default="lightreasoner-runs", help="folder for outputs and the local MLflow store")
+    q.add_argument("--workdir", default="lightreasoner-runs", help="folder for outputs and the local MLflow store "
+                   "(WORKDIR/mlflow.db unless tracking.tracking_uri or MLFLOW_TRACKING_URI names another)")
+    q.add_argument("--quick", action="store_true", help="the small sizes of `run --quick` (the demo, shrunk)")
+    q.add_argument("--run-name", help=RUN_NAME_HELP)
     q.add_argument("--shards", type=int, default=1, help="sampling shards (ParallelFor)")
     q.add_argument("--no-promote", action="store_true", help="register only, no promotion check")
     q.add_argument("--method", choices=["lightreasoner", "sft", "both"], default="lightreasoner",
@@ -518,6 +532,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from .tracking import configure_process, pinned_tracking_uri
+
+    configure_process()  # MLflow telemetry off, bounded retries (before MLflow is imported)
+    with pinned_tracking_uri():  # MLFLOW_TRACKING_URI read once for the whole command
+        return _run_command(args)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         return COMMANDS[args.command](args)
     except LightReasonerError as exc:

@@ -115,7 +115,7 @@ PIPELINE_ONLY: tuple[Parameter, ...] = (
     Parameter("promote", bool, True, "Try to promote the registered version to champion."),
     Parameter("sampling_shards", list, [0, 1, 2, 3], "One sampling pod per entry (`--param num_shards=N`)."),
     Parameter("config_yaml", str, "", "A whole config file as YAML text; the parameters above override it."),
-    Parameter("run_name", str, "", "MLflow name of the pipeline's parent run; empty: the KFP run's."),
+    Parameter("run_name", str, "", "MLflow name of the pipeline's parent run; empty: <method>-<UTC date-time>."),
     Parameter("s3_secret", str, "lightreasoner-s3", "Secret with the S3 keys of the pipeline's pods."),
     Parameter("mlflow_secret", str, "lightreasoner-mlflow", "Secret with the MLflow URI/credentials (optional)."),
     Parameter("hf_token_secret", str, "lightreasoner-hf", "Secret with HF_TOKEN for gated models (optional)."),

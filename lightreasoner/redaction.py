@@ -39,8 +39,20 @@ def is_secret_key(key: str) -> bool:
 _NOT_SECRET_ENV = {"PWD", "OLDPWD"}
 
 
+def environment() -> list[tuple[str, str]]:
+    """The environment's variables, read so that another thread cannot break the read: a thread that adds
+    or deletes a variable meanwhile (MLflow's telemetry did) makes iterating ``os.environ`` raise KeyError or
+    RuntimeError; the read is then done again (each read takes microseconds, so few retries ever happen)."""
+    for _ in range(1000):
+        try:
+            return list(os.environ.items())
+        except (KeyError, RuntimeError):
+            continue
+    return list(os.environ.copy().items())  # a last try; unreachable in practice
+
+
 def _secret_env_values() -> list[str]:
-    return sorted({v for k, v in os.environ.items() if is_secret_key(k) and k not in _NOT_SECRET_ENV
+    return sorted({v for k, v in environment() if is_secret_key(k) and k not in _NOT_SECRET_ENV
                    and len(v) >= 6}, key=len, reverse=True)
 
 

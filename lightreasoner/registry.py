@@ -473,7 +473,8 @@ def register(config: Config, training: str | Path, evaluation: str | Path, sampl
                 _ensure_registered_model(client, name)
                 tags[REGISTER_RUN] = run_id
                 version = client.create_model_version(name, source, run_id=source_run.info.run_id, tags=tags,
-                                                      description=f"LightReasoner adapter on {tags['expert']}")
+                                                      description=f"LightReasoner adapter on {tags['expert']}",
+                                                      await_creation_for=tracking.MODEL_VERSION_WAIT)
                 _finish(client, name, version)
         except BaseException:
             with contextlib.suppress(Exception):

@@ -211,7 +211,7 @@ def _run_in(config: Config, workdir: Path, out: Path, stamp: str, key: str, prev
         return result
 
     try:
-        with tracking.pipeline_run(config, run_name or f"lightreasoner-{stamp}") as parent:
+        with tracking.pipeline_run(config, run_name or f"{method}-{stamp}") as parent:
             summary.parent_run_id = parent
             state["parent_run_id"] = parent
             state["first_run_id"] = state["first_run_id"] or parent

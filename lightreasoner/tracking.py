@@ -17,7 +17,15 @@ Every stage writes its output folder (manifest last); :func:`log_stage` reads th
 
 Tracking URI: ``tracking.tracking_uri``, else ``MLFLOW_TRACKING_URI``, else the embedded default
 ``sqlite:///<workdir>/mlflow.db`` with artifacts in ``<workdir>/mlartifacts`` (:func:`ui_command` gives
-the ``mlflow ui`` command that browses it). With an ``s3://`` artifact location (the server's default
+the ``mlflow ui`` command that browses it). The embedded default is for ``lightreasoner run`` and
+``pipeline run-local`` on one machine; a Kubeflow component refuses to start without a URI
+(:func:`require_uri`). Every client gets the URI explicitly (MLflow's public API only); the fluent API
+(``mlflow.start_run``) is pointed at it for a stage's duration and restored afterwards, environment
+included (:func:`_scoped_tracking_uri`).
+
+Every process the project starts calls :func:`configure_process` first: MLflow's telemetry off and a
+bounded HTTP retry budget (:data:`MLFLOW_HTTP_DEFAULTS`, each overridable by its environment variable),
+so a dead tracking server fails a step in about a minute instead of hanging it. With an ``s3://`` artifact location (the server's default
 artifact root or ``tracking.artifact_location``) artifacts are written with :mod:`lightreasoner.storage`
 (verified, manifest last).
 """
@@ -31,6 +39,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -114,20 +123,87 @@ def run_tags() -> dict[str, str]:
 # --- tracking URI -----------------------------------------------------------------------------------
 
 
+# --- process settings -------------------------------------------------------------------------------
+
+# MLflow's HTTP client, unless the environment already sets them: 3 retries after 0, 2 and 4 s (plus up
+# to 1 s jitter each), 30 s per request. A dead server (connection refused) fails a call in about 10 s, a
+# hung one in about 2 minutes; MLflow's own defaults (7 retries, factor 2, 120 s) take 4 to 20 minutes.
+MLFLOW_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+# MLflow's usage telemetry: off (clusters are often offline; its thread also edits os.environ).
+TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+# Seconds ``register`` waits for a new model version to become READY (MLflow's default: 300).
+MODEL_VERSION_WAIT = 60
+ENV_URI = "MLFLOW_TRACKING_URI"
+_pinned: list[str | None] = []  # MLFLOW_TRACKING_URI as the entry point found it (see pinned_tracking_uri)
+
+
+def configure_process() -> None:
+    """What every entry point (the CLI, each Kubeflow component) does first, before MLflow is imported:
+    telemetry off and MLflow's bounded HTTP retries, each unless the environment sets it already."""
+    for name, value in {**TELEMETRY_OFF, **MLFLOW_HTTP_DEFAULTS}.items():
+        os.environ.setdefault(name, value)
+
+
+@contextmanager
+def pinned_tracking_uri() -> Iterator[str | None]:
+    """``MLFLOW_TRACKING_URI`` read once, at the entry point: inside the block every URI resolution uses
+    that value, whatever changes the variable meanwhile. Yields it (None when unset)."""
+    _pinned.append(os.environ.get(ENV_URI) or None)
+    try:
+        yield _pinned[-1]
+    finally:
+        _pinned.pop()
+
+
+def env_tracking_uri() -> str | None:
+    """``MLFLOW_TRACKING_URI``: the value pinned by the entry point, else the environment's now."""
+    return _pinned[-1] if _pinned else os.environ.get(ENV_URI) or None
+
+
 def _workdir(config: Config) -> Path:
     return Path(config.tracking.workdir).expanduser().resolve()
 
 
 def tracking_uri(config: Config) -> str:
     """``tracking.tracking_uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<workdir>/mlflow.db``."""
-    uri = config.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    uri = config.tracking.tracking_uri or env_tracking_uri()
     if uri:
         return uri
     return f"sqlite:///{_workdir(config) / 'mlflow.db'}"
 
 
 def is_embedded(config: Config) -> bool:
-    return not (config.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+    return not (config.tracking.tracking_uri or env_tracking_uri())
+
+
+NO_URI = ("no MLflow tracking URI: set the pipeline parameter mlflow_tracking_uri or the environment variable "
+          "MLFLOW_TRACKING_URI (e.g. in the lightreasoner-mlflow Secret), or turn tracking off "
+          "(tracking.enabled=false)")
+
+
+def require_uri(config: Config) -> Config:
+    """A Kubeflow component's config with the tracking URI resolved once and written in (``tracking_uri``);
+    refuses (one line naming both places to set it) when tracking is on and neither gives a URI: the
+    embedded sqlite store inside a pod would lose every run."""
+    if not config.tracking.enabled:
+        return config
+    if is_embedded(config):
+        raise LightReasonerError(NO_URI)
+    if config.tracking.tracking_uri:
+        return config
+    config = config.model_copy(deep=True)
+    config.tracking.tracking_uri = tracking_uri(config)
+    return config
+
+
+def default_run_name(method: str = "lightreasoner", when: float | None = None) -> str:
+    """The parent run's name when none is given: ``<method>-<YYYYmmdd-HHMMSS>`` (UTC)."""
+    return f"{method}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(when))}"
 
 
 def artifact_location(config: Config) -> str | None:
@@ -147,11 +223,19 @@ def artifact_location(config: Config) -> str | None:
 def ui_command(config: Config) -> str:
     """The exact command that browses the runs: ``mlflow ui`` for local stores, the server URL otherwise."""
     uri = tracking_uri(config)
+    if is_embedded(config):
+        return f"mlflow ui --backend-store-uri {uri} --default-artifact-root {_workdir(config) / 'mlartifacts'}"
+    return ui_command_for(uri)
+
+
+def ui_command_for(uri: str) -> str:
+    """``mlflow ui`` on a local store (a sqlite file: artifacts beside it, as :func:`artifact_location` puts
+    them), else the server's URL (password masked)."""
     if uri.startswith(("http://", "https://")):
         return f"open {storage.safe_url(uri)} in a browser"
     cmd = f"mlflow ui --backend-store-uri {uri}"
-    if is_embedded(config):
-        cmd += f" --default-artifact-root {_workdir(config) / 'mlartifacts'}"
+    if uri.startswith("sqlite:///"):
+        cmd += f" --default-artifact-root {Path(uri[len('sqlite:///'):]).resolve().parent / 'mlartifacts'}"
     return cmd
 
 
@@ -285,8 +369,6 @@ def _log_redacted_json(client, run, path: Path, artifact_path: str | None, tmp: 
 
 
 def log_batch(client, run_id: str, params: Mapping[str, str] | None = None, metrics=None, tags=None) -> None:
-    import time
-
     from mlflow.entities import Metric, Param, RunTag
 
     now = int(time.time() * 1000)
@@ -394,21 +476,22 @@ def start_stage_run(client, config: Config, stage: str, parent_run_id: str | Non
 
 @contextmanager
 def _scoped_tracking_uri(uri: str) -> Iterator[None]:
-    """MLflow's fluent API (start_run, log_input) on ``uri`` for the duration, then the previous one."""
-    try:
-        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
-    except ImportError:  # MLflow moved its helper: the public setter, restored afterwards
-        import mlflow
+    """MLflow's fluent API (start_run, log_input, system metrics) on ``uri`` for the duration; afterwards
+    the previous URI and the ``MLFLOW_TRACKING_URI`` variable exactly as they were (``mlflow.set_tracking_uri``
+    also writes the variable: a later stage in this process must still find the user's value, or none)."""
+    import mlflow
 
-        previous = mlflow.get_tracking_uri()
-        mlflow.set_tracking_uri(uri)
-        try:
-            yield
-        finally:
-            mlflow.set_tracking_uri(previous)
-        return
-    with _use_tracking_uri(uri):
+    env_before = os.environ.get(ENV_URI)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
         yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if env_before is None:
+            os.environ.pop(ENV_URI, None)
+        else:
+            os.environ[ENV_URI] = env_before
 
 
 def _end_failed_run(uri: str, stage: str, status: str, error: BaseException) -> None:

@@ -236,6 +236,7 @@ def unschedule(host: str, *, experiment: str = "lightreasoner", name: str = "lig
 class LocalRun:
     root: Path
     outputs: dict[str, Path]  # task/output name -> local folder
+    tracking_uri: str | None = None  # where its MLflow runs are (None: tracking off)
 
 
 def run_local(config: Config | None, workdir: str | Path, *, shards: int = 1, promote: bool = True,
@@ -244,7 +245,10 @@ def run_local(config: Config | None, workdir: str | Path, *, shards: int = 1, pr
     ``method``: lightreasoner, sft or both (the pipeline's ``dsl.If`` branches, which kfp.local runs).
 
     The arguments are the pipeline's defaults, then ``config``'s values (None: none), then ``params``.
-    ``cache``: kfp.local's task cache (under the workdir), so a rerun reuses the pure steps' outputs."""
+    ``cache``: kfp.local's task cache (under the workdir), so a rerun reuses the pure steps' outputs.
+    The tracking URI is always passed explicitly (the components refuse to guess one): the config's, else
+    ``MLFLOW_TRACKING_URI``, else a store of this run's own, ``sqlite:///<workdir>/mlflow.db`` (artifacts in
+    ``<workdir>/mlartifacts``); ``params`` may still set ``mlflow_tracking_uri``."""
     from kfp import local
 
     from lightreasoner import tracking
@@ -255,10 +259,12 @@ def run_local(config: Config | None, workdir: str | Path, *, shards: int = 1, pr
     root = workdir / "kfp"
     root.mkdir(parents=True, exist_ok=True)
     args = arguments_from_config(config) if config is not None else {}
-    if config is not None and config.tracking.enabled:
-        args["mlflow_tracking_uri"] = tracking.tracking_uri(config)
+    enabled = config.tracking.enabled if config is not None else True
+    if enabled:
+        explicit = (config.tracking.tracking_uri if config is not None else None) or tracking.env_tracking_uri()
+        args["mlflow_tracking_uri"] = explicit or f"sqlite:///{workdir / 'mlflow.db'}"
     args.update(sampling_shards=shard_list(shards), promote=promote, method=method, **(params or {}))
-    check_arguments(args)
+    used = check_arguments(args)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True,
                enable_caching=cache, cache_root=str(workdir / "kfp-cache"))
     before = set(root.iterdir())
@@ -272,4 +278,4 @@ def run_local(config: Config | None, workdir: str | Path, *, shards: int = 1, pr
         raise LightReasonerError(f"{root}: the local run left no output")
     run_dir = runs[-1]
     outputs = {f"{p.parent.name}/{p.name}": p for p in run_dir.glob("*/*") if p.is_dir()}
-    return LocalRun(run_dir, outputs)
+    return LocalRun(run_dir, outputs, tracking.tracking_uri(used) if used.tracking.enabled else None)

@@ -146,7 +146,7 @@ def build_pipeline(image: str | None = None, kubernetes: bool = True, hf_cache_p
         pure, side, gpu, small = [], [], [], []  # tasks by kind, for the platform settings below
         with dsl.ExitHandler(finish, name="lightreasoner-run"):
             conf = c.configure_run(config_yaml=p["config_yaml"], settings=settings, run_name=p["run_name"],
-                                   kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+                                   kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, method=p["method"])
             conf.set_display_name("check settings, open the MLflow run")
             parent, full = conf.outputs["parent_run_id"], conf.outputs["full"]
             side.append(conf)

@@ -23,3 +23,42 @@ def test_the_working_directory_is_not_a_secret(monkeypatch, tmp_path):
     path = f"file://{tmp_path}/lightreasoner-runs/samples"
     assert redaction.redact_text(path) == path
     assert redaction.redact_text("pw hunter2-secret") == "pw ***"
+
+
+def _churn(stop, name: str) -> None:
+    import os
+
+    n = 0
+    while not stop.is_set() and n < 2_000_000:  # bounded: never outlives the test
+        os.environ[f"{name}_{n % 7}_TOKEN"] = "churning-secret-value"
+        os.environ.pop(f"{name}_{(n + 3) % 7}_TOKEN", None)
+        n += 1
+
+
+def test_redaction_while_another_thread_edits_the_environment():
+    """MLflow's telemetry thread deleted a variable while redaction read the environment (KeyError in a
+    pipeline step): the read must survive a thread adding and deleting variables in a tight loop."""
+    import os
+    import sys
+    import threading
+    import time
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: the race shows within a second
+    stop = threading.Event()
+    name = "LR_RACE"
+    thread = threading.Thread(target=_churn, args=(stop, name), daemon=True)
+    thread.start()
+    try:
+        deadline, reads = time.monotonic() + 1.5, 0
+        while time.monotonic() < deadline:
+            redaction.redact_text("nothing secret here")
+            assert dict(redaction.environment()).get("PATH") == os.environ.get("PATH")
+            reads += 1
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        sys.setswitchinterval(interval)
+        for i in range(7):
+            os.environ.pop(f"{name}_{i}_TOKEN", None)
+    assert reads > 10 and not thread.is_alive()
