@@ -1,7 +1,7 @@
 """Evaluation protocols: how the Expert is asked and when it stops (``evaluation.protocol``).
 
-Base-model accuracy depends on the prompt, the generation length and the stop tokens, so two evaluations are
-comparable only under the same protocol; its settings are recorded with every evaluation (``protocol`` in
+Base-model accuracy depends on the prompt, the generation length, the stop tokens and the grader, so two
+evaluations are comparable only under the same protocol; its settings are recorded with every evaluation (``protocol`` in
 ``metrics.json``) and the registry refuses to pair runs of different protocols.
 """
 
@@ -22,6 +22,7 @@ class Protocol:
     chat_template: bool
     max_new_tokens: int
     stop_tokens: tuple[str, ...]  # chat-template end tokens, besides the model's eos (those the tokenizer has)
+    grader: str = "toolkit"  # lightreasoner.answers.GRADERS: how answers are extracted and graded (in the hash)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -30,7 +31,8 @@ class Protocol:
         return data
 
 
-# The Qwen2.5-Math evaluation toolkit's zero-shot CoT prompt (the paper's numbers): greedy, 2,048 new tokens.
+# The Qwen2.5-Math evaluation toolkit's zero-shot CoT prompt (the paper's numbers): greedy, 2,048 new tokens,
+# graded by the toolkit's rules (lightreasoner.toolkit_grader).
 QWEN25_MATH_COT = "qwen25-math-cot"
 QWEN25_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 # Chat-template end tokens: Qwen's (ChatML), Llama 3's, Gemma's, Phi's.
@@ -44,7 +46,7 @@ def resolve_protocol(config: Config) -> Protocol:
     if ecfg.protocol == QWEN25_MATH_COT:
         return Protocol(QWEN25_MATH_COT, QWEN25_SYSTEM, True, ecfg.max_new_tokens or 2048, END_TOKENS)
     return Protocol(SAMPLING_PROMPT, config.prompt.system_prompt, config.prompt.chat_template,
-                    ecfg.max_new_tokens or 512, ())
+                    ecfg.max_new_tokens or 512, (), grader="math-verify")
 
 
 def stop_token_ids(tokenizer, protocol: Protocol) -> list[int]:

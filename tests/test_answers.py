@@ -209,3 +209,21 @@ TOOLKIT_CASES = [
 def test_toolkit_grader_gives_the_toolkits_verdicts(output, gold, kind, benchmark, expected):
     pred = extract(output, kind, grader="toolkit", benchmark=benchmark)
     assert grade(pred, gold, kind, grader="toolkit", benchmark=benchmark) is expected, (pred, gold)
+
+
+def test_the_paper_protocol_grades_with_the_toolkit_and_the_grader_is_in_its_hash():
+    from dataclasses import replace
+
+    from lightreasoner.config import load_config
+    from lightreasoner.protocols import resolve_protocol
+
+    paper = resolve_protocol(load_config(None, ["evaluation.protocol=qwen25-math-cot"]))
+    ours = resolve_protocol(load_config(None, ["evaluation.protocol=sampling-prompt"]))
+    assert paper.grader == "toolkit" and ours.grader == "math-verify"
+    assert paper.as_dict()["grader"] == "toolkit"
+    assert replace(paper, grader="math-verify").as_dict()["sha256"] != paper.as_dict()["sha256"]
+
+
+def test_unknown_grader_is_refused():
+    with pytest.raises(ValueError, match="grader 'exact'"):
+        extract("1", "number", grader="exact")
