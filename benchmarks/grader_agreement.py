@@ -108,7 +108,9 @@ def number_styles(g: str, rng: random.Random, other: str) -> list[tuple[str, str
             ("unit", f"{_fmt(v)} {rng.choice(UNITS)}"), ("unit", f"\\${_fmt(v)}"), ("unit", f"{_fmt(v)}^\\circ"),
             ("thousands", f"{int(v):,}" if v.is_integer() else _fmt(v)),
             ("thousands", f"{int(v):,}".replace(",", ",\\!") if v.is_integer() else _fmt(v)),
-            ("e-notation", f"{v:.3e}"), ("e-notation", f"{v:e}")]
+            ("e-notation", f"{v:.3e}"), ("e-notation", f"{v:e}"), ("rounded", f"{v:.3g}"),
+            ("scientific", f"{v / 1000:g} \\times 10^{{3}}"), ("scientific", f"{v / 100:g} \\times 10^2"),
+            ("spaces", _fmt(v).replace("", " ").strip()), ("negative", f"-{_fmt(v)}")]
     if v.is_integer():
         a = rng.randint(1, 9)
         out += [("expression", f"{_fmt(v - a)} + {a}"), ("expression", f"{_fmt(v + a)} - {a}"),
@@ -127,7 +129,9 @@ def latex_styles(g: str, rng: random.Random, other: str) -> list[tuple[str, str]
     out = [("boxed", g), ("wrong", other), ("spaces", " ".join(g)), ("nospaces", g.replace(" ", "")),
            ("dfrac", g.replace("\\frac", "\\dfrac")), ("leftright", g.replace("(", "\\left(").replace(")", "\\right)")),
            ("var", f"x = {g}"), ("unit", f"{g} \\text{{ cm}}"), ("unit", f"{g} \\mathrm{{~m}}"),
-           ("dollars", f"${g}$"), ("percent", f"{g}\\%"), ("times", g.replace("\\cdot", "\\times"))]
+           ("dollars", f"${g}$"), ("percent", f"{g}\\%"), ("times", g.replace("\\cdot", "\\times")),
+           ("unit", f"{g}\\mathrm{{cm}}"), ("unit", f"{g}~\\mathrm{{m}}"), ("unit", f"{g} \\, \\text{{kg}}"),
+           ("unit", f"{g} \\text{{ m/s}}"), ("unit", f"{g} \\mathrm{{~s}}"), ("unit", f"{g} \\mathrm{{~cm}}")]
     v = _num(g)
     if v is not None:
         out += number_styles(g, rng, other)[2:]
@@ -174,8 +178,11 @@ def wrap(rng: random.Random, answer: str, style: str) -> str:
     if form == 7:
         return f"{pre}So the total is {answer}"
     if form == 8:
-        return f"{pre}\\[ \\boxed{{{answer}}} \\]\nThis is our answer."
-    return f"{pre}The answer is: $\\boxed{{{answer}}}$"
+        return f"{pre}\\[ \\boxed{{{answer}}} \\]\nThis is our answer." + rng.choice(["", " Check: 2 + 2 = 4."])
+    return pre + rng.choice([f"The answer is: $\\boxed{{{answer}}}$", f"**Answer:** {answer}",
+                             f"Final Answer: The final answer is {answer}. I hope it is correct.",
+                             f"the answer is: {answer}", f"So the final answer is {answer}.",
+                             f"$\\boxed{{{answer}}}$.", f"Answer: ${answer}$"])
 
 
 def make_cases(rows: dict[str, list[dict]], per_benchmark: int, seed: int) -> list[dict]:

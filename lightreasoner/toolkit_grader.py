@@ -442,6 +442,9 @@ def _expression(text: str):
 
 
 def _latex(text: str):
+    """latex2sympy2_extended standing in for the toolkit's latex2sympy, with that one's limits: an empty
+    ``\\mathrm{~}`` or a ``\\prime`` is an error, ``\\mathrm{~cm}`` is the unit ``cm``, a final period is
+    ignored."""
     from latex2sympy2_extended import latex2sympy
     from latex2sympy2_extended.latex2sympy2 import ConversionConfig, NormalizationConfig
 
@@ -449,10 +452,19 @@ def _latex(text: str):
                                boxed="none", equations=False)
     conv = ConversionConfig(interpret_as_mixed_fractions=False, interpret_simple_eq_as_assignment=False,
                             interpret_contains_as_eq=True, lowercase_symbols=False)
-    return latex2sympy(text, normalization_config=norm, conversion_config=conv)
+    text = text.replace("\\mathrm{~", "\\mathrm{")
+    if "\\mathrm{}" in text or "\\prime" in text:
+        raise ValueError("the toolkit's latex2sympy cannot read this")
+    try:
+        return latex2sympy(text, normalization_config=norm, conversion_config=conv)
+    except Exception:
+        if not text.endswith("."):
+            raise
+        return latex2sympy(text[:-1], normalization_config=norm, conversion_config=conv)
 
 
 _SYMPY_LATEX: tuple | None = None
+_LEADING_ZERO = re.compile(r"(?<![\d.])0\d")
 
 
 def _sympy_latex(text: str):
@@ -479,6 +491,8 @@ def _sympy_latex(text: str):
         _SYMPY_LATEX = (antlr4, impl, Lexer, Parser)
     antlr4, impl, lexer_class, parser_class = _SYMPY_LATEX
     text = text.strip()
+    if _LEADING_ZERO.search(text):  # the toolkit's sympy (1.12) cannot read a number like 01 and gives up
+        raise ValueError("a number with a leading zero")
     listener = impl.MathErrorListener(text)
     lexer = lexer_class(antlr4.InputStream(text))
     lexer.removeErrorListeners()

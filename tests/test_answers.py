@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from lightreasoner.answers import extract, extract_choice, extract_latex, grade, latex_match
@@ -227,3 +229,33 @@ def test_the_paper_protocol_grades_with_the_toolkit_and_the_grader_is_in_its_has
 def test_unknown_grader_is_refused():
     with pytest.raises(ValueError, match="grader 'exact'"):
         extract("1", "number", grader="exact")
+
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# Gold answers the toolkit itself rejects when a model writes them back (its clean-up runs twice on a prediction:
+# the second pass reads "\\text{red}}/\\sqrt{2}" as a trailing unit and cuts it): the toolkit grader agrees.
+TOOLKIT_REJECTS_ITS_GOLD = {"\\lambda_{\\text {red}} / \\sqrt{2}"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("grader", ["toolkit", "math-verify"])
+@pytest.mark.parametrize("name", ["gsm8k", "svamp", "asdiv", "minerva_math", "olympiadbench", "mmlu_stem"])
+def test_shared_gold_answers_grade_as_correct_against_themselves(name, grader, tmp_path):
+    """Every gold answer of the shared benchmark files, boxed the way the protocol asks, is correct under both
+    graders with the benchmark's rules."""
+    from lightreasoner.benchmarks import load_benchmark
+
+    source = SHARED / "gsm8k" if name == "gsm8k" else SHARED / "math-benchmarks" / name
+    if not (source / "test.jsonl").exists():
+        pytest.skip(f"{source} is absent (../shared holds the benchmark files)")
+    (tmp_path / name).symlink_to(source)
+    data = load_benchmark(name, str(tmp_path))
+    kind = data.benchmark.answer_type
+    wrong = []
+    for p in data.problems:
+        pred = extract(f"Step by step.\nThe final answer is $\\boxed{{{p.answer}}}$.", kind, grader=grader,
+                       benchmark=name)
+        if grade(pred, p.answer, kind, grader=grader, benchmark=name) is (
+                grader == "toolkit" and p.answer in TOOLKIT_REJECTS_ITS_GOLD):
+            wrong.append((p.answer, pred))
+    assert wrong == [], wrong[:10]
