@@ -119,7 +119,9 @@ _UNIT_WORDS = [
     "m", "cm", "mm", "apple", "liter", "loss", "yard", "pure", "year", "increase", "decrease", "d", "less",
     "Surface", "litre", "pi sq m", "s .", "metre", "meter", "inch",
 ]
-_UNIT_PATTERNS = [re.compile(rf"(^|\W){u}($|\W)") for u in _UNIT_WORDS + [u + "s" for u in _UNIT_WORDS]]
+# (text that must occur for the pattern to match -- a fast check, the part before any ".", pattern)
+_UNIT_PATTERNS = [(u.split(".")[0].strip(), re.compile(rf"(^|\W){u}($|\W)"))
+                  for u in _UNIT_WORDS + [u + "s" for u in _UNIT_WORDS]]
 
 _TRAILING_TEXT = re.compile(r"\\text{.*?}$")
 _TEXT_GROUP = re.compile(r"\\text\{(.*?)\}")
@@ -194,7 +196,9 @@ def normalise(text: str, keep_units: bool = False) -> str:
         s = without
     if not keep_units:
         for _ in range(2):
-            for pattern in _UNIT_PATTERNS:
+            for needle, pattern in _UNIT_PATTERNS:
+                if needle not in s:
+                    continue
                 cut = pattern.sub(r"\1\2", s)
                 if cut:
                     s = cut
@@ -564,7 +568,13 @@ def _time_limit(seconds: float):
         signal.signal(signal.SIGALRM, previous)
 
 
+_LOADED = False
+
+
 def _load_parsers() -> None:
+    global _LOADED
+    if _LOADED:
+        return
     import latex2sympy2_extended.latex2sympy2  # noqa: F401
     import sympy.parsing.sympy_parser  # noqa: F401
 
@@ -572,6 +582,7 @@ def _load_parsers() -> None:
         _sympy_latex("1")
     except Exception:  # noqa: BLE001 - without it, the other readers decide
         pass
+    _LOADED = True
 
 
 def symbolic_equal(a: str, b: str) -> bool:
