@@ -1,8 +1,10 @@
 """Final answers: extraction from what a model wrote, and grading against a gold answer by answer type.
 
-Numbers (GSM8K, SVAMP, ASDiv): ``extract_answer`` reads GSM8K's ``#### N``, ``\\boxed{...}``, "The answer is
-N", "Answer: N", else the last number of the text; ``answers_match`` compares numbers as exact rationals, so
-``0.5`` == ``1/2`` == ``0.50`` and ``$1,000`` == ``1000``.
+Two graders (``extract``/``grade``'s ``grader``): ``toolkit`` gives the Qwen2.5-Math evaluation toolkit's
+verdicts, per benchmark (:mod:`lightreasoner.toolkit_grader`; the paper protocol's grader); ``math-verify`` is
+this project's own. Numbers (GSM8K, SVAMP, ASDiv) under ``math-verify``: ``extract_answer`` reads GSM8K's
+``#### N``, ``\\boxed{...}``, "The answer is N", "Answer: N", else the last number of the text; ``answers_match``
+compares numbers as exact rationals, so ``0.5`` == ``1/2`` == ``0.50`` and ``$1,000`` == ``1000``.
 """
 
 from __future__ import annotations
