@@ -163,6 +163,16 @@ def choice_outputs(g: str, rng: random.Random, question: str) -> list[tuple[str,
     ]
 
 
+def extra_styles(g: str, rng: random.Random) -> list[tuple[str, str]]:
+    """Variants any gold answer can take: LaTeX spellings, text around it, degrees, periods, minus signs."""
+    return [("text-box", f"\\text{{{g}}}"), ("text-box", f"\\text{{{g} {rng.choice(UNITS)}}}"),
+            ("period", f"{g}."), ("tfrac", g.replace("\\frac", "\\tfrac")), ("degrees", f"{g}^{{\\circ}}"),
+            ("minus", g.replace("-", "−")), ("percent-out", f"{g}\\%"), ("in", f"x \\in {g}"),
+            ("sqrt", g.replace("\\sqrt{", "\\sqrt").replace("}", "", 1) if "\\sqrt{" in g else g),
+            ("bold", f"\\mathbf{{{g}}}"), ("display", f"\\displaystyle {g}"), ("approx", f"\\approx {g}"),
+            ("equation", f"a = {g}"), ("comma-list", f"{g}, {g}"), ("pm", f"\\pm {g}")]
+
+
 def wrap(rng: random.Random, answer: str, style: str) -> str:
     pre = rng.choice(PREAMBLE)
     form = rng.randrange(10)
@@ -185,7 +195,7 @@ def wrap(rng: random.Random, answer: str, style: str) -> str:
                              f"$\\boxed{{{answer}}}$.", f"Answer: ${answer}$"])
 
 
-def make_cases(rows: dict[str, list[dict]], per_benchmark: int, seed: int) -> list[dict]:
+def make_cases(rows: dict[str, list[dict]], per_benchmark: int, seed: int, extra: bool = False) -> list[dict]:
     rng = random.Random(seed)
     cases = []
     for name, brows in rows.items():
@@ -201,6 +211,8 @@ def make_cases(rows: dict[str, list[dict]], per_benchmark: int, seed: int) -> li
             else:
                 styles = (number_styles if TYPES[name] == "number" else latex_styles)(g, rng, other)
                 styles.append(("no-answer", ""))
+                if extra:
+                    styles += extra_styles(g, rng)
                 style, ans = rng.choice(styles)
                 text = wrap(rng, ans, style)
             cases.append({"benchmark": name, "row": i, "style": style, "output": text})
@@ -250,6 +262,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--gold", choices=["project", "raw"], default="project",
                     help="gold answers given to our grader: the project's benchmark table, or the rows' raw text")
+    ap.add_argument("--extra", action="store_true", help="add the harder variants (\\text{}, degrees, ...)")
     ap.add_argument("--cases", help="keep the generated cases and verdicts in this folder")
     ap.add_argument("--show", type=int, default=5, help="disagreements shown per benchmark")
     ap.add_argument("--toolkit-side", action="store_true", help=argparse.SUPPRESS)
@@ -267,7 +280,7 @@ def main() -> None:
     from lightreasoner.benchmarks import BENCHMARKS
 
     rows = load_rows(Path(args.data))
-    cases = make_cases(rows, args.per_benchmark, args.seed)
+    cases = make_cases(rows, args.per_benchmark, args.seed, args.extra)
     folder = Path(args.cases or tempfile.mkdtemp(prefix="grader-agreement-"))
     folder.mkdir(parents=True, exist_ok=True)
     cases_file = folder / "cases.jsonl"

@@ -11,9 +11,9 @@ follows each one's behaviour (written from that behaviour, not copied):
    dollars, percent signs, word numbers, ``x=``, ``.000``, ``a/b`` -> ``\\frac{a}{b}`` ... and spaces.
 3. :func:`equal` -- numbers compare with a relative tolerance of 1e-4, also against gold/100 and gold x 100;
    brackets and braces are ignored when that makes the texts equal; tuples and intervals compare element by
-   element in order; ``lhs = rhs`` compares by its sides; else the two are parsed to sympy
-   (latex2sympy2_extended, then sympy's expression parser) and compared exactly, by simplification, then
-   numerically.
+   element in order; ``lhs = rhs`` compares by its sides; else the two are parsed to sympy (sympy's LaTeX
+   parser, which reads only the leading expression; sympy's expression parser; latex2sympy2_extended) and
+   compared exactly, by simplification, then numerically.
 
 Gold answers pass through :func:`gold_answer`, the toolkit's per-benchmark reading of its test files.
 """
@@ -295,6 +295,11 @@ def raw_answer(text: str, benchmark: str | None) -> str:
     else:
         numbers = _LAST_NUMBER.findall(text.replace(",", ""))
         pred = numbers[-1] if numbers else ""
+    return _trim(pred)
+
+
+def _trim(pred: str) -> str:
+    """Line breaks out, one leading colon and one final period and slash off."""
     pred = re.sub(r"\n\s*", "", pred)
     if pred.startswith(":"):
         pred = pred[1:]
@@ -322,11 +327,10 @@ def gold_answer(gold: str, benchmark: str | None = None) -> str:
     g = str(gold)
     if benchmark == "asdiv":
         g = re.sub(r"\(.*?\)", "", g)
-    if benchmark in KEEP_UNITS:
-        return normalise(g, keep_units=True)
-    if benchmark == "math":
-        g = normalise(g)
-    return normalise(g)
+    if benchmark in ("math", "minerva_math"):  # the boxed answer of a solution, read like a prediction
+        g = normalise(_trim(g), keep_units=benchmark in KEEP_UNITS)
+        return g if benchmark in KEEP_UNITS else normalise(g)
+    return normalise(g, keep_units=benchmark in KEEP_UNITS)
 
 
 # --- equality -----------------------------------------------------------------------------------------
