@@ -269,7 +269,8 @@ def test_real_gold_answers_grade_as_correct(name, real_dir):
     assert len(data.problems) == sizes[name]  # after dropping duplicate questions (ASDiv 1, MMLU-STEM 12)
     kind = data.benchmark.answer_type
     wrong = [p.answer for p in data.problems
-             if not grade(extract(f"Step by step.\nThe final answer is $\\boxed{{{p.answer}}}$.", kind), p.answer, kind)]
+             if not grade(extract(f"Step by step.\nThe final answer is $\\boxed{{{p.answer}}}$.", kind,
+                                  grader="math-verify"), p.answer, kind, grader="math-verify")]
     assert wrong == [], wrong[:10]
 
 
