@@ -451,7 +451,7 @@ def _expression(text: str):
 
 def _latex(text: str):
     """latex2sympy2_extended standing in for the toolkit's latex2sympy, with that one's limits: an empty
-    ``\\mathrm{~}`` or a ``\\prime`` is an error, ``\\mathrm{~cm}`` is the unit ``cm``, a final period is
+    ``\\mathrm{~}``, a ``\\prime`` or a character beyond ASCII (``−``, ``π``) is an error, ``\\mathrm{~cm}`` is the unit ``cm``, a final period is
     ignored."""
     from latex2sympy2_extended import latex2sympy
     from latex2sympy2_extended.latex2sympy2 import ConversionConfig, NormalizationConfig
@@ -461,7 +461,7 @@ def _latex(text: str):
     conv = ConversionConfig(interpret_as_mixed_fractions=False, interpret_simple_eq_as_assignment=False,
                             interpret_contains_as_eq=True, lowercase_symbols=False)
     text = text.replace("\\mathrm{~", "\\mathrm{")
-    if "\\mathrm{}" in text or "\\prime" in text:
+    if "\\mathrm{}" in text or "\\prime" in text or not text.isascii():
         raise ValueError("the toolkit's latex2sympy cannot read this")
     try:
         return latex2sympy(text, normalization_config=norm, conversion_config=conv)
@@ -497,6 +497,15 @@ def _sympy_latex(text: str):
                 pass
 
         _SYMPY_LATEX = (antlr4, impl, Lexer, Parser)
+        try:
+            impl.parse_latex("1")
+        except ImportError:  # the gate: sympy's own d/dx fractions call it, so they get the ungated reader
+            impl.parse_latex = _read_sympy_latex
+    return _read_sympy_latex(text)
+
+
+def _read_sympy_latex(text: str, strict: bool = False):
+    """sympy's ``parse_latex`` without its runtime-version gate (``strict``: the whole text must be read)."""
     antlr4, impl, lexer_class, parser_class = _SYMPY_LATEX
     text = text.strip()
     if _LEADING_ZERO.search(text):  # the toolkit's sympy (1.12) cannot read a number like 01 and gives up
@@ -508,7 +517,10 @@ def _sympy_latex(text: str):
     parser = parser_class(antlr4.CommonTokenStream(lexer))
     parser.removeErrorListeners()
     parser.addErrorListener(listener)
-    return impl.convert_relation(parser.math().relation())
+    relation = parser.math().relation()
+    if strict and (relation.start.start != 0 or relation.stop.stop != len(text) - 1):
+        raise impl.LaTeXParsingError("Invalid LaTeX")
+    return impl.convert_relation(relation)
 
 
 def _parse(text: str):
