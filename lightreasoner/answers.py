@@ -1,8 +1,10 @@
 """Final answers: extraction from what a model wrote, and grading against a gold answer by answer type.
 
-Numbers (GSM8K, SVAMP, ASDiv): ``extract_answer`` reads GSM8K's ``#### N``, ``\\boxed{...}``, "The answer is
-N", "Answer: N", else the last number of the text; ``answers_match`` compares numbers as exact rationals, so
-``0.5`` == ``1/2`` == ``0.50`` and ``$1,000`` == ``1000``.
+Two graders (``extract``/``grade``'s ``grader``): ``toolkit`` gives the Qwen2.5-Math evaluation toolkit's
+verdicts, per benchmark (:mod:`lightreasoner.toolkit_grader`; the paper protocol's grader); ``math-verify`` is
+this project's own. Numbers (GSM8K, SVAMP, ASDiv) under ``math-verify``: ``extract_answer`` reads GSM8K's
+``#### N``, ``\\boxed{...}``, "The answer is N", "Answer: N", else the last number of the text; ``answers_match``
+compares numbers as exact rationals, so ``0.5`` == ``1/2`` == ``0.50`` and ``$1,000`` == ``1000``.
 """
 
 from __future__ import annotations
@@ -300,23 +302,60 @@ def latex_match(pred: str | None, gold: str | None) -> bool:
         return False
 
 
-def extract(text: str | None, answer_type: str) -> str | None:
-    """The final answer of a model's output, read as ``answer_type`` expects it."""
+# Graders: "toolkit" gives the Qwen2.5-Math evaluation toolkit's verdicts (the paper's numbers; see
+# lightreasoner.toolkit_grader); "math-verify" is this project's own (exact rationals for numbers, math-verify for
+# LaTeX, the letter for choices).
+GRADERS = ("toolkit", "math-verify")
+
+
+def _check(answer_type: str, grader: str) -> None:
+    if answer_type not in ANSWER_TYPES:
+        raise ValueError(f"answer type {answer_type!r}: expected one of {', '.join(ANSWER_TYPES)}")
+    if grader not in GRADERS:
+        raise ValueError(f"grader {grader!r}: expected one of {', '.join(GRADERS)}")
+
+
+def _toolkit_benchmark(answer_type: str, benchmark: str | None) -> str | None:
+    """The benchmark whose rules the toolkit applies: a choice answer is always read as a choice."""
+    from .toolkit_grader import CHOICE_BENCHMARKS
+
+    if answer_type == "choice" and benchmark not in CHOICE_BENCHMARKS:
+        return "mmlu_stem"
+    return benchmark
+
+
+def extract(text: str | None, answer_type: str, grader: str = "toolkit", benchmark: str | None = None) -> str | None:
+    """The final answer of a model's output, read as ``answer_type`` expects it under ``grader``.
+
+    ``toolkit``: the Qwen2.5-Math toolkit's prediction (its extraction and clean-up of the raw text, with the
+    rules of ``benchmark``: units kept for ``minerva_math``, letters for ``mmlu_stem``); None when it reads
+    nothing. ``math-verify``: this project's extraction (numbers normalised, ``1/2`` -> ``0.5``)."""
+    _check(answer_type, grader)
+    if grader == "toolkit":
+        from . import toolkit_grader
+
+        return toolkit_grader.extract(text, _toolkit_benchmark(answer_type, benchmark)) or None
     if answer_type == "number":
         return extract_answer(text)
     if answer_type == "latex":
         return extract_latex(text)
-    if answer_type == "choice":
-        return extract_choice(text)
-    raise ValueError(f"answer type {answer_type!r}: expected one of {', '.join(ANSWER_TYPES)}")
+    return extract_choice(text)
 
 
-def grade(pred: str | None, gold: str, answer_type: str) -> bool:
-    """True when the extracted answer ``pred`` equals ``gold`` under the rules of ``answer_type``."""
+def grade(pred: str | None, gold: str, answer_type: str, grader: str = "toolkit",
+          benchmark: str | None = None) -> bool:
+    """True when the extracted answer ``pred`` (from :func:`extract` with the same grader) equals ``gold``.
+
+    ``toolkit``: the toolkit's verdict (numbers within a relative 1e-4, also gold/100 and gold x 100; symbolic
+    equality by sympy; tuples in order), ``gold`` read as the benchmark's file gives it. ``math-verify``: exact
+    rationals for numbers, math-verify for LaTeX, the letter for choices."""
+    _check(answer_type, grader)
+    if grader == "toolkit":
+        from . import toolkit_grader
+
+        return toolkit_grader.grade(pred, gold, _toolkit_benchmark(answer_type, benchmark))
     if answer_type == "number":
         return answers_match(pred, gold)
     if answer_type == "latex":
         return latex_match(pred, gold)
-    if answer_type == "choice":
-        return pred is not None and pred.strip().upper() == str(gold).strip().upper()
-    raise ValueError(f"answer type {answer_type!r}: expected one of {', '.join(ANSWER_TYPES)}")
+    return pred is not None and pred.strip().upper() == str(gold).strip().upper()

@@ -141,9 +141,10 @@ def predict(model, tokenizer, problems: list[Problem], config: Config, progress:
     predictions = []
     for prob, ids in zip(problems, completions, strict=True):
         text = cut_output(tokenizer.decode(ids, skip_special_tokens=True), protocol)
-        extracted = extract(text, answer_type)
-        predictions.append(Prediction(prob.problem_id, text, extracted, prob.answer,
-                                      grade(extracted, prob.answer, answer_type), len(ids), benchmark, answer_type))
+        extracted = extract(text, answer_type, grader=protocol.grader, benchmark=benchmark)
+        correct = grade(extracted, prob.answer, answer_type, grader=protocol.grader, benchmark=benchmark)
+        predictions.append(Prediction(prob.problem_id, text, extracted, prob.answer, correct, len(ids), benchmark,
+                                      answer_type))
     return predictions
 
 

@@ -1,7 +1,7 @@
 """Evaluation protocols: how the Expert is asked and when it stops (``evaluation.protocol``).
 
-Base-model accuracy depends on the prompt, the generation length and the stop tokens, so two evaluations are
-comparable only under the same protocol; its settings are recorded with every evaluation (``protocol`` in
+Base-model accuracy depends on the prompt, the generation length, the stop tokens and the grader, so two
+evaluations are comparable only under the same protocol; its settings are recorded with every evaluation (``protocol`` in
 ``metrics.json``) and the registry refuses to pair runs of different protocols.
 """
 
@@ -27,6 +27,7 @@ class Protocol:
     # The output is cut before the first of these (the toolkit's stop words: end tokens that are plain text
     # for a tokenizer without them as single tokens, e.g. DeepSeek-R1-Distill's).
     stop_strings: tuple[str, ...] = ()
+    grader: str = "toolkit"  # lightreasoner.answers.GRADERS: how answers are extracted and graded (in the hash)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -36,7 +37,8 @@ class Protocol:
         return data
 
 
-# The Qwen2.5-Math evaluation toolkit's zero-shot CoT prompt (the paper's numbers): greedy, 2,048 new tokens.
+# The Qwen2.5-Math evaluation toolkit's zero-shot CoT prompt (the paper's numbers): greedy, 2,048 new tokens,
+# graded by the toolkit's rules (lightreasoner.toolkit_grader).
 QWEN25_MATH_COT = "qwen25-math-cot"
 QWEN25_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 # The toolkit's ``qwen25-math-cot`` prompt, literally (its PROMPT_TEMPLATES): the same ChatML string for every
@@ -66,7 +68,7 @@ def resolve_protocol(config: Config) -> Protocol:
         return Protocol(QWEN25_MATH_COT, QWEN25_SYSTEM, True, ecfg.max_new_tokens or BUDGETS[QWEN25_MATH_COT],
                         TOOLKIT_STOPS, QWEN25_MATH_COT_TEMPLATE, TOOLKIT_STOPS)
     return Protocol(SAMPLING_PROMPT, config.prompt.system_prompt, config.prompt.chat_template,
-                    ecfg.max_new_tokens or BUDGETS[SAMPLING_PROMPT], ())
+                    ecfg.max_new_tokens or BUDGETS[SAMPLING_PROMPT], (), grader="math-verify")
 
 
 def stop_token_ids(tokenizer, protocol: Protocol) -> list[int]:

@@ -309,7 +309,8 @@ def test_real_gold_answers_grade_as_correct(name, real_dir):
     assert len(data.problems) == data.benchmark.paper_rows  # every row: the paper counts them all
     kind = data.benchmark.answer_type
     wrong = [p.answer for p in data.problems
-             if not grade(extract(f"Step by step.\nThe final answer is $\\boxed{{{p.answer}}}$.", kind), p.answer, kind)]
+             if not grade(extract(f"Step by step.\nThe final answer is $\\boxed{{{p.answer}}}$.", kind,
+                                  grader="math-verify"), p.answer, kind, grader="math-verify")]
     assert wrong == [], wrong[:10]
 
 
