@@ -91,10 +91,8 @@ def _put(s3, bucket: str, key: str, owner: dict, *, if_absent: bool) -> bool:
             code = exc.response.get("Error", {}).get("Code")
             if code in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
                 return False
-            if code not in ("NotImplemented", "501", "InvalidArgument"):
+            if code not in ("NotImplemented", "501", "InvalidArgument"):  # a store without conditional writes
                 raise
-        except TypeError:  # an older botocore without conditional writes
-            pass
     s3.put_object(Bucket=bucket, Key=key, Body=body)
     return True
 
