@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .config import BENCHMARK_NAMES
 from .errors import LightReasonerError
 
 CHOICE_LETTERS = "ABCDEFGHIJ"
@@ -201,12 +202,8 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
 )}
 
 
-def check_names(names: list[str]) -> list[str]:
-    """The benchmark names, validated (unknown names refused), duplicates dropped, order kept."""
-    unknown = [n for n in names if n not in BENCHMARKS]
-    if unknown:
-        raise ValueError(f"unknown benchmark {unknown[0]!r} (known: {', '.join(BENCHMARKS)})")
-    return list(dict.fromkeys(names))
+if tuple(BENCHMARKS) != BENCHMARK_NAMES:  # the names the config accepts are this table's
+    raise RuntimeError(f"lightreasoner.config.BENCHMARK_NAMES {BENCHMARK_NAMES} != {tuple(BENCHMARKS)}")
 
 
 def get(name: str) -> Benchmark:

@@ -515,10 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _close_progress_bars() -> None:
     """Progress bars a failed stage left open (the Trainer's) are closed before the error line, so that
     they do not redraw after it at exit: the error stays the last line."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return
+    from tqdm import tqdm
+
     for bar in list(getattr(tqdm, "_instances", ())):
         try:
             bar.close()

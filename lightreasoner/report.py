@@ -21,6 +21,8 @@ from typing import Any
 from .config import Config
 from .errors import LightReasonerError
 from .plots import plot_report
+from .records import READERS, paper_of
+from .records import benchmark_metrics as benchmark_metrics  # lives beside the readers that log it
 
 REPORT_JSON = "efficiency_report.json"
 REPORT_PLOT = "accuracy_vs_tuned_tokens.png"
@@ -126,8 +128,6 @@ def report_table(report: dict[str, Any]):
 def metrics_from_folders(folders: dict[str, str | Path]) -> dict[str, float]:
     """The metrics the stages log, read from their folders with the tracking readers (stage -> folder:
     sample, train, evaluate, sft, evaluate_sft)."""
-    from .tracking import READERS
-
     tmp = Path(tempfile.mkdtemp(prefix="lightreasoner-report-"))
     try:
         metrics: dict[str, float] = {}
@@ -235,16 +235,10 @@ def benchmark_markdown(metrics: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _paper(metrics: dict[str, Any]) -> dict[str, Any] | None:
-    from .benchmarks import paper_comparison
-
-    return metrics["paper"] if "paper" in metrics else paper_comparison(metrics)
-
-
 def paper_markdown(metrics: dict[str, Any]) -> str:
     """The paper's published accuracies beside ours (in %), per benchmark run, when the Expert is one of the
     paper's (else empty): paper base / SFT / LightReasoner, our base / tuned, and the differences."""
-    paper = _paper(metrics)
+    paper = paper_of(metrics)
     if not paper:
         return ""
 
@@ -259,25 +253,6 @@ def paper_markdown(metrics: dict[str, Any]) -> str:
                      f"{cell(r['paper_lightreasoner'])} | {cell(r['base'])} | {cell(r['tuned'])} | "
                      f"{cell(r['base_minus_paper'], True)} | {cell(r['tuned_minus_paper'], True)} |")
     return "\n".join(lines) + "\n"
-
-
-def benchmark_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """Per-benchmark metrics as flat names (``<benchmark>/accuracy_base`` ...), for KFP and MLflow."""
-    out: dict[str, float] = {}
-    per = metrics.get("benchmarks") or {}
-    if not per or list(per) == ["data"]:
-        return out
-    for name, m in [*per.items(), ("average", metrics.get("average") or {})]:
-        for key in ("accuracy_base", "accuracy_tuned", "delta", "mcnemar_p"):
-            value = m.get(key)
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                out[f"{name}/{key}"] = float(value)
-    # The paper's published accuracies (fractions, as ours) beside them, for a paper Expert.
-    for row in (_paper(metrics) or {}).get("rows") or []:
-        for key in ("paper_base", "paper_sft", "paper_lightreasoner"):
-            if row.get(key) is not None:
-                out[f"{row['benchmark']}/{key}"] = float(row[key]) / 100
-    return out
 
 
 def summary_markdown(evaluation: str | Path, samples: str | Path | None = None) -> str:

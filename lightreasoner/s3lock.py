@@ -15,6 +15,9 @@ while a second live writer is still refused. ``LIGHTREASONER_S3_LOCK_WAIT_SECOND
 
 The lock is taken with a conditional write (``If-None-Match: *``) where the store supports it, and read
 back to confirm in any case; it is deleted when the stage ends, failed or not.
+
+This module knows the lock's protocol only: :func:`lightreasoner.storage.s3_output_lock` names the object
+and passes in the client and the translation of S3 errors.
 """
 
 from __future__ import annotations
@@ -26,12 +29,11 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from email.utils import parsedate_to_datetime
 
 from .errors import LightReasonerError
-from .storage import LOCK_NAME
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +91,8 @@ def _put(s3, bucket: str, key: str, owner: dict, *, if_absent: bool) -> bool:
             code = exc.response.get("Error", {}).get("Code")
             if code in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
                 return False
-            if code not in ("NotImplemented", "501", "InvalidArgument"):
+            if code not in ("NotImplemented", "501", "InvalidArgument"):  # a store without conditional writes
                 raise
-        except TypeError:  # an older botocore without conditional writes
-            pass
     s3.put_object(Bucket=bucket, Key=key, Body=body)
     return True
 
@@ -102,7 +102,7 @@ def _holder(data: dict, age: float, *_: float) -> str:
 
 
 def _wait_for_stale(s3, bucket: str, key: str, uri: str, me: dict, stale: float, wait: float,
-                    poll: float) -> tuple[dict, float, float] | None:
+                    poll: float, sleep: Callable[[float], None]) -> tuple[dict, float, float] | None:
     """The lock found, once it may be taken over (stale, or left by a dead process of this host), or None
     when there is none; refuses in one line when its owner is alive (its heartbeat advanced) or when it is
     still fresh after ``wait`` seconds."""
@@ -125,28 +125,31 @@ def _wait_for_stale(s3, bucket: str, key: str, uri: str, me: dict, stale: float,
             log.warning("%s: locked by %s; waiting up to %.0f s for its next heartbeat or for it to go stale",
                         uri, _holder(*found), min(wait, stale - age))
         step = min(poll, wait - waited, stale - age)
-        time.sleep(step)
+        sleep(step)
         waited += step
         found = _read(s3, bucket, key)
     return None
 
 
-@contextmanager
-def s3_output_lock(uri: str) -> Iterator[None]:
-    """Hold ``<uri>/_work.lock`` for the block (see the module docstring); refuses in one line when another
-    live process holds it."""
-    from . import storage
-
-    bucket, prefix = storage.split_s3(uri)
-    key = "/".join(p for p in (prefix.rstrip("/"), LOCK_NAME) if p)
+def settings() -> tuple[float, float, float]:
+    """(stale, heartbeat, wait) seconds from the environment (see the module docstring); a value that is not a
+    number is refused in one line."""
     stale = _seconds("LIGHTREASONER_S3_LOCK_STALE_SECONDS", 120)
     beat = _seconds("LIGHTREASONER_S3_LOCK_HEARTBEAT_SECONDS", min(30.0, stale / 4))
+    return stale, beat, _seconds("LIGHTREASONER_S3_LOCK_WAIT_SECONDS", stale)
+
+
+@contextmanager
+def hold(s3, bucket: str, key: str, uri: str, *, errors: AbstractContextManager,
+         sleep: Callable[[float], None] = time.sleep) -> Iterator[None]:
+    """Hold the lock object ``key`` of the output ``uri`` for the block (see the module docstring); refuses in
+    one line when another live process holds it. ``errors`` translates the store's errors while the lock is
+    taken; ``sleep`` is how the lock waits for a holder's heartbeat (a test passes one that records it)."""
+    stale, beat, wait = settings()
     me = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex}
-    s3 = storage.client()
-    lock_uri = storage.join(uri, LOCK_NAME)
-    wait = _seconds("LIGHTREASONER_S3_LOCK_WAIT_SECONDS", stale)
-    with storage._s3_errors(lock_uri, "taking the output lock"):
-        found = _wait_for_stale(s3, bucket, key, uri, me, stale, wait, poll=min(5.0, max(0.1, beat / 4)))
+    with errors:
+        found = _wait_for_stale(s3, bucket, key, uri, me, stale, wait, poll=min(5.0, max(0.1, beat / 4)),
+                                sleep=sleep)
         if found is not None:
             log.warning("%s: taking over the lock of a process that stopped (%s)", uri, _holder(*found))
         taken = _put(s3, bucket, key, me, if_absent=found is None)

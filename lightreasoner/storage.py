@@ -26,12 +26,14 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from . import s3lock
 from .errors import LightReasonerError
 from .outputs import MANIFEST
 
@@ -620,12 +622,22 @@ def local_output(uri_or_path: str | Path, *, resume: bool = False) -> Iterator[P
                 raise
         return
     uri = str(uri_or_path)
-    from .s3lock import s3_output_lock
-
     with output_lock(uri):  # this machine; the lock object under the prefix: every machine
         check_writable(uri)
         with s3_output_lock(uri), _s3_output(uri, resume) as work:
             yield work
+
+
+@contextmanager
+def s3_output_lock(uri: str, *, sleep: Callable[[float], None] = time.sleep) -> Iterator[None]:
+    """Hold ``<uri>/_work.lock``, the output's lock across machines, for the block (see :mod:`.s3lock`);
+    refuses in one line when another live process holds it."""
+    bucket, prefix = split_s3(uri)
+    s3lock.settings()  # a setting that is not a number: refused before the store is asked anything
+    key = "/".join(p for p in (prefix.rstrip("/"), LOCK_NAME) if p)
+    with s3lock.hold(client(), bucket, key, uri, sleep=sleep,
+                     errors=_s3_errors(join(uri, LOCK_NAME), "taking the output lock")):
+        yield
 
 
 @contextmanager

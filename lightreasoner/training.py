@@ -552,13 +552,10 @@ def trainer_classes():
             finally:
                 self.args.save_total_limit = limit
             if limit:
-                try:
-                    from transformers.trainer_utils import rotate_checkpoints
-                except ImportError:  # older transformers: the Trainer's own method
-                    self._rotate_checkpoints(use_mtime=False, output_dir=str(run_dir))
-                else:
-                    rotate_checkpoints(output_dir=str(run_dir), save_total_limit=limit,
-                                       best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+                from transformers.trainer_utils import rotate_checkpoints
+
+                rotate_checkpoints(output_dir=str(run_dir), save_total_limit=limit,
+                                   best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
             # s3:// outputs: the complete checkpoint under the prefix (its counters file last), the rotated gone
             save_progress(run_dir / f"checkpoint-{self.state.global_step}", last=COUNTERS)
             prune_progress(run_dir)

@@ -1,5 +1,7 @@
 """The README's architecture section is generated from the imports, and the layering holds: the shared
-foundations import no stage, and no stage imports another stage only to reach a helper."""
+foundations import no stage, no stage imports another stage only to reach a helper, every module sits in
+one layer of ``LAYERS`` and imports none above it, and the imports form no cycle, function-level ones
+included."""
 
 import importlib.util
 from pathlib import Path
@@ -33,3 +35,28 @@ def test_stages_import_another_stage_only_for_its_data():
     edges = architecture.graph()
     for stage in STAGES:
         assert edges[stage] & STAGES <= allowed[stage], (stage, edges[stage] & STAGES)
+
+
+def test_modules_keep_their_layers_and_form_no_cycle():
+    assert architecture.violations() == []
+
+
+def test_the_graph_reads_function_level_and_relative_imports(tmp_path):
+    body = ("from . import storage\n"
+            "def f():\n    from .config import Config\n    import lightreasoner.data\n"
+            "    from lightreasoner import stages\n")
+    path = tmp_path / "m.py"
+    path.write_text(body)
+    known = {"storage", "config", "data", "stages", "m"}
+    assert architecture._imports(path, "m", known) == {"storage", "config", "data", "stages"}
+
+
+def test_a_cycle_is_named_and_a_higher_layer_refused(monkeypatch):
+    assert architecture.cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert architecture.cycle({"a": {"b"}, "b": set()}) is None
+    edges = {name: set(targets) for name, targets in architecture.graph().items()}
+    edges["errors"].add("cli")  # a foundation reaching the top: a higher layer and a cycle
+    monkeypatch.setattr(architecture, "graph", lambda: edges)
+    found = architecture.violations()
+    assert "errors (foundations) imports cli, of a higher layer (entry points)" in found
+    assert any(v.startswith("import cycle: ") for v in found)

@@ -719,11 +719,10 @@ def test_s3_output_lock_holds_across_machines(tiny_models, aws_env, tmp_path, mo
     s3.put_object(Bucket=aws_env.bucket, Key=f"{prefix}/samples/_work.lock", Body=json.dumps(lock).encode())
     refused = run_cli(args, env={**machines["b"], **refuse_at_once})
     assert refused.returncode == 2 and "host node-elsewhere" in one_line_error(refused)
-    # ... then taken over: machine b resumes the batches machine a uploaded, and releases the lock
-    import time
-
-    time.sleep(2.5)
-    done = run_cli(args, env={**machines["b"], "LIGHTREASONER_S3_LOCK_STALE_SECONDS": "2"})
+    # ... then taken over once stale (a stale threshold of 0: stale now, whatever the runner's speed):
+    # machine b resumes the batches machine a uploaded, and releases the lock
+    stale_now = {"LIGHTREASONER_S3_LOCK_STALE_SECONDS": "0", "LIGHTREASONER_S3_LOCK_HEARTBEAT_SECONDS": "30"}
+    done = run_cli(args, env={**machines["b"], **stale_now})
     assert done.returncode == 0, done.stderr
     keys = aws_env.keys(f"{prefix}/samples/")
     assert f"{prefix}/samples/manifest.json" in keys and not any("_work" in k for k in keys)

@@ -1,5 +1,6 @@
-"""The installed package: components, pipelines and configs live inside ``lightreasoner``, never as
-top-level names in site-packages (a user's own ``components`` package must not be shadowed)."""
+"""The installed package: its dependency floors hold, and components, pipelines and configs live inside
+``lightreasoner``, never as top-level names in site-packages (a user's own ``components`` package must not
+be shadowed)."""
 
 import shutil
 import subprocess
@@ -36,3 +37,41 @@ def test_the_cli_does_not_import_kfp_until_a_pipeline_command_runs():
     code = "import sys, lightreasoner.cli as c; c.build_parser(); print('kfp' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def _requirements() -> list[tuple[str, str]]:
+    """(where, requirement) of every dependency pyproject.toml declares: the package's and each extra's."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    out = [("dependencies", r) for r in project["dependencies"]]
+    out += [(f"[{extra}]", r) for extra, reqs in project["optional-dependencies"].items() for r in reqs]
+    return out
+
+
+def test_installed_versions_meet_every_floor():
+    """The floors are versions the code runs on: what is installed (the tests' environment) satisfies each
+    declared bound; an extra's package that is not installed here (the server's) is left out."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.requirements import Requirement
+
+    unmet = []
+    for where, text in _requirements():
+        req = Requirement(text)
+        try:
+            installed = version(req.name)
+        except PackageNotFoundError:
+            if where == "dependencies" or where == "[dev]":
+                unmet.append(f"{where}: {text}: not installed")
+            continue
+        if not req.specifier.contains(installed, prereleases=True):
+            unmet.append(f"{where}: {text}: installed {installed}")
+    assert unmet == []
+
+
+def test_every_dependency_has_a_floor():
+    from packaging.requirements import Requirement
+
+    for where, text in _requirements():
+        assert any(s.operator in (">=", "==", "~=") for s in Requirement(text).specifier), (where, text)
