@@ -17,6 +17,9 @@ from .errors import LightReasonerError, write_error
 from .stages import METHODS
 from .storage import is_s3, local_input, local_output
 
+# The page holding the generated config reference: `config --update-readme` without a path, in the repository.
+CONFIG_REFERENCE_PAGE = "docs/configuration.md"
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 
@@ -380,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the resolved config (or the reference of every key)")
     add_config_args(p)
     p.add_argument("--reference", action="store_true", help="every key with its default and meaning (Markdown)")
-    p.add_argument("--update-readme", metavar="README", help="rewrite the reference block of this README")
+    p.add_argument("--update-readme", metavar="FILE", nargs="?", const=CONFIG_REFERENCE_PAGE,
+                   help=f"rewrite the reference block of this Markdown file (default: {CONFIG_REFERENCE_PAGE})")
 
     p = sub.add_parser("prepare-data", help="load problems and write a normalised problems.parquet")
     add_config_args(p)

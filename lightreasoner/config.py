@@ -467,7 +467,7 @@ def _rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str]
 
 
 def config_reference_markdown() -> str:
-    """Every config key with its default and meaning, as a Markdown table (the README's reference)."""
+    """Every config key with its default and meaning, as a Markdown table (docs/configuration.md's reference)."""
     lines = ["| key | default | meaning |", "| --- | --- | --- |"]
     for key, default, meaning in _rows(Config):
         lines.append(f"| `{key}` | `{default}` | {meaning.replace('|', '/')} |")
@@ -493,7 +493,7 @@ REFERENCE_BEGIN, REFERENCE_END = "<!-- config-reference -->", "<!-- /config-refe
 
 
 def update_readme_reference(readme: str | Path) -> Path:
-    """Replace the block between the config-reference markers of a README with the current reference."""
+    """Replace the block between the config-reference markers of a Markdown file with the current reference."""
     path = Path(readme)
     text = path.read_text()
     if REFERENCE_BEGIN not in text or REFERENCE_END not in text:

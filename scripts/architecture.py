@@ -1,8 +1,8 @@
-"""The README's architecture section, generated from the code: each module of ``lightreasoner/`` with the
+"""The architecture section of docs/architecture.md, generated from the code: each module of ``lightreasoner/`` with the
 first sentence of its docstring, and the modules it imports (at the top or inside a function).
 
     python scripts/architecture.py            # print the section
-    python scripts/architecture.py --update   # rewrite it in README.md (a test checks it is current)
+    python scripts/architecture.py --update   # rewrite it in docs/architecture.md (a test checks it is current)
 """
 
 from __future__ import annotations
@@ -150,7 +150,10 @@ def section() -> str:
     return "\n".join(lines)
 
 
-def update(readme: Path = ROOT / "README.md") -> bool:
+PAGE = ROOT / "docs" / "architecture.md"
+
+
+def update(readme: Path = PAGE) -> bool:
     text = readme.read_text()
     start, end = text.index(START), text.index(END) + len(END)
     new = text[:start] + section() + text[end:]
@@ -161,10 +164,10 @@ def update(readme: Path = ROOT / "README.md") -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--update", action="store_true", help="rewrite the section in README.md")
+    parser.add_argument("--update", action="store_true", help="rewrite the section in docs/architecture.md")
     args = parser.parse_args(argv)
     if args.update:
-        print("README.md updated" if update() else "README.md is current")
+        print(f"{PAGE.relative_to(ROOT)} updated" if update() else f"{PAGE.relative_to(ROOT)} is current")
     else:
         print(section())
     return 0
