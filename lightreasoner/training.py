@@ -37,6 +37,7 @@ import torch
 
 from .config import Config
 from .errors import LightReasonerError, passthrough
+from .loss import SoftLabelCollator, batch_loss
 from .models import load_model, load_tokenizer, model_fingerprint, resolve_device, same_model
 from .outputs import (
     MANIFEST,
@@ -63,34 +64,6 @@ WEIGHT_TOLERANCE = 1e-3
 
 _TRAJECTORY_FIELDS = ("problem_id", "prompt_token_ids", "completion_token_ids")
 _SAMPLE_FIELDS = ("problem_id", "position", "target_token_ids", "target_weights")
-
-
-# --- the loss, as a pure function -------------------------------------------------------------------
-
-
-def soft_label_kl_loss(logits: torch.Tensor, positions: torch.Tensor, target_ids: torch.Tensor,
-                       target_weights: torch.Tensor) -> torch.Tensor:
-    """Mean over kept steps of KL(soft label || softmax(logits)).
-
-    Args:
-        logits: [B, L, V] model logits (any float dtype; computed in float32).
-        positions: [N, 2] long, (row, column) in ``logits`` of the logit row of each kept step.
-        target_ids: [N, K] long, the soft label's token ids; padded slots may hold any valid id.
-        target_weights: [N, K] float, the soft label's weights (each row sums to 1); padded slots are 0
-            and contribute nothing.
-    Returns:
-        A scalar: mean over the N steps of sum_k w_k (log w_k - log p(target_k)). Zero (still attached to
-        the graph) when N == 0.
-    """
-    if positions.shape[0] == 0:
-        return logits.sum() * 0.0
-    rows = logits[positions[:, 0], positions[:, 1]].float()  # [N, V]
-    log_p = torch.log_softmax(rows, dim=-1).gather(-1, target_ids.long())  # [N, K]
-    w = target_weights.float()
-    present = w > 0
-    log_w = torch.log(torch.where(present, w, torch.ones_like(w)))
-    terms = torch.where(present, w * (log_w - log_p), torch.zeros_like(w))
-    return terms.sum(dim=-1).mean()
 
 
 # --- samples: reading and validating ---------------------------------------------------------------
@@ -345,63 +318,6 @@ class ShuffledSteps:
                 steps.set_epoch(int(math.floor((state.epoch or 0.0) + 1e-6)))
 
         return EpochOrder()
-
-
-class SoftLabelCollator:
-    """Pads examples on the right into a batch for :func:`batch_loss`.
-
-    Batch keys: ``input_ids``/``attention_mask``/``position_ids`` [B, L]; ``logits_to_keep`` [K] (sorted
-    sequence indices whose logits are needed, shared by the rows); ``positions`` [N, 2] (row, index into
-    ``logits_to_keep``); ``target_ids``/``target_weights`` [N, Kmax] (zero-weight padding).
-    """
-
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = int(pad_token_id)
-
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        examples = [e for item in examples for e in (item["group"] if "group" in item else [item])]
-        width = max(len(e["input_ids"]) for e in examples)
-        b = len(examples)
-        ids = torch.full((b, width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((b, width), dtype=torch.long)
-        for row, e in enumerate(examples):
-            n = len(e["input_ids"])
-            ids[row, :n] = torch.tensor(e["input_ids"], dtype=torch.long)
-            mask[row, :n] = 1
-        position_ids = torch.arange(width, dtype=torch.long).unsqueeze(0).expand(b, width).clone()
-        rows = [row for row, e in enumerate(examples) for _ in e["logit_index"]]
-        cols = [c for e in examples for c in e["logit_index"]]
-        keep = torch.tensor(sorted(set(cols)), dtype=torch.long)
-        col_index = torch.searchsorted(keep, torch.tensor(cols, dtype=torch.long))
-        targets = [t for e in examples for t in e["target_ids"]]
-        weights = [w for e in examples for w in e["target_weights"]]
-        k = max(len(t) for t in targets)
-        target_ids = torch.zeros((len(targets), k), dtype=torch.long)
-        target_weights = torch.zeros((len(targets), k), dtype=torch.float32)
-        for i, (t, w) in enumerate(zip(targets, weights, strict=True)):
-            target_ids[i, : len(t)] = torch.tensor(t, dtype=torch.long)
-            target_weights[i, : len(w)] = torch.tensor(w, dtype=torch.float32)
-        return {
-            "input_ids": ids,
-            "attention_mask": mask,
-            "position_ids": position_ids,
-            "logits_to_keep": keep,
-            "positions": torch.stack([torch.tensor(rows, dtype=torch.long), col_index], dim=1),
-            "target_ids": target_ids,
-            "target_weights": target_weights,
-        }
-
-
-def batch_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """One forward pass over a collated batch and the soft-label KL at its kept steps."""
-    out = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        position_ids=batch["position_ids"],
-        logits_to_keep=batch["logits_to_keep"],
-        use_cache=False,
-    )
-    return soft_label_kl_loss(out.logits, batch["positions"], batch["target_ids"], batch["target_weights"])
 
 
 # --- the held-out learning signal ------------------------------------------------------------------
