@@ -54,13 +54,12 @@ from .outputs import (
     write_json_atomic,
     write_table_atomic,
 )
+from .samples import Trajectory, build_examples
 from .training import (
     ADAPTER,
     CHECKPOINTS,
     TOKENIZER,
     TrainResult,
-    Trajectory,
-    build_examples,
     fit_lora,
     fit_summary,
     lora_model,

@@ -17,7 +17,7 @@ from lightreasoner.errors import LightReasonerError
 from lightreasoner.loss import SoftLabelCollator, batch_loss
 from lightreasoner.models import load_model, load_tokenizer
 from lightreasoner.report import REPORT_JSON, REPORT_PLOT, SOURCES, efficiency_report
-from lightreasoner.training import build_examples
+from lightreasoner.samples import build_examples
 
 
 def sft_config(tiny_models, **sets):

@@ -17,17 +17,9 @@ from lightreasoner.cli import main
 from lightreasoner.errors import LightReasonerError
 from lightreasoner.loss import SoftLabelCollator, batch_loss
 from lightreasoner.models import load_model
+from lightreasoner.samples import build_examples, load_samples, shuffled_groups, split_by_step, split_holdout
 from lightreasoner.sampling import MANIFEST, SAMPLES, TRAJECTORIES, sample, sha256_file
-from lightreasoner.training import (
-    build_examples,
-    load_samples,
-    lora_model,
-    shuffled_groups,
-    soft_label_kl,
-    split_by_step,
-    split_holdout,
-    train,
-)
+from lightreasoner.training import lora_model, soft_label_kl, train
 
 BETA = {"sampling.beta": "auto:0.5"}  # tiny random models: keep half of the steps whatever their KL
 
