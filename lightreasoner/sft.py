@@ -42,6 +42,7 @@ from .models import (
     prompt_token_ids,
     resolve_compile,
     resolve_device,
+    trainable_expert,
 )
 from .outputs import (
     MANIFEST,
@@ -64,7 +65,6 @@ from .training import (
     fit_summary,
     lora_model,
     save_outputs,
-    trainable_expert,
 )
 
 log = logging.getLogger(__name__)
