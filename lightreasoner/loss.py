@@ -4,7 +4,11 @@ Pure tensor code, no Trainer: :func:`soft_label_kl_loss` is the loss on logits, 
 training examples (see :func:`lightreasoner.samples.build_examples`) into the batch it reads, and
 :func:`batch_loss` is one forward pass of a model over such a batch and the loss at its kept steps.
 
-Shapes: B rows of length L, V the vocabulary, N kept steps in the batch, K the widest soft label.
+Shapes: B rows of length L, V the vocabulary, N kept steps in the batch, K the widest soft label. The logit
+that predicts completion token ``position`` sits at sequence index ``len(prompt) + position - 1``. Batches are
+padded on the RIGHT: real tokens keep their unpadded indices, position ids are 0..n-1 as in an unpadded
+forward, and no query row is fully masked. Only the needed positions go through the LM head
+(``logits_to_keep``).
 """
 
 from __future__ import annotations

@@ -261,8 +261,8 @@ def shuffled_groups(trajectories: list[Trajectory], samples_per_group: int, seed
 class ShuffledSteps:
     """Dataset items of the shuffled schedule: one item per forward pass, ``{"group": [examples]}`` holding
     ``samples_per_step / accumulation`` kept samples drawn by :func:`shuffled_groups` for the current epoch.
-    :meth:`callback` moves it to each epoch as the Trainer starts it (a resumed run too: the dataloader that skips
-    the trained batches does not pass the epoch on), so the order is a function of ``seed`` and the epoch, never
+    :class:`lightreasoner.trainer.EpochOrderCallback` moves it to each epoch as the Trainer starts it (a resumed
+    run too: the dataloader that skips the trained batches does not pass the epoch on), so the order is a function of ``seed`` and the epoch, never
     of how the run got there. The number of items is the same in
     every epoch."""
 
@@ -288,19 +288,6 @@ class ShuffledSteps:
 
     def __iter__(self):
         return iter(self.items)
-
-    def callback(self):
-        """A TrainerCallback that sets the epoch the Trainer is starting (from its state: a resumed run starts
-        inside the epoch it stopped in)."""
-        from transformers import TrainerCallback
-
-        steps = self
-
-        class EpochOrder(TrainerCallback):
-            def on_epoch_begin(self, args, state, control, **kwargs):
-                steps.set_epoch(int(math.floor((state.epoch or 0.0) + 1e-6)))
-
-        return EpochOrder()
 
 
 # --- the held-out learning signal ------------------------------------------------------------------

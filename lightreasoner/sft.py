@@ -56,7 +56,7 @@ from .outputs import (
     write_table_atomic,
 )
 from .samples import Trajectory, build_examples
-from .training import (
+from .trainer import (
     ADAPTER,
     CHECKPOINTS,
     TOKENIZER,
