@@ -63,7 +63,6 @@ from .trainer import (
 log = logging.getLogger(__name__)
 
 
-
 # --- the held-out learning signal ------------------------------------------------------------------
 
 
