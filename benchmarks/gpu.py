@@ -126,7 +126,8 @@ def agreement(fast_dir: Path, ref_dir: Path, beta: float) -> tuple[int, int, flo
 
 def train_seconds(cfg, pair: ModelPair, samples_dir: Path, steps: int, work: Path, device: torch.device) -> float:
     """Seconds per LoRA update of the training stage's trainer on ``samples_dir``, times 1,000."""
-    from lightreasoner.training import build_examples, fit_lora, load_samples, lora_model
+    from lightreasoner.samples import build_examples, load_samples
+    from lightreasoner.trainer import fit_lora, lora_model
 
     samples = load_samples(samples_dir)
     examples = build_examples(samples.trajectories, "packed")

@@ -16,14 +16,9 @@ import time
 import torch
 
 from lightreasoner.config import load_config
-from lightreasoner.training import (
-    SoftLabelCollator,
-    Trajectory,
-    build_examples,
-    lora_model,
-    trainer_classes,
-    training_arguments,
-)
+from lightreasoner.loss import SoftLabelCollator
+from lightreasoner.samples import Trajectory, build_examples
+from lightreasoner.trainer import LossHistoryCallback, SoftLabelTrainer, lora_model, training_arguments
 
 QWEN25_15B = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
                   num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768,
@@ -65,7 +60,6 @@ def main() -> None:
     model = lora_model(model, cfg.training)
     n = args.steps * args.batch_size
     examples = build_examples(synthetic(n, 128, args.length - 128, args.kept, QWEN25_15B["vocab_size"]), "packed")
-    SoftLabelTrainer, LossHistoryCallback, _ = trainer_classes()
     history = LossHistoryCallback()
     with tempfile.TemporaryDirectory() as tmp:
         trainer = SoftLabelTrainer(model=model, args=training_arguments(cfg, tmp, torch.device("cuda"), False),

@@ -525,3 +525,38 @@ def generate_greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
     completions = [cut_at_stop(row, stop_set) for row in generated]
     logits = torch.stack(out.logits, dim=1)[:rows] if return_logits else None
     return completions, logits
+
+
+def trainable_expert(config: Config, device: torch.device):
+    """The Expert in plain dense weights, ready for LoRA.
+
+    A GGUF checkpoint loads either dequantized into ordinary layers (then only the quantizer tag is left
+    and removed here: the weights are dense) or, where a GGUF matmul kernel is installed, with weights
+    kept in GGUF blocks; those cannot be trained through, so the model is loaded again dequantized.
+    """
+    model = load_model(config.expert, "expert", device)
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None:
+        return model
+    qcfg = quantizer.quantization_config
+    if str(getattr(qcfg, "quant_method", "")).lower().endswith("gguf"):
+        if getattr(quantizer, "packed_modules", None) and not getattr(qcfg, "dequantize", False):
+            from transformers import AutoModelForCausalLM, GgufConfig
+
+            src = resolve_source(config.expert)
+            del model
+            model = AutoModelForCausalLM.from_pretrained(
+                src.location, gguf_file=src.gguf_file, revision=src.revision,
+                dtype=resolve_dtype(config.expert.dtype, device),
+                quantization_config=GgufConfig(gguf_file=src.gguf_file, dequantize=True),
+                trust_remote_code=config.expert.trust_remote_code,
+            ).to(device)
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        return model
+    raise LightReasonerError(
+        f"expert.model {config.expert.model}: quantized with {getattr(qcfg, 'quant_method', '?')}, "
+        "which cannot be fine-tuned here (use full-precision weights)"
+    )

@@ -75,33 +75,14 @@ from .outputs import (
     write_json_atomic,
     write_table_atomic,
 )
+from .samples import SAMPLE_SCHEMA, SAMPLES, TRAJECTORIES, TRAJECTORY_SCHEMA
 from .storage import output_lock, save_progress
 
 log = logging.getLogger(__name__)
 
-TRAJECTORIES = "trajectories.parquet"
-SAMPLES = "samples.parquet"
 SHARDS = "shards"
 SHARD_INFO = "shard.json"
 
-TRAJECTORY_SCHEMA = pa.schema(
-    [
-        ("problem_id", pa.string()),
-        ("prompt_token_ids", pa.list_(pa.int32())),
-        ("completion_token_ids", pa.list_(pa.int32())),
-        ("num_selected", pa.int32()),
-        ("step_kl", pa.list_(pa.float32())),  # extra: KL of every step, for histograms and auto beta
-    ]
-)
-SAMPLE_SCHEMA = pa.schema(
-    [
-        ("problem_id", pa.string()),
-        ("position", pa.int32()),
-        ("kl", pa.float32()),
-        ("target_token_ids", pa.list_(pa.int32())),
-        ("target_weights", pa.list_(pa.float32())),
-    ]
-)
 _SHARD_SCHEMA = pa.schema(
     [
         ("order", pa.int64()),

@@ -42,6 +42,7 @@ from .models import (
     prompt_token_ids,
     resolve_compile,
     resolve_device,
+    trainable_expert,
 )
 from .outputs import (
     MANIFEST,
@@ -54,18 +55,16 @@ from .outputs import (
     write_json_atomic,
     write_table_atomic,
 )
-from .training import (
+from .samples import Trajectory, build_examples
+from .trainer import (
     ADAPTER,
     CHECKPOINTS,
     TOKENIZER,
     TrainResult,
-    Trajectory,
-    build_examples,
     fit_lora,
     fit_summary,
     lora_model,
     save_outputs,
-    trainable_expert,
 )
 
 log = logging.getLogger(__name__)

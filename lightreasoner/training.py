@@ -1,18 +1,11 @@
 """Stage 2: LoRA fine-tuning of the Expert on the contrastive soft labels.
 
 At every kept step t of a trajectory the target is the sparse soft label (target ids, weights) and the
-loss is KL(soft label || p_model) = sum_i w_i (log w_i - log p(i)), averaged over the kept steps.
-
-Packed layout (default): each trajectory is ONE sequence, ``prompt_token_ids + completion_token_ids`` (the
-exact tokens the Expert produced, cut after the last kept step), and the loss is taken at all its kept
-positions in one forward/backward pass. The logit that predicts completion token ``position`` sits at
-sequence index ``len(prompt) + position - 1``. Per-step layout (the paper's script): one sequence per
-kept step, ``prompt + completion[:position]``, loss at its last position. Both give the same loss and the
-same gradients; packed costs one pass per trajectory instead of one per kept step.
-
-Batches are padded on the RIGHT: real tokens keep their unpadded indices, position ids are 0..n-1 as in
-an unpadded forward, and no query row is fully masked. Only the needed positions go through the LM head
-(``logits_to_keep``).
+loss is KL(soft label || p_model) = sum_i w_i (log w_i - log p(i)), averaged over the kept steps
+(:mod:`lightreasoner.loss`). The samples are read and laid out by :mod:`lightreasoner.samples` (packed, the
+default: one sequence per trajectory; per-step, the paper's script: one per kept step; both give the same loss
+and gradients) and trained by :mod:`lightreasoner.trainer`. This module is the stage: input checks, the output
+folder, the held-out KL before and after, and the manifest.
 
 Output (``keep these names``): ``adapter/`` (peft, safetensors), ``tokenizer/``, ``merged/`` (with
 ``merge=True``), ``checkpoints/``, and ``manifest.json`` written last.
@@ -23,400 +16,54 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
-import shutil
 import time
-from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from .config import Config
-from .errors import LightReasonerError, passthrough
-from .models import load_model, load_tokenizer, model_fingerprint, resolve_device, same_model
+from .errors import LightReasonerError
+from .loss import SoftLabelCollator, batch_loss
+from .models import load_tokenizer, model_fingerprint, resolve_device, same_model, trainable_expert
 from .outputs import (
     MANIFEST,
     claim_output,
     library_versions,
     prepare_output,
-    read_input,
-    sha256_file,
     write_json_atomic,
-    writing,
 )
-from .sampling import SAMPLE_SCHEMA, SAMPLES, TRAJECTORIES, TRAJECTORY_SCHEMA
-from .storage import prune_progress, save_progress
+from .samples import (
+    SAMPLES,
+    Samples,
+    ShuffledSteps,
+    Trajectory,
+    build_examples,
+    build_step_examples,
+    check_vocabulary,
+    load_samples,
+    split_holdout,
+)
+from .storage import save_progress
+from .trainer import (
+    ADAPTER,
+    CHECKPOINTS,
+    MERGED,
+    STATE,
+    TOKENIZER,
+    EpochOrderCallback,
+    TrainResult,
+    fit_lora,
+    fit_summary,
+    last_checkpoint,
+    lora_model,
+    save_outputs,
+)
 
 log = logging.getLogger(__name__)
 
-ADAPTER = "adapter"
-TOKENIZER = "tokenizer"
-MERGED = "merged"
-CHECKPOINTS = "checkpoints"
-STATE = "train-state.json"  # fingerprint of the job, so that --resume refuses a different one
-COUNTERS = "lightreasoner-counters.json"  # written into every checkpoint
-WEIGHT_TOLERANCE = 1e-3
-
-_TRAJECTORY_FIELDS = ("problem_id", "prompt_token_ids", "completion_token_ids")
-_SAMPLE_FIELDS = ("problem_id", "position", "target_token_ids", "target_weights")
-
-
-# --- the loss, as a pure function -------------------------------------------------------------------
-
-
-def soft_label_kl_loss(logits: torch.Tensor, positions: torch.Tensor, target_ids: torch.Tensor,
-                       target_weights: torch.Tensor) -> torch.Tensor:
-    """Mean over kept steps of KL(soft label || softmax(logits)).
-
-    Args:
-        logits: [B, L, V] model logits (any float dtype; computed in float32).
-        positions: [N, 2] long, (row, column) in ``logits`` of the logit row of each kept step.
-        target_ids: [N, K] long, the soft label's token ids; padded slots may hold any valid id.
-        target_weights: [N, K] float, the soft label's weights (each row sums to 1); padded slots are 0
-            and contribute nothing.
-    Returns:
-        A scalar: mean over the N steps of sum_k w_k (log w_k - log p(target_k)). Zero (still attached to
-        the graph) when N == 0.
-    """
-    if positions.shape[0] == 0:
-        return logits.sum() * 0.0
-    rows = logits[positions[:, 0], positions[:, 1]].float()  # [N, V]
-    log_p = torch.log_softmax(rows, dim=-1).gather(-1, target_ids.long())  # [N, K]
-    w = target_weights.float()
-    present = w > 0
-    log_w = torch.log(torch.where(present, w, torch.ones_like(w)))
-    terms = torch.where(present, w * (log_w - log_p), torch.zeros_like(w))
-    return terms.sum(dim=-1).mean()
-
-
-# --- samples: reading and validating ---------------------------------------------------------------
-
-
-@dataclass
-class Trajectory:
-    """One trajectory and its kept steps (``positions`` index the completion, sorted)."""
-
-    problem_id: str
-    prompt: list[int]
-    completion: list[int]
-    positions: list[int] = field(default_factory=list)
-    target_ids: list[list[int]] = field(default_factory=list)
-    target_weights: list[list[float]] = field(default_factory=list)
-
-
-@dataclass
-class Samples:
-    folder: Path
-    manifest: dict[str, Any]
-    trajectories: list[Trajectory]  # only those with at least one kept step
-    sha256: dict[str, str]
-
-    @property
-    def num_steps(self) -> int:
-        return sum(len(t.positions) for t in self.trajectories)
-
-
-def _read_table(path: Path, schema: pa.Schema, fields: tuple[str, ...]) -> pa.Table:
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:  # noqa: BLE001 - corrupt file -> one line
-        if passthrough(exc):
-            raise
-        raise LightReasonerError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from exc
-    missing = [name for name in fields if name not in table.column_names]
-    if missing:
-        raise LightReasonerError(f"{path}: schema mismatch, missing column(s) {', '.join(missing)}")
-    wanted = pa.schema([schema.field(name) for name in fields])
-    table = table.select(list(fields))
-    for name in fields:
-        have, want = table.schema.field(name).type, wanted.field(name).type
-        if have != want:
-            try:
-                table = table.set_column(table.column_names.index(name), name, table.column(name).cast(want))
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                raise LightReasonerError(
-                    f"{path}: schema mismatch, column {name} is {have} (expected {want})"
-                ) from None
-    return table
-
-
-def load_samples(folder: str | Path) -> Samples:
-    """Read and validate a samples folder (stage 1's output contract); raises one-line errors."""
-    folder = Path(folder)
-    manifest = read_input(folder, "samples")
-    for name in (TRAJECTORIES, SAMPLES):
-        if not (folder / name).is_file():
-            raise LightReasonerError(f"{folder}: missing {name} (not a finished samples folder)")
-    recorded = manifest.get("sha256") or {}
-    sha = {}
-    for name in (TRAJECTORIES, SAMPLES):
-        sha[name] = sha256_file(folder / name)
-        if recorded.get(name) != sha[name]:
-            raise LightReasonerError(f"{folder / name}: sha256 differs from the samples manifest (file changed)")
-    traj_rows = _read_table(folder / TRAJECTORIES, TRAJECTORY_SCHEMA, _TRAJECTORY_FIELDS).to_pylist()
-    sample_rows = _read_table(folder / SAMPLES, SAMPLE_SCHEMA, _SAMPLE_FIELDS).to_pylist()
-    by_id: dict[str, Trajectory] = {}
-    for r in traj_rows:
-        if r["problem_id"] in by_id:
-            raise LightReasonerError(f"{folder / TRAJECTORIES}: problem_id {r['problem_id']} appears twice")
-        by_id[r["problem_id"]] = Trajectory(r["problem_id"], list(r["prompt_token_ids"] or []),
-                                            list(r["completion_token_ids"] or []))
-    steps: dict[str, list[tuple[int, list[int], list[float]]]] = defaultdict(list)
-    where = folder / SAMPLES
-    for i, r in enumerate(sample_rows):
-        pid, pos = r["problem_id"], r["position"]
-        traj = by_id.get(pid)
-        if traj is None:
-            raise LightReasonerError(f"{where}: row {i}: problem_id {pid} has no trajectory")
-        ids, weights = r["target_token_ids"] or [], r["target_weights"] or []
-        if pos is None or not 0 <= pos < len(traj.completion):
-            raise LightReasonerError(
-                f"{where}: row {i}: position {pos} outside the completion (length {len(traj.completion)})"
-            )
-        if len(traj.prompt) + pos < 1:
-            raise LightReasonerError(f"{where}: row {i}: position 0 with an empty prompt has no logit to train")
-        if not ids or len(ids) != len(weights):
-            raise LightReasonerError(
-                f"{where}: row {i}: {len(ids)} target ids for {len(weights)} weights (need the same, >= 1)"
-            )
-        if any(w is None or not math.isfinite(w) or w < 0 for w in weights):
-            raise LightReasonerError(f"{where}: row {i}: target weights must be finite and >= 0")
-        total = math.fsum(weights)
-        if abs(total - 1.0) > WEIGHT_TOLERANCE:
-            raise LightReasonerError(f"{where}: row {i}: target weights sum to {total:.6f}, not 1")
-        if any(t is None or t < 0 for t in ids):
-            raise LightReasonerError(f"{where}: row {i}: negative target token id")
-        steps[pid].append((int(pos), [int(t) for t in ids], [float(w) for w in weights]))
-    trajectories = []
-    for pid, traj in by_id.items():
-        for pos, ids, weights in sorted(steps.get(pid, []), key=lambda s: s[0]):
-            traj.positions.append(pos)
-            traj.target_ids.append(ids)
-            traj.target_weights.append(weights)
-        if traj.positions:
-            trajectories.append(traj)
-    if not trajectories:
-        raise LightReasonerError(f"{where}: no kept steps, nothing to train")
-    return Samples(folder, manifest, trajectories, sha)
-
-
-def check_vocabulary(samples: Samples, vocab_rows: int) -> None:
-    """Every input and target id must be a row of the model's embeddings / LM head."""
-    for traj in samples.trajectories:
-        if max(traj.prompt + traj.completion, default=0) >= vocab_rows:
-            raise LightReasonerError(
-                f"{samples.folder / TRAJECTORIES}: problem {traj.problem_id}: token id beyond the Expert's "
-                f"vocabulary ({vocab_rows})"
-            )
-        if max(max(ids) for ids in traj.target_ids) >= vocab_rows:
-            raise LightReasonerError(
-                f"{samples.folder / SAMPLES}: problem {traj.problem_id}: target id beyond the Expert's "
-                f"vocabulary ({vocab_rows})"
-            )
-
-
-# --- layouts and the collator ----------------------------------------------------------------------
-
-
-def build_examples(trajectories: list[Trajectory], layout: str) -> list[dict[str, Any]]:
-    """Training examples: ``input_ids``, ``logit_index`` (sequence index of each kept step's logit),
-    ``target_ids`` and ``target_weights`` (one list per kept step).
-
-    packed: one example per trajectory, cut after the token of the last kept step (later tokens cannot
-    influence any trained logit). per-step: one example per kept step, ``prompt + completion[:position]``.
-    """
-    examples: list[dict[str, Any]] = []
-    for traj in trajectories:
-        p = len(traj.prompt)
-        if layout == "packed":
-            end = p + max(traj.positions)
-            seq = (traj.prompt + traj.completion)[:end]
-            examples.append({"input_ids": seq, "logit_index": [p + pos - 1 for pos in traj.positions],
-                             "target_ids": traj.target_ids, "target_weights": traj.target_weights})
-        elif layout == "per-step":
-            for pos, ids, weights in zip(traj.positions, traj.target_ids, traj.target_weights, strict=True):
-                examples.append({"input_ids": traj.prompt + traj.completion[:pos], "logit_index": [p + pos - 1],
-                                 "target_ids": [ids], "target_weights": [weights]})
-        else:
-            raise LightReasonerError(f"training.layout {layout!r}: expected packed or per-step")
-    return examples
-
-
-def split_by_step(trajectories: list[Trajectory], samples_per_group: int) -> list[list[Trajectory]]:
-    """The kept samples, in order (trajectory, position), cut into consecutive groups of ``samples_per_group``
-    (the last may hold fewer); each group is a list of trajectory pieces holding only that group's kept
-    steps, so a trajectory's kept steps may be split across groups. Layout-independent: the packed and the
-    per-step layout built from the same groups train on the same samples in each group."""
-    groups: list[list[Trajectory]] = []
-    current: list[Trajectory] = []
-    room = samples_per_group
-    for traj in trajectories:
-        start = 0
-        while start < len(traj.positions):
-            take = min(room, len(traj.positions) - start)
-            end = start + take
-            current.append(Trajectory(traj.problem_id, traj.prompt, traj.completion, traj.positions[start:end],
-                                      traj.target_ids[start:end], traj.target_weights[start:end]))
-            start, room = end, room - take
-            if room == 0:
-                groups.append(current)
-                current, room = [], samples_per_group
-    if current:
-        groups.append(current)
-    return groups
-
-
-def build_step_examples(trajectories: list[Trajectory], layout: str, samples_per_step: int,
-                        accumulation: int = 1) -> list[dict[str, Any]]:
-    """Dataset items for the kept-samples schedule: one item per forward pass, ``{"group": [examples]}``
-    holding ``samples_per_step / accumulation`` kept samples (see :func:`split_by_step`); with a device
-    batch of one item and ``accumulation`` passes per optimizer step, each update sees ``samples_per_step``
-    kept samples."""
-    per_pass = max(1, samples_per_step // accumulation)
-    return [{"group": build_examples(group, layout)} for group in split_by_step(trajectories, per_pass)]
-
-
-def shuffled_groups(trajectories: list[Trajectory], samples_per_group: int, seed: int, epoch: int
-                    ) -> list[list[Trajectory]]:
-    """``training.sample_order: shuffled``: all kept samples in a random order (a permutation that is a function
-    of ``seed`` and ``epoch`` alone), cut into groups of ``samples_per_group`` (the last may hold fewer), as the
-    authors' shuffled DataLoader draws a batch. Within a group the samples of one trajectory form one piece
-    (positions sorted), so the packed layout gives them one shared sequence; pieces follow the input order."""
-    steps = [(ti, si) for ti, traj in enumerate(trajectories) for si in range(len(traj.positions))]
-    digest = hashlib.sha256(f"sample-order:{seed}:{epoch}".encode()).digest()
-    order = torch.randperm(len(steps), generator=torch.Generator().manual_seed(int.from_bytes(digest[:7], "little")))
-    order = order.tolist()
-    groups: list[list[Trajectory]] = []
-    for start in range(0, len(steps), samples_per_group):
-        chosen: dict[int, list[int]] = defaultdict(list)
-        for ti, si in sorted(steps[i] for i in order[start : start + samples_per_group]):
-            chosen[ti].append(si)
-        groups.append([
-            Trajectory(t.problem_id, t.prompt, t.completion, [t.positions[i] for i in idx],
-                       [t.target_ids[i] for i in idx], [t.target_weights[i] for i in idx])
-            for ti, idx in chosen.items() for t in (trajectories[ti],)])
-    return groups
-
-
-class ShuffledSteps:
-    """Dataset items of the shuffled schedule: one item per forward pass, ``{"group": [examples]}`` holding
-    ``samples_per_step / accumulation`` kept samples drawn by :func:`shuffled_groups` for the current epoch.
-    :meth:`callback` moves it to each epoch as the Trainer starts it (a resumed run too: the dataloader that skips
-    the trained batches does not pass the epoch on), so the order is a function of ``seed`` and the epoch, never
-    of how the run got there. The number of items is the same in
-    every epoch."""
-
-    def __init__(self, trajectories: list[Trajectory], layout: str, samples_per_step: int, accumulation: int,
-                 seed: int):
-        self.trajectories, self.layout, self.seed = trajectories, layout, seed
-        self.per_pass = max(1, samples_per_step // accumulation)
-        self.epoch: int | None = None
-        self.items: list[dict[str, Any]] = []
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.epoch = epoch
-            self.items = [{"group": build_examples(group, self.layout)}
-                          for group in shuffled_groups(self.trajectories, self.per_pass, self.seed, epoch)]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.items[index]
-
-    def __iter__(self):
-        return iter(self.items)
-
-    def callback(self):
-        """A TrainerCallback that sets the epoch the Trainer is starting (from its state: a resumed run starts
-        inside the epoch it stopped in)."""
-        from transformers import TrainerCallback
-
-        steps = self
-
-        class EpochOrder(TrainerCallback):
-            def on_epoch_begin(self, args, state, control, **kwargs):
-                steps.set_epoch(int(math.floor((state.epoch or 0.0) + 1e-6)))
-
-        return EpochOrder()
-
-
-class SoftLabelCollator:
-    """Pads examples on the right into a batch for :func:`batch_loss`.
-
-    Batch keys: ``input_ids``/``attention_mask``/``position_ids`` [B, L]; ``logits_to_keep`` [K] (sorted
-    sequence indices whose logits are needed, shared by the rows); ``positions`` [N, 2] (row, index into
-    ``logits_to_keep``); ``target_ids``/``target_weights`` [N, Kmax] (zero-weight padding).
-    """
-
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = int(pad_token_id)
-
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        examples = [e for item in examples for e in (item["group"] if "group" in item else [item])]
-        width = max(len(e["input_ids"]) for e in examples)
-        b = len(examples)
-        ids = torch.full((b, width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((b, width), dtype=torch.long)
-        for row, e in enumerate(examples):
-            n = len(e["input_ids"])
-            ids[row, :n] = torch.tensor(e["input_ids"], dtype=torch.long)
-            mask[row, :n] = 1
-        position_ids = torch.arange(width, dtype=torch.long).unsqueeze(0).expand(b, width).clone()
-        rows = [row for row, e in enumerate(examples) for _ in e["logit_index"]]
-        cols = [c for e in examples for c in e["logit_index"]]
-        keep = torch.tensor(sorted(set(cols)), dtype=torch.long)
-        col_index = torch.searchsorted(keep, torch.tensor(cols, dtype=torch.long))
-        targets = [t for e in examples for t in e["target_ids"]]
-        weights = [w for e in examples for w in e["target_weights"]]
-        k = max(len(t) for t in targets)
-        target_ids = torch.zeros((len(targets), k), dtype=torch.long)
-        target_weights = torch.zeros((len(targets), k), dtype=torch.float32)
-        for i, (t, w) in enumerate(zip(targets, weights, strict=True)):
-            target_ids[i, : len(t)] = torch.tensor(t, dtype=torch.long)
-            target_weights[i, : len(w)] = torch.tensor(w, dtype=torch.float32)
-        return {
-            "input_ids": ids,
-            "attention_mask": mask,
-            "position_ids": position_ids,
-            "logits_to_keep": keep,
-            "positions": torch.stack([torch.tensor(rows, dtype=torch.long), col_index], dim=1),
-            "target_ids": target_ids,
-            "target_weights": target_weights,
-        }
-
-
-def batch_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """One forward pass over a collated batch and the soft-label KL at its kept steps."""
-    out = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        position_ids=batch["position_ids"],
-        logits_to_keep=batch["logits_to_keep"],
-        use_cache=False,
-    )
-    return soft_label_kl_loss(out.logits, batch["positions"], batch["target_ids"], batch["target_weights"])
-
 
 # --- the held-out learning signal ------------------------------------------------------------------
-
-
-def split_holdout(trajectories: list[Trajectory], fraction: float, seed: int) -> tuple[list[Trajectory],
-                                                                                       list[Trajectory]]:
-    """(train, held out): the held-out share of problems, chosen by a seeded hash of the problem id (so the
-    choice does not depend on the order of the samples); at least one problem each side when fraction > 0."""
-    if fraction <= 0 or len(trajectories) < 2:
-        return list(trajectories), []
-    n = min(len(trajectories) - 1, max(1, round(fraction * len(trajectories))))
-    ranked = sorted(trajectories, key=lambda t: hashlib.sha256(f"{seed}:{t.problem_id}".encode()).hexdigest())
-    held = {t.problem_id for t in ranked[:n]}
-    return [t for t in trajectories if t.problem_id not in held], [t for t in trajectories if t.problem_id in held]
 
 
 @torch.no_grad()
@@ -441,293 +88,7 @@ def soft_label_kl(model, trajectories: list[Trajectory], pad: int, batch_size: i
     return total / count if count else None
 
 
-# --- LoRA and the trainer --------------------------------------------------------------------------
-
-
-class TrainingDiverged(LightReasonerError):
-    """A non-finite loss, gradient norm or weight: training stops, and its work in progress is discarded."""
-
-
-def diverged(what: str, value: float, update: int, args) -> TrainingDiverged:
-    """The one-line error of a diverged run, naming the update and the likely setting."""
-    hint = f"lower training.learning_rate (now {args.learning_rate:g})"
-    if not args.max_grad_norm:
-        hint += " or clip gradients with training.max_grad_norm (now 0: off)"
-    return TrainingDiverged(f"training diverged at update {update}: the {what} is {value} (not finite); {hint}; "
-                            "nothing was kept")
-
-
-def check_finite_weights(model, update: int, args) -> None:
-    """Every trainable weight is finite (the update that produced them may have had a finite loss)."""
-    for name, param in model.named_parameters():
-        if param.requires_grad and not bool(torch.isfinite(param.detach()).all()):
-            raise diverged(f"weight {name}", float("nan"), update, args)
-
-
-def trainable_expert(config: Config, device: torch.device):
-    """The Expert in plain dense weights, ready for LoRA.
-
-    A GGUF checkpoint loads either dequantized into ordinary layers (then only the quantizer tag is left
-    and removed here: the weights are dense) or, where a GGUF matmul kernel is installed, with weights
-    kept in GGUF blocks; those cannot be trained through, so the model is loaded again dequantized.
-    """
-    model = load_model(config.expert, "expert", device)
-    quantizer = getattr(model, "hf_quantizer", None)
-    if quantizer is None:
-        return model
-    qcfg = quantizer.quantization_config
-    if str(getattr(qcfg, "quant_method", "")).lower().endswith("gguf"):
-        if getattr(quantizer, "packed_modules", None) and not getattr(qcfg, "dequantize", False):
-            from transformers import AutoModelForCausalLM, GgufConfig
-
-            from .models import resolve_dtype, resolve_source
-
-            src = resolve_source(config.expert)
-            del model
-            model = AutoModelForCausalLM.from_pretrained(
-                src.location, gguf_file=src.gguf_file, revision=src.revision,
-                dtype=resolve_dtype(config.expert.dtype, device),
-                quantization_config=GgufConfig(gguf_file=src.gguf_file, dequantize=True),
-                trust_remote_code=config.expert.trust_remote_code,
-            ).to(device)
-        model.hf_quantizer = None
-        model.is_quantized = False
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        return model
-    raise LightReasonerError(
-        f"expert.model {config.expert.model}: quantized with {getattr(qcfg, 'quant_method', '?')}, "
-        "which cannot be fine-tuned here (use full-precision weights)"
-    )
-
-
-def lora_model(model, tcfg, dropout: float | None = None):
-    """Wrap ``model`` with LoRA adapters per the training config; base weights are frozen."""
-    from peft import LoraConfig, get_peft_model
-
-    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = [m for m in tcfg.target_modules if m not in names]
-    if missing:
-        raise LightReasonerError(f"training.target_modules: {', '.join(missing)} not found in the Expert")
-    cfg = LoraConfig(
-        r=tcfg.lora_r,
-        lora_alpha=tcfg.lora_alpha,
-        lora_dropout=tcfg.lora_dropout if dropout is None else dropout,
-        target_modules=list(tcfg.target_modules),
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, cfg)
-
-
-def trainer_classes():
-    """Trainer subclass and callbacks, built on first use so that importing this module stays light."""
-    from transformers import Trainer, TrainerCallback
-
-    class SoftLabelTrainer(Trainer):
-        """transformers' Trainer with the soft-label KL loss and token counters."""
-
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.loss_is_scaled_for_ga = False  # per-batch mean: the Trainer divides by the accumulation
-            self.counters = {"tuned_tokens": 0, "input_tokens": 0, "padded_tokens": 0, "sequences": 0,
-                             "updates": 0, "update_samples_min": None, "update_samples_max": 0,
-                             "tuned_at_last_update": 0}
-
-        def _save_checkpoint(self, model, trial):
-            """A checkpoint is complete once its counters file (written atomically, last) exists; older
-            checkpoints are rotated out only after that, so a kill inside a save never loses the last
-            complete one."""
-            limit = self.args.save_total_limit
-            self.args.save_total_limit = None
-            run_dir = Path(self._get_output_dir(trial=trial))
-            checkpoint = run_dir / f"checkpoint-{self.state.global_step}"
-            try:
-                with writing(checkpoint):  # disk full (safetensors, torch.save, json): one line
-                    super()._save_checkpoint(model, trial)
-                    write_json_atomic(self.counters, checkpoint / COUNTERS)
-            except LightReasonerError:
-                shutil.rmtree(checkpoint, ignore_errors=True)  # its space back; the last complete one stays
-                raise
-            finally:
-                self.args.save_total_limit = limit
-            if limit:
-                from transformers.trainer_utils import rotate_checkpoints
-
-                rotate_checkpoints(output_dir=str(run_dir), save_total_limit=limit,
-                                   best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
-            # s3:// outputs: the complete checkpoint under the prefix (its counters file last), the rotated gone
-            save_progress(run_dir / f"checkpoint-{self.state.global_step}", last=COUNTERS)
-            prune_progress(run_dir)
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            loss = batch_loss(model, inputs)
-            if model.training:
-                if not bool(torch.isfinite(loss.detach())):
-                    raise diverged("loss", float(loss.detach()), self.state.global_step + 1, self.args)
-                c = self.counters
-                c["tuned_tokens"] += int(inputs["positions"].shape[0])
-                c["input_tokens"] += int(inputs["attention_mask"].sum())
-                c["padded_tokens"] += int(inputs["input_ids"].numel())
-                c["sequences"] += int(inputs["input_ids"].shape[0])
-            return (loss, None) if return_outputs else loss
-
-    class LossHistoryCallback(TrainerCallback):
-        """Records {step, loss} at every logging step; after a resume the restored log is included."""
-
-        def __init__(self):
-            self.history: list[dict[str, float]] = []
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                self.history.append({"step": int(state.global_step), "loss": float(logs["loss"])})
-
-        def on_train_end(self, args, state, control, **kwargs):
-            self.history = [{"step": int(e["step"]), "loss": float(e["loss"])}
-                            for e in state.log_history if "loss" in e and "step" in e]
-
-    class UpdateStatsCallback(TrainerCallback):
-        """Kept samples of every optimizer update (count, min, max), kept in the trainer's counters."""
-
-        def __init__(self, trainer_ref: list):
-            self.trainer_ref = trainer_ref
-
-        def on_step_end(self, args, state, control, **kwargs):
-            c = self.trainer_ref[0].counters
-            n = c["tuned_tokens"] - c.get("tuned_at_last_update", 0)
-            c["updates"] = c.get("updates", 0) + 1
-            low = c.get("update_samples_min")
-            c["update_samples_min"] = n if low is None else min(low, n)
-            c["update_samples_max"] = max(c.get("update_samples_max", 0), n)
-            c["tuned_at_last_update"] = c["tuned_tokens"]
-
-    class FiniteGradientsCallback(TrainerCallback):
-        """Before every optimizer step: the gradient norm (after clipping, which turns an infinite norm
-        into nan gradients) must be finite, else the run stops (:func:`diverged`)."""
-
-        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-            grads = [p.grad.detach() for p in model.parameters() if p.grad is not None] if model is not None else []
-            if grads:
-                norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
-                if not bool(torch.isfinite(norm)):
-                    raise diverged("gradient norm", float(norm), state.global_step + 1, args)
-
-    SoftLabelTrainer.FiniteGradientsCallback = FiniteGradientsCallback
-
-    class CountersCallback(TrainerCallback):
-        """Saves the trainer's token counters into each checkpoint (restored on resume)."""
-
-        def __init__(self, trainer_ref: list):
-            self.trainer_ref = trainer_ref
-
-        def on_save(self, args, state, control, **kwargs):
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if folder.is_dir() and not (folder / COUNTERS).is_file():
-                write_json_atomic(self.trainer_ref[0].counters, folder / COUNTERS)
-
-    SoftLabelTrainer.UpdateStatsCallback = UpdateStatsCallback
-    return SoftLabelTrainer, LossHistoryCallback, CountersCallback
-
-
-def _json_file(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def checkpoint_complete(folder: Path) -> bool:
-    """Written to the end: the counters file (the last one written) and the trainer state both parse."""
-    return _json_file(folder / COUNTERS) is not None and _json_file(folder / "trainer_state.json") is not None
-
-
-def last_checkpoint(folder: Path) -> Path | None:
-    """The complete checkpoint with the highest step (one a kill interrupted is skipped)."""
-    found = []
-    for p in folder.glob("checkpoint-*") if folder.is_dir() else []:
-        suffix = p.name.split("-", 1)[1]
-        if suffix.isdigit() and checkpoint_complete(p):
-            found.append((int(suffix), p))
-    return max(found)[1] if found else None
-
-
-def _drop_incomplete_checkpoints(folder: Path) -> None:
-    for p in folder.glob("checkpoint-*") if folder.is_dir() else []:
-        if p.is_dir() and not checkpoint_complete(p):
-            log.warning("%s: incomplete checkpoint (interrupted save), removed", p)
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def _restore_final(trainer, model, checkpoint: Path, history) -> bool:
-    """Resuming from a checkpoint that already reached the planned number of steps: load its weights and
-    state instead of training (the Trainer would take one more step). True when that was the case."""
-    from transformers import TrainerState
-
-    state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
-    if not (state.max_steps and state.max_steps > 0 and state.global_step >= state.max_steps):
-        return False
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    weights = checkpoint / "adapter_model.safetensors"
-    if not weights.is_file():
-        return False
-    set_peft_model_state_dict(model, load_file(str(weights)))
-    trainer.state = state
-    history.history = [{"step": int(e["step"]), "loss": float(e["loss"])}
-                       for e in state.log_history if "loss" in e and "step" in e]
-    log.info("%s: training had already reached step %d, nothing left to train", checkpoint, state.global_step)
-    return True
-
-
-def training_arguments(config: Config, output_dir: Path, device: torch.device, progress: bool,
-                       grouped: bool = False):
-    """``grouped``: the dataset items are the kept-samples schedule's groups (one per forward pass)."""
-    from transformers import TrainingArguments
-
-    t = config.training
-    bf16 = (device.type == "cuda" and torch.cuda.is_bf16_supported()) if t.bf16 == "auto" else bool(t.bf16)
-    return TrainingArguments(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=1 if grouped else t.batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.learning_rate,
-        num_train_epochs=t.epochs,
-        max_steps=t.max_steps if t.max_steps > 0 else -1,
-        warmup_steps=t.warmup_ratio,  # a float in [0, 1): fraction of the total steps
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        lr_scheduler_type=t.lr_scheduler,
-        seed=t.seed,
-        data_seed=t.seed,
-        bf16=bf16,
-        logging_strategy="steps",
-        logging_steps=t.logging_steps,
-        save_strategy="steps",
-        save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
-        report_to="none",
-        remove_unused_columns=False,
-        label_names=[],
-        disable_tqdm=not progress,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=device.type == "cuda",
-        use_cpu=device.type == "cpu",
-    )
-
-
 # --- the stage -------------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainResult:
-    output: Path
-    manifest: dict[str, Any]
-
-    @property
-    def adapter(self) -> Path:
-        return self.output / ADAPTER
 
 
 def training_fingerprint(config: Config, samples_sha: dict[str, str]) -> str:
@@ -747,12 +108,6 @@ def _claim_output(claim, fingerprint: str) -> None:
     """Create the output folder once every input check passed (a refused run leaves nothing behind)."""
     claim_output(claim, fingerprint=fingerprint, state=STATE)
     save_progress(claim.out / STATE)  # s3:// outputs: kept under the prefix with the checkpoints
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.replace(final)
 
 
 def check_expert(config: Config, samples: Samples, model=None) -> dict[str, Any]:
@@ -778,82 +133,6 @@ def check_expert(config: Config, samples: Samples, model=None) -> dict[str, Any]
     return current
 
 
-@dataclass
-class Fit:
-    trainer: Any
-    history: Any
-    resumed_from: Path | None
-    train_seconds: float
-
-
-def fit_summary(fit: Fit) -> dict[str, Any]:
-    """What a training manifest records about the fit itself (stage 2 and the SFT baseline alike): tokens
-    tuned and processed, optimizer steps, epochs, the loss history, the checkpoint resumed from, seconds."""
-    trainer, losses = fit.trainer, fit.history.history
-    return {
-        "tuned_tokens": trainer.counters["tuned_tokens"],
-        "tokens_processed": {k: trainer.counters[k] for k in ("input_tokens", "padded_tokens", "sequences")},
-        "steps": int(trainer.state.global_step),
-        "epochs": float(trainer.state.epoch or 0.0),
-        "final_loss": losses[-1]["loss"] if losses else None,
-        "loss_history": losses,
-        "resumed_from": fit.resumed_from.name if fit.resumed_from else None,
-        "train_seconds": fit.train_seconds,
-    }
-
-
-def fit_lora(config: Config, model, examples: list[dict[str, Any]], out: Path, device: torch.device, pad: int, *,
-             resume: bool = False, progress: bool = True, callbacks: list | None = None, grouped: bool = False) -> Fit:
-    """Train a LoRA-wrapped ``model`` on collated examples (see :func:`build_examples`) with the soft-label
-    trainer; checkpoints go to ``out/checkpoints``. Shared by stage 2 and the SFT baseline. ``grouped``: the
-    examples are :func:`build_step_examples` items (one per forward pass)."""
-    from transformers import PrinterCallback
-
-    SoftLabelTrainer, LossHistoryCallback, CountersCallback = trainer_classes()
-    checkpoints = out / CHECKPOINTS
-    history = LossHistoryCallback()
-    ref: list = []
-    trainer = SoftLabelTrainer(
-        model=model,
-        args=training_arguments(config, checkpoints, device, progress, grouped=grouped),
-        train_dataset=examples,
-        data_collator=SoftLabelCollator(pad),
-        callbacks=[history, SoftLabelTrainer.UpdateStatsCallback(ref), CountersCallback(ref),
-                   SoftLabelTrainer.FiniteGradientsCallback(), *(callbacks or [])],
-    )
-    ref.append(trainer)
-    if not progress:
-        trainer.remove_callback(PrinterCallback)
-    if resume:
-        _drop_incomplete_checkpoints(checkpoints)
-    resume_from = last_checkpoint(checkpoints) if resume else None
-    if resume and resume_from is None:
-        log.info("%s: no checkpoint to resume from, starting from the beginning", checkpoints)
-    if resume_from is not None:
-        trainer.counters.update(_json_file(resume_from / COUNTERS) or {})
-    t0 = time.perf_counter()
-    try:
-        if resume_from is None or not _restore_final(trainer, model, resume_from, history):
-            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-        check_finite_weights(model, int(trainer.state.global_step), trainer.args)
-    except TrainingDiverged:
-        discard_work(out)  # checkpoints of a diverged run: nothing to resume, nothing to register
-        raise
-    return Fit(trainer, history, resume_from, time.perf_counter() - t0)
-
-
-def discard_work(out: Path) -> None:
-    """Remove a training's work in progress (its state file, checkpoints, half-saved folders), here and,
-    for an s3:// output, under ``_work/``: a corrected rerun finds nothing in its way."""
-    for name in (CHECKPOINTS, STATE, *(d + ".tmp" for d in (ADAPTER, TOKENIZER, MERGED))):
-        path = out / name
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-    prune_progress(out)
-
-
 def update_stats(counters: dict[str, Any], samples_per_step: int | None) -> dict[str, Any]:
     """What the optimizer updates saw: their number, kept samples per update (mean, min, max), total."""
     updates = int(counters.get("updates") or 0)
@@ -869,30 +148,6 @@ def heldout_summary(heldout: list[Trajectory], before: float | None, after: floa
     return {"problems": len(heldout), "kept_steps": sum(len(t.positions) for t in heldout),
             "problem_ids": sorted(t.problem_id for t in heldout), "kl_before": before, "kl_after": after,
             "kl_drop": drop}
-
-
-def save_outputs(model, tokenizer, out: Path, merge: bool = False) -> None:
-    """``adapter/``, ``tokenizer/`` (and ``merged/``), each written to a temporary folder and renamed."""
-    with writing(out):
-        _save_outputs(model, tokenizer, out, merge)
-
-
-def _save_outputs(model, tokenizer, out: Path, merge: bool) -> None:
-    tmp = out / (ADAPTER + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    _replace_dir(tmp, out / ADAPTER)
-    tmp = out / (TOKENIZER + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer.save_pretrained(tmp)
-    _replace_dir(tmp, out / TOKENIZER)
-    if merge:
-        tmp = out / (MERGED + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        merged = model.merge_and_unload()
-        merged.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        _replace_dir(tmp, out / MERGED)
 
 
 def train(config: Config, samples_dir: str | Path, output_dir: str | Path, *, resume: bool = False,
@@ -929,7 +184,7 @@ def train(config: Config, samples_dir: str | Path, output_dir: str | Path, *, re
     if grouped and tcfg.sample_order == "shuffled":
         examples = ShuffledSteps(train_set, tcfg.layout, tcfg.samples_per_step, tcfg.gradient_accumulation_steps,
                                  tcfg.seed)
-        callbacks = [*(callbacks or []), examples.callback()]
+        callbacks = [*(callbacks or []), EpochOrderCallback(examples)]
     elif grouped:
         examples = build_step_examples(train_set, tcfg.layout, tcfg.samples_per_step, tcfg.gradient_accumulation_steps)
     else:

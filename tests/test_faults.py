@@ -346,7 +346,7 @@ def same_adapter(a: Path, b: Path) -> bool:
 @pytest.mark.slow
 @pytest.mark.parametrize("target, mode", [
     ("transformers.trainer_callback:TrainerState.save_to_json", "torn"),  # an empty trainer_state.json
-    ("lightreasoner.training:write_json_atomic", "before"),  # killed just before the counters file
+    ("lightreasoner.trainer:write_json_atomic", "before"),  # killed just before the counters file
 ])
 def test_6_kill_inside_a_checkpoint_save_resumes_from_the_last_complete_one(
         tiny_models, cli_samples, full_training, tmp_path, target, mode):
@@ -754,7 +754,7 @@ def test_24_non_finite_gradient_norm_stops_before_the_update(tmp_path):
     import torch
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
-    from lightreasoner.training import TrainingDiverged, trainer_classes
+    from lightreasoner.trainer import TrainingDiverged, trainer_classes
 
     trainer_cls, _, _ = trainer_classes()
     model = torch.nn.Linear(2, 2)
@@ -926,7 +926,7 @@ def test_24_sft_stops_on_a_non_finite_loss_and_leaves_its_folder_empty(tiny_mode
     from lightreasoner import sft as sft_module
     from lightreasoner.data import load_problems
     from lightreasoner.models import load_tokenizer
-    from lightreasoner.training import TrainingDiverged
+    from lightreasoner.trainer import TrainingDiverged
 
     cfg = sft_config(tiny_models, **{"training.learning_rate": 1e38, "training.max_steps": 3})
     problems = load_problems(cfg.data)

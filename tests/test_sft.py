@@ -14,9 +14,10 @@ from lightreasoner import sft as sft_module
 from lightreasoner.adapters import resolve_adapter
 from lightreasoner.data import load_problems
 from lightreasoner.errors import LightReasonerError
+from lightreasoner.loss import SoftLabelCollator, batch_loss
 from lightreasoner.models import load_model, load_tokenizer
 from lightreasoner.report import REPORT_JSON, REPORT_PLOT, SOURCES, efficiency_report
-from lightreasoner.training import SoftLabelCollator, batch_loss, build_examples
+from lightreasoner.samples import build_examples
 
 
 def sft_config(tiny_models, **sets):
