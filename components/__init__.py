@@ -50,7 +50,7 @@ def prepare_data(config: str, problems: Output[Dataset], metrics: Output[Metrics
 
     from lightreasoner.config import load_config_text
     from lightreasoner.data import prepare_data as stage
-    from lightreasoner.report import log_kfp_metrics
+    from lightreasoner.presentation import log_kfp_metrics
 
     cfg = load_config_text(config, None, "prepare config")
     os.makedirs(problems.path, exist_ok=True)
@@ -75,7 +75,7 @@ def sample_contrastive(config: str, problems: Input[Dataset], shard_index: int, 
 def merge_samples(config: str, shards: Input[list[Dataset]], samples: Output[Dataset], metrics: Output[Metrics]):
     """Join the shards into one samples folder (equal to a single-shard run)."""
     from lightreasoner.config import load_config_text
-    from lightreasoner.report import log_kfp_metrics
+    from lightreasoner.presentation import log_kfp_metrics
     from lightreasoner.sampling import merge_shards
 
     cfg = load_config_text(config, None, "sample config")
@@ -86,7 +86,7 @@ def merge_samples(config: str, shards: Input[list[Dataset]], samples: Output[Dat
 def finetune_lora(config: str, samples: Input[Dataset], adapter: Output[Model], metrics: Output[Metrics]):
     """Stage 2: LoRA on the contrastive soft labels (packed); resumes from its checkpoints on a retry."""
     from lightreasoner.config import load_config_text
-    from lightreasoner.report import log_kfp_metrics
+    from lightreasoner.presentation import log_kfp_metrics
     from lightreasoner.training import train
 
     cfg = load_config_text(config, None, "train config")
@@ -122,13 +122,8 @@ def merge_evaluation(config: str, base: Input[list[Dataset]], tuned: Input[list[
     histogram (KFP UI)."""
     from lightreasoner.config import load_config_text
     from lightreasoner.evaluation import merge_evaluation as stage
-    from lightreasoner.report import (
-        benchmark_metrics,
-        log_kfp_metrics,
-        mcnemar_table,
-        summary_markdown,
-        write_kfp_file,
-    )
+    from lightreasoner.presentation import log_kfp_metrics, mcnemar_table, summary_markdown, write_kfp_file
+    from lightreasoner.records import benchmark_metrics
 
     cfg = load_config_text(config, None, "evaluate config")
     result = stage([s.path for s in [*base, *tuned]], evaluation.path, config=cfg)
@@ -148,7 +143,7 @@ def sft_baseline(config: str, problems: Input[Dataset], adapter: Output[Model], 
 
     from lightreasoner.config import load_config_text
     from lightreasoner.data import read_problem_file
-    from lightreasoner.report import log_kfp_metrics
+    from lightreasoner.presentation import log_kfp_metrics
     from lightreasoner.sft import sft
 
     cfg = load_config_text(config, None, "sft config")
@@ -192,8 +187,9 @@ def efficiency_report(config: str, samples: Input[Dataset], lr_adapter: Input[Mo
     """LightReasoner vs SFT: time, problems, tuned tokens, accuracy and the ratios (MLflow and KFP UI)."""
     from lightreasoner import tracking
     from lightreasoner.config import load_config_text
-    from lightreasoner.report import efficiency_markdown, log_kfp_metrics, report_metrics
+    from lightreasoner.presentation import efficiency_markdown, log_kfp_metrics
     from lightreasoner.report import efficiency_report as stage
+    from lightreasoner.report import report_metrics
 
     tracking.configure_process()
     cfg = tracking.require_uri(load_config_text(config, None, "run config"))

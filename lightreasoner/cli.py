@@ -184,7 +184,7 @@ def print_evaluation(result) -> None:
         f"delta={fmt(m['delta'], '+.4f')} ci95=[{fmt(m['delta_ci_low'], '+.4f')}, {fmt(m['delta_ci_high'], '+.4f')}] "
         f"mcnemar_p={fmt(m['mcnemar_p'], '.4g')} output={result.output}"
     )
-    from .report import benchmark_markdown
+    from .presentation import benchmark_markdown
 
     table = benchmark_markdown(m)
     if table:

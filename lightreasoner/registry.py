@@ -52,6 +52,7 @@ from .adapters import verify_adapter
 from .config import Config
 from .errors import LightReasonerError, passthrough
 from .outputs import folder_sha256, read_input, read_json
+from .presentation import format_value
 from .redaction import redact, redact_text
 from .stats import mcnemar_exact
 
@@ -79,14 +80,6 @@ METRIC_KEYS = ("n", "accuracy_base", "accuracy_tuned", "delta", "delta_ci_low", 
 
 
 # --- inputs -----------------------------------------------------------------------------------------
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, dict):
-        return json.dumps(value, sort_keys=True)
-    return str(value)
 
 
 def _data_name(data: Mapping[str, Any] | None) -> str:
@@ -165,7 +158,8 @@ def lineage_tags(train_manifest: Mapping[str, Any], metrics: Mapping[str, Any],
     benchmarks = [k for k in (metrics.get("benchmarks") or {}) if k != "data"]
     if benchmarks:
         tags["eval_benchmarks"] = ",".join(benchmarks)
-    return {k: redact_text(_fmt(v))[:5000] for k, v in tags.items() if v != ""}
+    return {k: redact_text(format_value(v, spec=".6g", none="None", dicts_as_json=True))[:5000]
+            for k, v in tags.items() if v != ""}
 
 
 def save_pyfunc(path: Path, artifacts: dict[str, str], model_config: dict[str, Any], requirements: list[str],
@@ -705,14 +699,6 @@ class Comparison:
         return "\n".join(lines + ["(* values differ)"])
 
 
-def _value(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
 def compare(config: Config, run_ids: list[str], *, echo: bool = True) -> Comparison:
     """Side by side: the model version a run registered and its promotion decision, key params, every stage
     metric (a pipeline run includes its stage runs) and tags."""
@@ -740,20 +726,20 @@ def compare(config: Config, run_ids: list[str], *, echo: bool = True) -> Compari
             infos.append((run, params, metrics, stages))
             produced.append(tags)
     rows: list[tuple[str, list[str]]] = [
-        ("run name", [_value(r.info.run_name) for r, *_ in infos]),
+        ("run name", [format_value(r.info.run_name) for r, *_ in infos]),
         ("status", [r.info.status for r, *_ in infos]),
         ("stages", [",".join(s) or "-" for *_, s in infos]),
         ("model version", [f"{t[RUN_MODEL]} v{t[RUN_VERSION]}" if t.get(RUN_VERSION) else "-" for t in produced]),
         ("promotion", [t.get(DECISION) or "-" for t in produced]),
-        ("version", [_value(r.data.tags.get("lightreasoner.version")) for r, *_ in infos]),
-        ("git commit", [_value((r.data.tags.get("lightreasoner.git_commit") or "")[:10] or None) for r, *_ in infos]),
+        ("version", [format_value(r.data.tags.get("lightreasoner.version")) for r, *_ in infos]),
+        ("git commit", [format_value((r.data.tags.get("lightreasoner.git_commit") or "")[:10] or None) for r, *_ in infos]),
     ]
-    rows += [(k, [_value(p.get(k)) for _, p, _, _ in infos]) for k in KEY_PARAMS]
+    rows += [(k, [format_value(p.get(k)) for _, p, _, _ in infos]) for k in KEY_PARAMS]
     all_metrics = sorted({k for _, _, m, _ in infos for k in m})
     ordered = [k for k in KEY_METRICS if k in all_metrics] + [k for k in all_metrics if k not in KEY_METRICS]
-    rows += [(k, [_value(m.get(k)) for _, _, m, _ in infos]) for k in ordered]
+    rows += [(k, [format_value(m.get(k)) for _, _, m, _ in infos]) for k in ordered]
     other = sorted({k for _, p, _, _ in infos for k in p} - set(KEY_PARAMS))
-    rows += [(k, [_value(p.get(k)) for _, p, _, _ in infos]) for k in other
+    rows += [(k, [format_value(p.get(k)) for _, p, _, _ in infos]) for k in other
              if len({p.get(k) for _, p, _, _ in infos}) > 1]
     result = Comparison(list(run_ids), rows)
     if echo:

@@ -28,6 +28,7 @@ from typing import Any
 from .config import Config, load_config
 from .errors import LightReasonerError
 from .outputs import folder_sha256, write_json_atomic
+from .presentation import format_value
 from .stages import STAGES, check_method, plan
 
 log = logging.getLogger(__name__)
@@ -364,11 +365,7 @@ def _stages(config: Config, out: Path, summary: RunSummary, parent: str | None, 
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
+    return format_value(value, spec=f".{digits}f")
 
 
 def _per_update(training: dict[str, Any]) -> str:

@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, str, tuple[str, ...]]] = [
     ("records", "what MLflow records of a stage, and MLflow itself",
      ("records", "tracking")),
     ("stages", "the stages; one imports another only for its data (tests/test_architecture.py)",
-     ("trainer", "sampling", "training", "evaluation", "sft", "registry", "report")),
+     ("trainer", "sampling", "training", "evaluation", "sft", "report", "presentation", "registry")),
     ("entry points", "the runner, the CLI, the cluster checks and the Kubeflow wrappers",
      ("runner", "doctor", "components", "pipelines", "pipelines.client", "pipelines.lightreasoner_pipeline",
       "cli")),

@@ -184,7 +184,8 @@ def test_evaluate_with_adapter_reports_per_benchmark_deltas(answering, tmp_path)
     from test_evaluation import _make_adapter
 
     from lightreasoner.evaluation import evaluate
-    from lightreasoner.report import benchmark_markdown, benchmark_metrics
+    from lightreasoner.presentation import benchmark_markdown
+    from lightreasoner.records import benchmark_metrics
 
     bench_dir = write_benchmarks(tmp_path / "bench", ["gsm8k", "svamp"])
     adapter = _make_adapter(answering["four"], tmp_path / "adapter")

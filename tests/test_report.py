@@ -2,7 +2,7 @@
 
 import json
 
-from lightreasoner.report import efficiency_markdown, log_kfp_metrics, mcnemar_table
+from lightreasoner.presentation import efficiency_markdown, log_kfp_metrics, mcnemar_table
 
 
 def test_mcnemar_table_from_paired_counts():
@@ -46,7 +46,8 @@ def _bench_metrics(model: str) -> dict:
 
 
 def test_report_puts_the_papers_numbers_beside_ours_for_a_paper_expert(tmp_path):
-    from lightreasoner.report import benchmark_markdown, benchmark_metrics, paper_markdown
+    from lightreasoner.presentation import benchmark_markdown, paper_markdown
+    from lightreasoner.records import benchmark_metrics
 
     for model in ("Qwen/Qwen2.5-Math-1.5B", "/models/qwen2.5-math-1.5b/"):
         text = benchmark_markdown(_bench_metrics(model))
@@ -57,7 +58,7 @@ def test_report_puts_the_papers_numbers_beside_ours_for_a_paper_expert(tmp_path)
     assert "- svamp: 300 rows, the paper's set has 1,000" in text and "gsm8k: 1,319 rows" not in text
     import json
 
-    from lightreasoner.report import summary_markdown
+    from lightreasoner.presentation import summary_markdown
 
     folder = tmp_path / "eval"
     folder.mkdir()
