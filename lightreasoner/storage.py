@@ -198,7 +198,9 @@ def describe_error(exc: BaseException) -> str:
 
 
 @contextmanager
-def _s3_errors(uri: str, action: str):
+def s3_errors(where: str, action: str, *, store: str = "") -> Iterator[None]:
+    """boto3/botocore failures -> one-line LightReasonerError ``{where}: {action} failed: {store}{reason}``
+    (the reason from :func:`describe_error`); the one S3 error translation, also used by the tracking client."""
     from boto3.exceptions import Boto3Error
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -207,7 +209,7 @@ def _s3_errors(uri: str, action: str):
     except LightReasonerError:
         raise
     except (ClientError, BotoCoreError, Boto3Error) as exc:
-        raise LightReasonerError(f"{uri}: {action} failed: {describe_error(exc)}") from exc
+        raise LightReasonerError(f"{where}: {action} failed: {store}{describe_error(exc)}") from exc
 
 
 # --- integrity --------------------------------------------------------------------------------------
@@ -277,7 +279,7 @@ def upload_file(local: str | Path, uri: str, *, s3=None) -> str:
     size = path.stat().st_size
     sha256, md5, multipart = file_digests(path, _upload_part_size(size))
     s3 = s3 or client()
-    with _s3_errors(uri, "upload"):
+    with s3_errors(uri, "upload"):
         s3.upload_file(str(path), bucket, key, ExtraArgs={"Metadata": {SHA256_META: sha256}},
                        Config=transfer_config())
         head = s3.head_object(Bucket=bucket, Key=key)
@@ -294,7 +296,7 @@ def _cache_dir() -> Path:
 
 
 def _download_verified(s3, uri: str, bucket: str, key: str, target: Path, head: dict | None = None) -> Path:
-    with _s3_errors(uri, "download"):
+    with s3_errors(uri, "download"):
         head = head or s3.head_object(Bucket=bucket, Key=key)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.part-{os.getpid()}")
@@ -316,7 +318,7 @@ def download_file(uri: str, dest: str | Path | None = None) -> Path:
     if not key or key.endswith("/"):
         raise LightReasonerError(f"{uri}: needs an object key, not a bucket or folder")
     s3 = client()
-    with _s3_errors(uri, "download"):
+    with s3_errors(uri, "download"):
         head = s3.head_object(Bucket=bucket, Key=key)
     etag = str(head.get("ETag", "")).strip('"')
     if dest is None:
@@ -343,7 +345,7 @@ def list_objects(uri: str, *, s3=None) -> list[dict]:
         prefix += "/"
     s3 = s3 or client()
     out: list[dict] = []
-    with _s3_errors(uri, "listing"):
+    with s3_errors(uri, "listing"):
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             out.extend(page.get("Contents", []))
     return out
@@ -386,7 +388,7 @@ def upload_dir(local: str | Path, uri: str, *, on_file: Callable[[str], None] | 
     manifest = root / last
     ordered = [p for p in files if p != manifest] + ([manifest] if manifest in files else [])
     s3 = client()
-    with _s3_errors(join(uri, last), "removing the old manifest"):
+    with s3_errors(join(uri, last), "removing the old manifest"):
         s3.delete_object(Bucket=bucket, Key="/".join(p for p in (prefix.rstrip("/"), last) if p))
     done = []
     for path in ordered:
@@ -494,7 +496,7 @@ def check_writable(uri: str) -> None:
     bucket, prefix = split_s3(uri)
     key = "/".join(p for p in (prefix.rstrip("/"), f".lightreasoner-write-check-{os.getpid()}") if p)
     s3 = client()
-    with _s3_errors(uri, "writing the output"):
+    with s3_errors(uri, "writing the output"):
         s3.put_object(Bucket=bucket, Key=key, Body=b"")
         s3.delete_object(Bucket=bucket, Key=key)
 
@@ -554,7 +556,7 @@ def prune_progress(folder: str | Path) -> None:
     for obj in list_objects(join(base, rel) if rel != "." else base, s3=s3):
         local = work / obj["Key"][len(base_key) + 1:]
         if not local.exists():
-            with _s3_errors(f"s3://{bucket}/{obj['Key']}", "removing old work in progress"):
+            with s3_errors(f"s3://{bucket}/{obj['Key']}", "removing old work in progress"):
                 s3.delete_object(Bucket=bucket, Key=obj["Key"])
 
 
@@ -562,7 +564,7 @@ def _delete_prefix(uri: str) -> None:
     bucket, _ = split_s3(uri)
     s3 = client()
     keys = [o["Key"] for o in list_objects(uri, s3=s3)]
-    with _s3_errors(uri, "removing work in progress"):
+    with s3_errors(uri, "removing work in progress"):
         for start in range(0, len(keys), 1000):
             s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[start:start + 1000]],
                                                      "Quiet": True})
@@ -636,7 +638,7 @@ def s3_output_lock(uri: str, *, sleep: Callable[[float], None] = time.sleep) -> 
     s3lock.settings()  # a setting that is not a number: refused before the store is asked anything
     key = "/".join(p for p in (prefix.rstrip("/"), LOCK_NAME) if p)
     with s3lock.hold(client(), bucket, key, uri, sleep=sleep,
-                     errors=_s3_errors(join(uri, LOCK_NAME), "taking the output lock")):
+                     errors=s3_errors(join(uri, LOCK_NAME), "taking the output lock")):
         yield
 
 

@@ -245,18 +245,15 @@ def ui_command_for(uri: str) -> str:
 @contextmanager
 def mlflow_errors(uri: str, action: str) -> Iterator[None]:
     """MLflow, HTTP and S3 failures -> one-line LightReasonerError naming the tracking URI."""
-    from boto3.exceptions import Boto3Error
-    from botocore.exceptions import BotoCoreError, ClientError
     from mlflow.exceptions import MlflowException
     from requests.exceptions import RequestException
 
     where = storage.safe_url(uri)
     try:
-        yield
+        with storage.s3_errors(where, action, store="artifact store: "):
+            yield
     except LightReasonerError:
         raise
-    except (ClientError, BotoCoreError, Boto3Error) as exc:
-        raise LightReasonerError(f"{where}: {action} failed: artifact store: {storage.describe_error(exc)}") from exc
     except MlflowException as exc:
         raise LightReasonerError(f"{where}: {action} failed: {one_line(exc)}") from exc
     except (RequestException, ConnectionError, TimeoutError) as exc:
