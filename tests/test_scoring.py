@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import tiny_config
+from scoring_oracle import score_fast
 
 from lightreasoner import models, sampling
 from lightreasoner.errors import LightReasonerError
@@ -18,7 +19,6 @@ from lightreasoner.sampling import (
     contrast_step_reference,
     sample,
     score_chunked,
-    score_fast,
     score_reference,
 )
 
