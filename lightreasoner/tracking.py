@@ -52,6 +52,7 @@ from .outputs import MANIFEST
 from .records import LOSS_PLOT, READERS, StageInput, StageRecord, number, prepare_inputs
 from .redaction import clean_tags, has_url_password, redact, redact_text
 from .stages import GRAPH
+from .stages import STAGES as GRAPH_STAGES
 
 log = logging.getLogger(__name__)
 
@@ -576,10 +577,8 @@ def log_inputs(inputs: list[StageInput]) -> None:
 
 def _stage_sections(config: Config | Mapping[str, Any], stage: str) -> dict[str, Any]:
     """The config sections a stage reads (its run's params); all of them for other stages."""
-    from .parameters import STAGE_SECTIONS
-
     data = config.dump() if isinstance(config, Config) else dict(config)
-    sections = STAGE_SECTIONS.get("evaluate" if stage == "evaluate_sft" else stage)
+    sections = GRAPH_STAGES[stage].sections if stage in GRAPH_STAGES else None
     return {k: v for k, v in data.items() if k in sections} if sections else data
 
 

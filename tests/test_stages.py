@@ -60,3 +60,26 @@ def test_the_runner_has_one_function_per_stage_of_the_graph():
     from lightreasoner import runner
 
     assert set(runner.RUNNERS) == set(stages.STAGES)
+
+
+def test_configure_run_writes_one_settings_slice_per_stage_that_reads_sections():
+    import typing
+
+    import components
+
+    outputs = typing.get_type_hints(components.configure_run)["return"]._fields
+    assert outputs == ("parent_run_id", "full", *stages.SLICES)
+    for stage in stages.GRAPH:
+        if stage.sections is not None:  # every stage that reads sections gets a slice holding them
+            assert stages.STAGES[stages.slice_of(stage.name)].sections == stage.sections
+
+
+def test_the_fingerprints_cover_the_sections_a_stage_reads():
+    """A stage's output fingerprint changes with every section it reads (SFT reads ``data`` too)."""
+    from lightreasoner import parameters
+
+    cfg = parameters.paper_config()
+    changed = cfg.model_copy(deep=True)
+    changed.data.limit = (cfg.data.limit or 10) + 1
+    assert "data" in stages.STAGES["sft"].sections
+    assert cfg.fingerprint(*stages.STAGES["sft"].sections) != changed.fingerprint(*stages.STAGES["sft"].sections)
