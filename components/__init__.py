@@ -24,20 +24,23 @@ def configure_run(config_yaml: str, settings: str, run_name: str, kfp_run_id: st
                   method: str = "lightreasoner") -> NamedTuple(
         "Configured", [("parent_run_id", str), ("full", str), ("prepare", str), ("sample", str),
                        ("train", str), ("evaluate", str), ("sft", str)]):
-    """Validate the run's settings once (a bad parameter fails here, in one line), split them per stage,
-    and open the MLflow parent run, named ``run_name`` or ``<method>-<date>`` (found again, not doubled,
-    when Kubeflow retries this step). With tracking on and no tracking URI (neither the parameter nor
-    MLFLOW_TRACKING_URI), it refuses to start: a pod's own sqlite store would lose the run."""
+    """Validate the run's settings once (a bad parameter fails here, in one line), split them per stage
+    (one output per :data:`lightreasoner.stages.SLICES`, in its order: KFP needs the outputs written out in
+    the signature, and a test checks them against the registry), and open the MLflow parent run, named
+    ``run_name`` or ``<method>-<date>`` (found again, not doubled, when Kubeflow retries this step). With
+    tracking on and no tracking URI (neither the parameter nor MLFLOW_TRACKING_URI), it refuses to start: a
+    pod's own sqlite store would lose the run."""
     from collections import namedtuple
 
     from lightreasoner import parameters, tracking
+    from lightreasoner.stages import SLICES
 
     tracking.configure_process()
     cfg = parameters.config_from_settings(config_yaml, settings)
     # the URI resolved here stays out of the outputs: a Secret's URI may hold a password
     parent = tracking.start_pipeline(tracking.require_uri(cfg), run_name or tracking.default_run_name(method),
                                      kfp_run_id=kfp_run_id or None)
-    stages = {name: parameters.stage_yaml(cfg, name) for name in ("prepare", "sample", "train", "evaluate", "sft")}
+    stages = {name: parameters.stage_yaml(cfg, name) for name in SLICES}
     out = namedtuple("Configured", ["parent_run_id", "full", *stages])
     return out(parent or "", parameters.full_yaml(cfg), **stages)
 
@@ -213,8 +216,6 @@ def finish_run(config_yaml: str, settings: str, kfp_run_id: str, status: dsl.Pip
     print(f"pipeline state {status.state}: MLflow parent run {ended or '(none found)'} -> {state}")
 
 
-PURE = ("prepare_data", "sample_contrastive", "merge_samples", "finetune_lora", "evaluation_shards", "evaluate_shard",
-        "merge_evaluation", "sft_baseline")
 STAGES = {
     "configure_run": configure_run,
     "prepare_data": prepare_data,

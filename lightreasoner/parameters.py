@@ -30,7 +30,7 @@ from pydantic import BaseModel
 
 from .config import Config, config_from_dict, load_config, load_config_text
 from .errors import LightReasonerError
-from .stages import METHODS
+from .stages import METHODS, SLICES, STAGES
 
 PAPER_CONFIG = "paper-qwen2.5-math.yaml"
 
@@ -83,14 +83,9 @@ CONFIG_KEYS: dict[str, str] = {
     "sft_max_new_tokens": "sft.max_new_tokens",
 }
 
-# The config sections each stage reads (and so the only settings in its cache key).
-STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "prepare": ("data",),
-    "sample": ("expert", "amateur", "data", "prompt", "sampling"),
-    "train": ("expert", "training"),
-    "evaluate": ("expert", "prompt", "evaluation"),
-    "sft": ("expert", "data", "prompt", "sft", "training"),
-}
+# The config sections each settings slice holds (and so the only settings in its cache key): from the
+# stage registry (lightreasoner.stages), one slice per stage that reads sections of its own.
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {name: STAGES[name].sections for name in SLICES}
 
 
 @dataclass(frozen=True)

@@ -246,6 +246,7 @@ class _Run:
     first_run_id: str | None
     problems: list = field(default_factory=list)
     base: list | None = None
+    stage_run: str | None = None  # the MLflow run of the stage running now (None: not logged, or no tracking)
 
     def folder(self, stage: str) -> Path:
         return self.out / STAGES[stage].folder
@@ -276,11 +277,11 @@ def _sample(r: _Run) -> None:
         )
 
 
-def _train(r: _Run, stage_run: str | None) -> None:
+def _train(r: _Run) -> None:
     from . import tracking
     from .training import train
 
-    live = tracking.live_training_callbacks(r.config, stage_run)  # the loss, while it trains
+    live = tracking.live_training_callbacks(r.config, r.stage_run)  # the loss, while it trains
     trained = r.timed("train", lambda: train(r.config, r.folder("sample"), r.folder("train"), resume=True,
                                              progress=r.progress, callbacks=live))
     r.summary.training = trained.manifest
@@ -300,6 +301,14 @@ def _evaluate_stage(r: _Run, stage: str, tuned: str) -> None:
         r.base = evaluated.predictions_base
     else:
         r.summary.sft_evaluation = evaluated.metrics
+
+
+def _evaluate(r: _Run) -> None:
+    _evaluate_stage(r, "evaluate", "train")
+
+
+def _evaluate_sft(r: _Run) -> None:
+    _evaluate_stage(r, "evaluate_sft", "sft")
 
 
 def _register(r: _Run) -> None:
@@ -337,14 +346,14 @@ def _report(r: _Run) -> None:
 
 # One function per stage of the graph (lightreasoner.stages), which says which run, in which order.
 RUNNERS = {
-    "prepare": lambda r, run: _prepare(r),
-    "sample": lambda r, run: _sample(r),
+    "prepare": _prepare,
+    "sample": _sample,
     "train": _train,
-    "evaluate": lambda r, run: _evaluate_stage(r, "evaluate", "train"),
-    "register": lambda r, run: _register(r),
-    "sft": lambda r, run: _sft(r),
-    "evaluate_sft": lambda r, run: _evaluate_stage(r, "evaluate_sft", "sft"),
-    "report": lambda r, run: _report(r),
+    "evaluate": _evaluate,
+    "register": _register,
+    "sft": _sft,
+    "evaluate_sft": _evaluate_sft,
+    "report": _report,
 }
 
 
@@ -357,11 +366,12 @@ def _stages(config: Config, out: Path, summary: RunSummary, parent: str | None, 
 
     r = _Run(config, out, summary, parent, timed, progress, promote, first_run_id)
     for stage in plan(method):
+        r.stage_run = None
         if stage.logged:
-            with tracking.tracked_stage(config, stage.name, r.folder(stage.name), parent) as stage_run:
-                RUNNERS[stage.name](r, stage_run)
+            with tracking.tracked_stage(config, stage.name, r.folder(stage.name), parent) as r.stage_run:
+                RUNNERS[stage.name](r)
         else:
-            RUNNERS[stage.name](r, None)
+            RUNNERS[stage.name](r)
 
 
 def _fmt(value: Any, digits: int = 4) -> str:

@@ -76,6 +76,7 @@ from .outputs import (
     write_table_atomic,
 )
 from .samples import SAMPLE_SCHEMA, SAMPLES, TRAJECTORIES, TRAJECTORY_SCHEMA
+from .stages import STAGES
 from .storage import output_lock, save_progress
 
 log = logging.getLogger(__name__)
@@ -642,7 +643,7 @@ def score_reference(pair: ModelPair, pid: str, prompt: list[int], completion: li
 
 
 def sampling_fingerprint(config: Config, reference: bool) -> str:
-    digest = config.fingerprint("expert", "amateur", "data", "prompt", "sampling")
+    digest = config.fingerprint(*STAGES["sample"].sections)
     return hashlib.sha256(f"{digest}:{'reference' if reference else 'fast'}".encode()).hexdigest()
 
 

@@ -56,6 +56,7 @@ from .outputs import (
     write_table_atomic,
 )
 from .samples import Trajectory, build_examples
+from .stages import STAGES
 from .trainer import (
     ADAPTER,
     CHECKPOINTS,
@@ -258,7 +259,7 @@ def sft(config: Config, output: str | Path, *, problems: list[Problem] | None = 
 
     solutions_sha = sha256_file(out / SOLUTIONS)
     fingerprint = hashlib.sha256(
-        f"{config.fingerprint('expert', 'training', 'sft', 'prompt')}:{solutions_sha}".encode()
+        f"{config.fingerprint(*STAGES['sft'].sections)}:{solutions_sha}".encode()
     ).hexdigest()
     wall = time.perf_counter() - started
     manifest = {

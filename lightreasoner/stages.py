@@ -31,6 +31,8 @@ class Stage:
     folder: str | None  # the output folder under a local run's directory (None: writes no folder)
     inputs: tuple[str, ...]  # the stages whose outputs it reads
     methods: tuple[str, ...]  # the methods that run it
+    sections: tuple[str, ...] | None = None  # the config sections it reads: its settings slice in Kubeflow
+    # (its only settings in a cache key) and its output's fingerprint; None: the whole config (register, report)
     gpu_memory: str | None = None  # a GPU stage's memory request; None: a small CPU step
     timeout: int = 60 * 60  # seconds one attempt of its Kubeflow step may run (the pod's activeDeadlineSeconds)
     cached: bool = True  # pure (same inputs, same output): Kubeflow may reuse an earlier result
@@ -39,28 +41,41 @@ class Stage:
 
 
 _HOUR = 60 * 60
+_EVALUATION = ("expert", "prompt", "evaluation")  # both evaluations read the same sections
 
 # Timeouts bound one attempt of a step in Kubeflow (a GPU step retries twice, each attempt bounded), so a
 # hung step fails and the next scheduled run (max_concurrency=1) is not blocked. Generous for the paper's
 # setting on one A100; `pipeline compile/submit/schedule --step-timeout NAME=DURATION` overrides them.
 GRAPH: tuple[Stage, ...] = (
-    Stage("prepare", "prepare data", "problems", (), METHODS, timeout=_HOUR),
+    Stage("prepare", "prepare data", "problems", (), METHODS, sections=("data",), timeout=_HOUR),
     Stage("sample", "contrastive sampling shard", "samples", ("prepare",), LIGHTREASONER, gpu_memory="48Gi",
-          timeout=6 * _HOUR),
-    Stage("train", "LoRA fine-tuning", "train", ("sample",), LIGHTREASONER, gpu_memory="64Gi", timeout=8 * _HOUR),
+          sections=("expert", "amateur", "data", "prompt", "sampling"), timeout=6 * _HOUR),
+    Stage("train", "LoRA fine-tuning", "train", ("sample",), LIGHTREASONER, gpu_memory="64Gi",
+          sections=("expert", "training"), timeout=8 * _HOUR),
     Stage("evaluate", "evaluate base and tuned", "evaluate", ("train", "sample"), LIGHTREASONER,
-          gpu_memory="48Gi", timeout=8 * _HOUR),
+          gpu_memory="48Gi", sections=_EVALUATION, timeout=8 * _HOUR),
     Stage("register", "register and promote", None, ("train", "evaluate", "sample"), LIGHTREASONER, cached=False,
           logged=False, timeout=_HOUR // 2),
     Stage("sft", "SFT baseline (rejection sampling + LoRA)", "sft", ("prepare",), SFT, gpu_memory="64Gi",
-          timeout=12 * _HOUR),
+          sections=("expert", "data", "prompt", "sft", "training"), timeout=12 * _HOUR),
     Stage("evaluate_sft", "evaluate base and SFT", "evaluate-sft", ("sft",), SFT, gpu_memory="48Gi",
-          timeout=8 * _HOUR),
+          sections=_EVALUATION, timeout=8 * _HOUR),
     Stage("report", "efficiency report: LightReasoner vs SFT", "report",
           ("sample", "train", "evaluate", "sft", "evaluate_sft"), ("both",), cached=False, logged=False,
           timeout=_HOUR // 2),
 )
 STAGES = {stage.name: stage for stage in GRAPH}
+
+
+def slice_of(name: str) -> str:
+    """The stage whose settings slice ``name`` receives in Kubeflow: the first stage of the graph that
+    reads the same sections (evaluate_sft gets evaluate's)."""
+    sections = STAGES[name].sections
+    return next(stage.name for stage in GRAPH if stage.sections == sections)
+
+
+# The stages with a settings slice of their own (configure_run's per-stage outputs), in graph order.
+SLICES: tuple[str, ...] = tuple(s.name for s in GRAPH if s.sections is not None and slice_of(s.name) == s.name)
 # The pipeline's small bookkeeping steps, which are not stages (open and end the MLflow run, log a stage,
 # merge shards): one timeout for all, overridden as `step=DURATION`.
 STEP = "step"

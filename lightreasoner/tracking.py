@@ -51,7 +51,8 @@ from .errors import LightReasonerError, one_line
 from .outputs import MANIFEST
 from .records import LOSS_PLOT, READERS, StageInput, StageRecord, number, prepare_inputs
 from .redaction import clean_tags, has_url_password, redact, redact_text
-from .stages import GRAPH
+from .stages import GRAPH, LIGHTREASONER
+from .stages import STAGES as GRAPH_STAGES
 
 log = logging.getLogger(__name__)
 
@@ -573,10 +574,8 @@ def log_inputs(inputs: list[StageInput]) -> None:
 
 def _stage_sections(config: Config | Mapping[str, Any], stage: str) -> dict[str, Any]:
     """The config sections a stage reads (its run's params); all of them for other stages."""
-    from .parameters import STAGE_SECTIONS
-
     data = config.dump() if isinstance(config, Config) else dict(config)
-    sections = STAGE_SECTIONS.get("evaluate" if stage == "evaluate_sft" else stage)
+    sections = GRAPH_STAGES[stage].sections if stage in GRAPH_STAGES else None
     return {k: v for k, v in data.items() if k in sections} if sections else data
 
 
@@ -650,13 +649,15 @@ def _log_plots(client, run, stage: str, plots: list[Path], parent_run_id: str | 
             log_artifact(client, run, plot, "plots")
     if parent_run_id and plots:
         parent = client.get_run(parent_run_id)
-        folder = "plots" if stage in ("sample", "train", "evaluate") else f"plots/{stage}"
+        # the LightReasoner stages' plots at the top, the others' in a folder of their own
+        lightreasoner = stage in GRAPH_STAGES and GRAPH_STAGES[stage].methods == LIGHTREASONER
+        folder = "plots" if lightreasoner else f"plots/{stage}"
         for plot in plots:
             log_artifact(client, parent, plot, folder)
 
 
 LIVE_KEYS = {"loss": "train/loss", "learning_rate": "train/learning_rate", "grad_norm": "train/grad_norm"}
-MODEL_STAGES = ("sample", "train", "evaluate", "sft", "evaluate_sft")
+MODEL_STAGES = tuple(stage.name for stage in GRAPH if stage.gpu_memory)  # the stages that load models
 
 
 def live_training_callbacks(config: Config, run_id: str | None) -> list:

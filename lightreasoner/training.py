@@ -44,6 +44,7 @@ from .samples import (
     load_samples,
     split_holdout,
 )
+from .stages import STAGES
 from .storage import save_progress
 from .trainer import (
     ADAPTER,
@@ -92,7 +93,7 @@ def soft_label_kl(model, trajectories: list[Trajectory], pad: int, batch_size: i
 
 
 def training_fingerprint(config: Config, samples_sha: dict[str, str]) -> str:
-    digest = config.fingerprint("expert", "training")
+    digest = config.fingerprint(*STAGES["train"].sections)
     return hashlib.sha256(f"{digest}:{json.dumps(samples_sha, sort_keys=True)}".encode()).hexdigest()
 
 

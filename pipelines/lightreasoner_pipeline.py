@@ -144,6 +144,11 @@ def build_pipeline(image: str | None = None, kubernetes: bool = True, hf_cache_p
                               kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         finish.set_display_name("end the MLflow run").set_caching_options(False)
         pure, side, gpu, small = [], [], [], []  # tasks by kind, for the platform settings below
+
+        def staged(stage: str, *tasks):
+            """Tasks of ``stage``: cached in Kubeflow when the stage is (lightreasoner.stages.Stage.cached)."""
+            (pure if S[stage].cached else side).extend(tasks)
+
         with dsl.ExitHandler(finish, name="lightreasoner-run"):
             conf = c.configure_run(config_yaml=p["config_yaml"], settings=settings, run_name=p["run_name"],
                                    kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, method=p["method"])
@@ -151,19 +156,23 @@ def build_pipeline(image: str | None = None, kubernetes: bool = True, hf_cache_p
             parent, full = conf.outputs["parent_run_id"], conf.outputs["full"]
             side.append(conf)
 
+            def settings(stage: str):
+                """The settings slice ``stage`` reads (the config sections of lightreasoner.stages)."""
+                return conf.outputs[stages.slice_of(stage)]
+
             def logged(task, stage: str, output: str):
                 log = c.log_stage(config=full, stage=stage, output=task.outputs[output], parent_run_id=parent)
                 log.set_display_name(f"log {stage} to MLflow")
                 side.append(log)
                 return log
 
-            prep = c.prepare_data(config=conf.outputs["prepare"])
+            prep = c.prepare_data(config=settings("prepare"))
             prep.set_display_name(S["prepare"].title)
-            pure.append(prep)
+            staged("prepare", prep)
             logged(prep, "prepare", "problems")
             problems = prep.outputs["problems"]
             # The evaluation shards' indices (a task output: evaluation.shards is a setting of the config).
-            eval_shards = c.evaluation_shards(config=conf.outputs["evaluate"])
+            eval_shards = c.evaluation_shards(config=settings("evaluate"))
             eval_shards.set_display_name("plan evaluation shards")
             pure.append(eval_shards)
             small.append(eval_shards)
@@ -174,27 +183,27 @@ def build_pipeline(image: str | None = None, kubernetes: bool = True, hf_cache_p
                 evaluation folder."""
                 loop = stage.replace("_", "-")
                 with dsl.ParallelFor(items=eval_shards.output, name=f"{loop}-base-shards") as index:
-                    base = c.evaluate_shard(config=conf.outputs["evaluate"], shard_index=index,
+                    base = c.evaluate_shard(config=settings(stage), shard_index=index,
                                             shards=eval_shards.output, side="base")
                     base.set_display_name("evaluate base shard")
                 with dsl.ParallelFor(items=eval_shards.output, name=f"{loop}-tuned-shards") as index:
-                    tuned = c.evaluate_shard(config=conf.outputs["evaluate"], shard_index=index,
+                    tuned = c.evaluate_shard(config=settings(stage), shard_index=index,
                                              shards=eval_shards.output, side="tuned", adapter=adapter)
                     tuned.set_display_name(tuned_title)
-                merged_eval = c.merge_evaluation(config=conf.outputs["evaluate"],
+                merged_eval = c.merge_evaluation(config=settings(stage),
                                                  base=dsl.Collected(base.outputs["shard"]),
                                                  tuned=dsl.Collected(tuned.outputs["shard"]), **extra)
                 merged_eval.set_display_name(S[stage].title)
-                pure.extend([base, tuned, merged_eval])
+                staged(stage, base, tuned, merged_eval)
                 gpu.extend([(base, S[stage]), (tuned, S[stage])])
                 small.append(merged_eval)
                 return merged_eval
 
             def sft_branch():
-                baseline = c.sft_baseline(config=conf.outputs["sft"], problems=problems)
+                baseline = c.sft_baseline(config=settings("sft"), problems=problems)
                 baseline.set_display_name(S["sft"].title)
                 scored_sft = evaluation("evaluate_sft", baseline.outputs["adapter"], "evaluate SFT shard")
-                pure.append(baseline)
+                staged("sft", baseline)
                 gpu.append((baseline, S["sft"]))
                 logs = [logged(baseline, "sft", "adapter"), logged(scored_sft, "evaluate_sft", "evaluation")]
                 return baseline, scored_sft, logs
@@ -203,16 +212,17 @@ def build_pipeline(image: str | None = None, kubernetes: bool = True, hf_cache_p
             with branch(p["method"], S["sample"].methods, "method-lightreasoner"):
                 # Over a pipeline parameter, not a task output: kfp.local runs only the former.
                 with dsl.ParallelFor(items=p["sampling_shards"], name="sampling-shards") as shard_index:
-                    shard = c.sample_contrastive(config=conf.outputs["sample"], problems=problems,
+                    shard = c.sample_contrastive(config=settings("sample"), problems=problems,
                                                  shard_index=shard_index, shards=p["sampling_shards"])
                     shard.set_display_name(S["sample"].title)
-                merged = c.merge_samples(config=conf.outputs["sample"], shards=dsl.Collected(shard.outputs["shard"]))
+                merged = c.merge_samples(config=settings("sample"), shards=dsl.Collected(shard.outputs["shard"]))
                 merged.set_display_name("merge samples")
                 samples = merged.outputs["samples"]
-                tuned = c.finetune_lora(config=conf.outputs["train"], samples=samples)
+                tuned = c.finetune_lora(config=settings("train"), samples=samples)
                 tuned.set_display_name(S["train"].title)
                 scored = evaluation("evaluate", tuned.outputs["adapter"], "evaluate tuned shard", samples=samples)
-                pure.extend([shard, merged, tuned])
+                staged("sample", shard, merged)
+                staged("train", tuned)
                 gpu.extend([(shard, S["sample"]), (tuned, S["train"])])
                 lr_logs = [logged(merged, "sample", "samples"), logged(tuned, "train", "adapter")]
                 log_eval = logged(scored, "evaluate", "evaluation")
@@ -222,7 +232,7 @@ def build_pipeline(image: str | None = None, kubernetes: bool = True, hf_cache_p
                 reg.set_display_name(S["register"].title).after(log_eval)
                 # register is idempotent (a retry finds the version it made), so it may retry.
                 reg.set_retry(num_retries=2, backoff_duration="30s")
-                side.append(reg)
+                staged("register", reg)
                 # Inside the LightReasoner branch: the report reads both branches' outputs.
                 with branch(p["method"], S["report"].methods, "method-both"):
                     baseline, scored_sft, sft_logs = sft_branch()
@@ -234,7 +244,7 @@ def build_pipeline(image: str | None = None, kubernetes: bool = True, hf_cache_p
                     report.set_display_name(S["report"].title)
                     for task in (reg, *lr_logs, *sft_logs):
                         report.after(task)
-                    side.append(report)
+                    staged("report", report)
             with branch(p["method"], tuple(m for m in S["sft"].methods if m not in S["report"].methods),
                         "method-sft"):
                 sft_branch()

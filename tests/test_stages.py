@@ -1,7 +1,9 @@
 """The stage graph is described once (lightreasoner.stages): the runner walks it, and the compiled Kubeflow
 pipeline runs exactly the same stages for each method."""
 
+import ast
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -60,3 +62,95 @@ def test_the_runner_has_one_function_per_stage_of_the_graph():
     from lightreasoner import runner
 
     assert set(runner.RUNNERS) == set(stages.STAGES)
+
+
+def test_configure_run_writes_one_settings_slice_per_stage_that_reads_sections():
+    import typing
+
+    import components
+
+    outputs = typing.get_type_hints(components.configure_run)["return"]._fields
+    assert outputs == ("parent_run_id", "full", *stages.SLICES)
+    for stage in stages.GRAPH:
+        if stage.sections is not None:  # every stage that reads sections gets a slice holding them
+            assert stages.STAGES[stages.slice_of(stage.name)].sections == stage.sections
+
+
+def test_the_fingerprints_cover_the_sections_a_stage_reads():
+    """A stage's output fingerprint changes with every section it reads (SFT reads ``data`` too)."""
+    from lightreasoner import parameters
+
+    cfg = parameters.paper_config()
+    changed = cfg.model_copy(deep=True)
+    changed.data.limit = (cfg.data.limit or 10) + 1
+    assert "data" in stages.STAGES["sft"].sections
+    assert cfg.fingerprint(*stages.STAGES["sft"].sections) != changed.fingerprint(*stages.STAGES["sft"].sections)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _collections(tree: ast.AST):
+    """Every tuple, list and set literal and every call's positional arguments (``fingerprint("expert",
+    "training")``) as elements, and every dict literal as (keys, values)."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            yield node, node.elts, None
+        elif isinstance(node, ast.Call):
+            yield node, node.args, None
+        elif isinstance(node, ast.Dict):
+            yield node, [k for k in node.keys if k is not None], node.values
+
+
+def _text(node: ast.AST) -> str | None:
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+def _second_lists(source: str, where: str) -> list[str]:
+    """Literals in ``source`` that list three or more stage names (a tuple, list or set, or a dict of stage
+    names to data) or only config sections. A dict from stage names to functions or task outputs (a
+    dispatch table: the runner's RUNNERS, the records' READERS, the report's input folders) is allowed
+    when every key is a stage."""
+    from lightreasoner.config import Config
+
+    names, sections = set(stages.STAGES), set(Config.model_fields)
+    found = []
+    for node, elements, values in _collections(ast.parse(source)):
+        texts = [_text(e) for e in elements]
+        at = f"{where}:{node.lineno}"
+        named = {t for t in texts if t in names}
+        table = values is not None and all(_text(v) is None and not isinstance(v, ast.Tuple) for v in values)
+        if len(named) >= 3 and table:
+            if not set(texts) <= names:
+                found.append(f"{at}: a table keyed by stages with unknown keys {sorted(set(texts) - names)}")
+            continue
+        if len(named) >= 3:
+            found.append(f"{at}: stage names {sorted(named)}")
+        if len(texts) >= 2 and all(t in sections for t in texts):
+            found.append(f"{at}: config sections {texts}")
+    return found
+
+
+def test_the_registry_is_the_only_list_of_stages_and_their_sections():
+    """No second list: outside lightreasoner/stages.py, what a stage is and reads is derived from it."""
+    found = []
+    for folder in ("lightreasoner", "components", "pipelines"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if path != ROOT / "lightreasoner" / "stages.py":
+                found += _second_lists(path.read_text(), str(path.relative_to(ROOT)))
+    assert not found, "derive these from lightreasoner.stages instead:\n" + "\n".join(found)
+
+
+def test_the_guard_sees_a_second_list():
+    source = ("PURE = ('prepare', 'sample', 'train')\n"
+              "SECTIONS = {'prepare': ('data',), 'sample': ('expert', 'data'), 'sft': ('expert', 'sft')}\n"
+              "RUNNERS = {'prepare': run_prepare, 'sample': run_sample, 'train': run_train, 'tune': tune}\n"
+              "ONE = ('sft', 'both')\n"
+              "digest = config.fingerprint('expert', 'training')\n"
+              "TABLE = {'prepare': prepare, 'sample': sample, 'train': train}\n")
+    found = _second_lists(source, "m.py")
+    assert {line.split(": ", 1)[1] for line in found} == {
+        "stage names ['prepare', 'sample', 'train']", "stage names ['prepare', 'sample', 'sft']",
+        "config sections ['expert', 'data']", "config sections ['expert', 'sft']",
+        "config sections ['expert', 'training']",
+        "a table keyed by stages with unknown keys ['tune']"}, found
