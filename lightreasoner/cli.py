@@ -373,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="the whole method locally: sample, train, evaluate, register (the demo)")
     add_config_args(p)
-    p.add_argument("--quick", action="store_true", help="a tiny run: 8 problems, 32 tokens (a few minutes on 2 CPU cores)")
+    p.add_argument("--quick", action="store_true", help="a tiny run: 8 problems, 32 tokens (10 minutes measured on 2 busy CPU cores; less when idle)")
     p.add_argument("--workdir", default="lightreasoner-runs", help="outputs and the local MLflow store")
     p.add_argument("--no-promote", action="store_true", help="register only, no promotion check")
     p.add_argument("--method", choices=METHODS, default="lightreasoner",
