@@ -480,12 +480,15 @@ def _scoped_tracking_uri(uri: str) -> Iterator[None]:
     import mlflow
 
     env_before = os.environ.get(ENV_URI)
-    previous = mlflow.get_tracking_uri()
+    current = mlflow.get_tracking_uri()
+    # The URI set in this process before (``mlflow.set_tracking_uri``), if any; None: MLflow followed the
+    # variable (or its default) and must do so again afterwards, not stay pinned to what it resolved now.
+    pinned = current if (mlflow.tracking.is_tracking_uri_set() and current != env_before) else None
     mlflow.set_tracking_uri(uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(previous)
+        mlflow.set_tracking_uri(pinned)  # None unsets MLflow's own URI (and the variable, restored below)
         if env_before is None:
             os.environ.pop(ENV_URI, None)
         else:

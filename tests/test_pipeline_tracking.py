@@ -24,7 +24,8 @@ SMALL = yaml.safe_dump({"data": {"synthetic_size": 8}, "evaluation": {"data": {"
 
 def small(tiny_models, experiment: str, **extra):
     return {"expert": str(tiny_models["llama"]), "amateur": str(tiny_models["llama_small"]),
-            "dataset": "synthetic", "eval_dataset": "synthetic", "config_yaml": SMALL, "num_problems": 4,
+            "dataset": "synthetic", "eval_dataset": "synthetic", "eval_benchmarks": [], "config_yaml": SMALL,
+            "num_problems": 4,
             "max_new_tokens": 8, "beta": "auto:0.5", "max_steps": 2, "samples_per_step": 4,
             "holdout_fraction": 0.0, "eval_limit": 2, "eval_max_new_tokens": 8, "mlflow_experiment": experiment,
             "registered_model": experiment, **extra}
