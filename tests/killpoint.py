@@ -17,13 +17,18 @@ def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def install(target: str, nth: int, mode: str) -> None:
+def resolve(target: str) -> tuple[object, str, object]:
+    """``MODULE:QUALNAME`` -> (the object that holds the function, its attribute name, the function)."""
     module_name, _, qualname = target.partition(":")
     owner = importlib.import_module(module_name)
-    parts = qualname.split(".")
-    for part in parts[:-1]:
+    *path, name = qualname.split(".")
+    for part in path:
         owner = getattr(owner, part)
-    original = getattr(owner, parts[-1])
+    return owner, name, getattr(owner, name)
+
+
+def install(target: str, nth: int, mode: str) -> None:
+    owner, name, original = resolve(target)
     calls = {"n": 0}
 
     @functools.wraps(original)
@@ -42,7 +47,7 @@ def install(target: str, nth: int, mode: str) -> None:
         _die()
         return result
 
-    setattr(owner, parts[-1], wrapper)
+    setattr(owner, name, wrapper)
 
 
 if __name__ == "__main__":

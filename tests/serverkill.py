@@ -6,20 +6,16 @@ server (see tests/test_tracking_faults.py)."""
 from __future__ import annotations
 
 import functools
-import importlib
 import os
 import signal
 import sys
 import time
 
+from killpoint import resolve  # run as a script: tests/ is on sys.path
+
 
 def install(pgid: int, target: str, nth: int, mode: str) -> None:
-    module_name, _, qualname = target.partition(":")
-    owner = importlib.import_module(module_name)
-    parts = qualname.split(".")
-    for part in parts[:-1]:
-        owner = getattr(owner, part)
-    original = getattr(owner, parts[-1])
+    owner, name, original = resolve(target)
     calls = {"n": 0}
 
     def kill_server() -> None:
@@ -39,7 +35,7 @@ def install(pgid: int, target: str, nth: int, mode: str) -> None:
         kill_server()
         return result
 
-    setattr(owner, parts[-1], wrapper)
+    setattr(owner, name, wrapper)
 
 
 if __name__ == "__main__":
