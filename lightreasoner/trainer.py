@@ -1,9 +1,11 @@
 """The LoRA trainer shared by stage 2 and the SFT baseline: LoRA set-up, a Trainer with the soft-label loss,
 its callbacks, checkpoints that a kill never leaves half-written, and the adapter/tokenizer outputs.
 
-A checkpoint is complete once the trainer's counters file (``COUNTERS``, written last, by
-:class:`SoftLabelTrainer` alone) and the Trainer's state both parse; ``--resume`` continues from the last
-complete one. A non-finite loss, gradient norm or weight stops the run (:class:`TrainingDiverged`) and
+The training counters (tokens tuned and processed, kept samples per update) are one
+:class:`TrainingCounters` object, their one writer, kept in transformers' ``TrainerState``: every checkpoint's
+``trainer_state.json`` holds them and a resumed run gets them back from it. A checkpoint is complete once
+its marker (``COMPLETE``, written last, by :class:`SoftLabelTrainer` alone) and the Trainer's state both
+parse; ``--resume`` continues from the last complete one. A non-finite loss, gradient norm or weight stops the run (:class:`TrainingDiverged`) and
 discards its work in progress.
 """
 
@@ -20,6 +22,7 @@ from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 from .config import Config
 from .errors import LightReasonerError
@@ -35,7 +38,9 @@ TOKENIZER = "tokenizer"
 MERGED = "merged"
 CHECKPOINTS = "checkpoints"
 STATE = "train-state.json"  # fingerprint of the job, so that --resume refuses a different one
-COUNTERS = "lightreasoner-counters.json"  # written into every checkpoint
+# written last into every checkpoint: it is complete (the name is from when it held the counters, which are
+# in trainer_state.json now; kept so that checkpoints written before still count as complete)
+COMPLETE = "lightreasoner-counters.json"
 
 
 class TrainingDiverged(LightReasonerError):
@@ -92,21 +97,42 @@ class LossHistoryCallback(TrainerCallback):
                         for e in state.log_history if "loss" in e and "step" in e]
 
 
-class UpdateStatsCallback(TrainerCallback):
-    """Kept samples of every optimizer update (count, min, max), kept in the trainer's ``counters`` (the dict
-    it is given: the trainer's own, see :class:`SoftLabelTrainer`)."""
+class TrainingCounters(TrainerCallback, ExportableState):
+    """The training counters and their one writer: tokens tuned (kept samples), input and padded tokens and
+    sequences of the training batches (:meth:`count_batch`, called by :meth:`SoftLabelTrainer.compute_loss`),
+    and the kept samples of every optimizer update (count, min, max; :meth:`on_step_end`).
 
-    def __init__(self, counters: dict[str, Any]):
-        self.counters = counters
+    As an ``ExportableState`` they are part of transformers' ``TrainerState``: the Trainer writes
+    :meth:`state` into every checkpoint's ``trainer_state.json`` (``stateful_callbacks``) and, resuming from
+    a checkpoint, puts a ``TrainingCounters`` rebuilt from it in this one's place."""
+
+    FIELDS = ("tuned_tokens", "input_tokens", "padded_tokens", "sequences", "updates", "update_samples_min",
+              "update_samples_max", "tuned_at_last_update")
+
+    def __init__(self):
+        self.tuned_tokens = self.input_tokens = self.padded_tokens = self.sequences = 0
+        self.updates = self.update_samples_max = self.tuned_at_last_update = 0
+        self.update_samples_min: int | None = None
+
+    def count_batch(self, inputs: dict[str, Any]) -> None:
+        """One training batch (a :class:`lightreasoner.loss.SoftLabelCollator` batch)."""
+        self.tuned_tokens += int(inputs["positions"].shape[0])
+        self.input_tokens += int(inputs["attention_mask"].sum())
+        self.padded_tokens += int(inputs["input_ids"].numel())
+        self.sequences += int(inputs["input_ids"].shape[0])
 
     def on_step_end(self, args, state, control, **kwargs):
-        c = self.counters
-        n = c["tuned_tokens"] - c.get("tuned_at_last_update", 0)
-        c["updates"] = c.get("updates", 0) + 1
-        low = c.get("update_samples_min")
-        c["update_samples_min"] = n if low is None else min(low, n)
-        c["update_samples_max"] = max(c.get("update_samples_max", 0), n)
-        c["tuned_at_last_update"] = c["tuned_tokens"]
+        n = self.tuned_tokens - self.tuned_at_last_update
+        self.updates += 1
+        self.update_samples_min = n if self.update_samples_min is None else min(self.update_samples_min, n)
+        self.update_samples_max = max(self.update_samples_max, n)
+        self.tuned_at_last_update = self.tuned_tokens
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+    def state(self) -> dict:
+        return {"args": {}, "attributes": self.as_dict()}
 
 
 class FiniteGradientsCallback(TrainerCallback):
@@ -132,30 +158,38 @@ class EpochOrderCallback(TrainerCallback):
         self.steps.set_epoch(int(math.floor((state.epoch or 0.0) + 1e-6)))
 
 
-def new_counters() -> dict[str, Any]:
-    """The trainer's token counters at the start of a run (a resumed run updates them from its checkpoint)."""
-    return {"tuned_tokens": 0, "input_tokens": 0, "padded_tokens": 0, "sequences": 0, "updates": 0,
-            "update_samples_min": None, "update_samples_max": 0, "tuned_at_last_update": 0}
-
-
 class SoftLabelTrainer(Trainer):
-    """transformers' Trainer with the soft-label KL loss and token counters.
+    """transformers' Trainer with the soft-label KL loss and the training counters.
 
-    ``counters`` (:func:`new_counters`) are the trainer's state beside the Trainer's own: :meth:`compute_loss`
-    and :class:`UpdateStatsCallback` update them, and :meth:`_save_checkpoint` is their one writer to disk
-    (``COUNTERS`` in every checkpoint, written last: it marks the checkpoint complete).
+    The counters are a :class:`TrainingCounters` among the callbacks (one is added unless given), so that
+    they live in the Trainer's state: saved with every checkpoint, restored on resume. :attr:`counters` reads
+    them; :meth:`_save_checkpoint` writes ``COMPLETE`` last into every checkpoint (it marks it complete).
     """
 
     FiniteGradientsCallback = FiniteGradientsCallback
-    UpdateStatsCallback = UpdateStatsCallback
+    TrainingCounters = TrainingCounters
 
-    def __init__(self, *args, counters: dict[str, Any] | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, callbacks: list | None = None, **kwargs):
+        callbacks = list(callbacks or [])
+        if not any(isinstance(cb, TrainingCounters) for cb in callbacks):
+            callbacks.append(TrainingCounters())
+        super().__init__(*args, callbacks=callbacks, **kwargs)
         self.loss_is_scaled_for_ga = False  # per-batch mean: the Trainer divides by the accumulation
-        self.counters = new_counters() if counters is None else counters
+        self.args.restore_callback_states_from_checkpoint = True  # the counters come back with a checkpoint
+
+    @property
+    def counting(self) -> TrainingCounters:
+        """The counters' one writer (looked up: resuming, the Trainer replaces it by the checkpoint's)."""
+        return next(cb for cb in self.callback_handler.callbacks if isinstance(cb, TrainingCounters))
+
+    @property
+    def counters(self) -> dict[str, Any]:
+        """The training counters now (a copy: :class:`TrainingCounters` alone writes them)."""
+        return self.counting.as_dict()
 
     def _save_checkpoint(self, model, trial):
-        """A checkpoint is complete once its counters file (written atomically, last) exists; older
+        """A checkpoint is complete once its marker (written atomically, after the Trainer's state with the
+        counters) exists; older
         checkpoints are rotated out only after that, so a kill inside a save never loses the last
         complete one."""
         limit = self.args.save_total_limit
@@ -165,7 +199,7 @@ class SoftLabelTrainer(Trainer):
         try:
             with writing(checkpoint):  # disk full (safetensors, torch.save, json): one line
                 super()._save_checkpoint(model, trial)
-                write_json_atomic(self.counters, checkpoint / COUNTERS)
+                write_json_atomic({"step": int(self.state.global_step)}, checkpoint / COMPLETE)
         except LightReasonerError:
             shutil.rmtree(checkpoint, ignore_errors=True)  # its space back; the last complete one stays
             raise
@@ -176,8 +210,8 @@ class SoftLabelTrainer(Trainer):
 
             rotate_checkpoints(output_dir=str(run_dir), save_total_limit=limit,
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
-        # s3:// outputs: the complete checkpoint under the prefix (its counters file last), the rotated gone
-        save_progress(run_dir / f"checkpoint-{self.state.global_step}", last=COUNTERS)
+        # s3:// outputs: the complete checkpoint under the prefix (its marker last), the rotated gone
+        save_progress(run_dir / f"checkpoint-{self.state.global_step}", last=COMPLETE)
         prune_progress(run_dir)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -185,18 +219,14 @@ class SoftLabelTrainer(Trainer):
         if model.training:
             if not bool(torch.isfinite(loss.detach())):
                 raise diverged("loss", float(loss.detach()), self.state.global_step + 1, self.args)
-            c = self.counters
-            c["tuned_tokens"] += int(inputs["positions"].shape[0])
-            c["input_tokens"] += int(inputs["attention_mask"].sum())
-            c["padded_tokens"] += int(inputs["input_ids"].numel())
-            c["sequences"] += int(inputs["input_ids"].shape[0])
+            self.counting.count_batch(inputs)
         return (loss, None) if return_outputs else loss
 
 
 def trainer_classes():
-    """(:class:`SoftLabelTrainer`, :class:`LossHistoryCallback`, :class:`UpdateStatsCallback`), for callers of
+    """(:class:`SoftLabelTrainer`, :class:`LossHistoryCallback`, :class:`TrainingCounters`), for callers of
     the time when they were built on first use."""
-    return SoftLabelTrainer, LossHistoryCallback, UpdateStatsCallback
+    return SoftLabelTrainer, LossHistoryCallback, TrainingCounters
 
 
 def _json_file(path: Path) -> dict | None:
@@ -208,8 +238,8 @@ def _json_file(path: Path) -> dict | None:
 
 
 def checkpoint_complete(folder: Path) -> bool:
-    """Written to the end: the counters file (the last one written) and the trainer state both parse."""
-    return _json_file(folder / COUNTERS) is not None and _json_file(folder / "trainer_state.json") is not None
+    """Written to the end: the marker (the last file written) and the trainer state both parse."""
+    return _json_file(folder / COMPLETE) is not None and _json_file(folder / "trainer_state.json") is not None
 
 
 def last_checkpoint(folder: Path) -> Path | None:
@@ -245,6 +275,10 @@ def _restore_final(trainer, model, checkpoint: Path, history) -> bool:
         return False
     set_peft_model_state_dict(model, load_file(str(weights)))
     trainer.state = state
+    counters = state.stateful_callbacks.get(TrainingCounters.__name__)
+    if counters:  # as the Trainer does when it resumes: a TrainingCounters rebuilt from the state
+        trainer.remove_callback(TrainingCounters)
+        trainer.add_callback(TrainingCounters.from_state(counters))
     history.history = [{"step": int(e["step"]), "loss": float(e["loss"])}
                        for e in state.log_history if "loss" in e and "step" in e]
     log.info("%s: training had already reached step %d, nothing left to train", checkpoint, state.global_step)
@@ -338,14 +372,12 @@ def fit_lora(config: Config, model, examples: list[dict[str, Any]], out: Path, d
 
     checkpoints = out / CHECKPOINTS
     history = LossHistoryCallback()
-    counters = new_counters()
     trainer = SoftLabelTrainer(
         model=model,
         args=training_arguments(config, checkpoints, device, progress, grouped=grouped),
         train_dataset=examples,
         data_collator=SoftLabelCollator(pad),
-        callbacks=[history, UpdateStatsCallback(counters), FiniteGradientsCallback(), *(callbacks or [])],
-        counters=counters,
+        callbacks=[history, TrainingCounters(), FiniteGradientsCallback(), *(callbacks or [])],
     )
     if not progress:
         trainer.remove_callback(PrinterCallback)
@@ -354,8 +386,6 @@ def fit_lora(config: Config, model, examples: list[dict[str, Any]], out: Path, d
     resume_from = last_checkpoint(checkpoints) if resume else None
     if resume and resume_from is None:
         log.info("%s: no checkpoint to resume from, starting from the beginning", checkpoints)
-    if resume_from is not None:
-        trainer.counters.update(_json_file(resume_from / COUNTERS) or {})
     t0 = time.perf_counter()
     try:
         if resume_from is None or not _restore_final(trainer, model, resume_from, history):

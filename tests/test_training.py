@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import shutil
@@ -13,12 +14,14 @@ import pytest
 import torch
 from conftest import tiny_config
 
+import lightreasoner
 from lightreasoner.cli import main
 from lightreasoner.errors import LightReasonerError
 from lightreasoner.loss import SoftLabelCollator, batch_loss
 from lightreasoner.models import load_model
 from lightreasoner.samples import build_examples, load_samples, shuffled_groups, split_by_step, split_holdout
 from lightreasoner.sampling import MANIFEST, SAMPLES, TRAJECTORIES, sample, sha256_file
+from lightreasoner.trainer import COMPLETE, TrainingCounters
 from lightreasoner.training import lora_model, soft_label_kl, train
 
 BETA = {"sampling.beta": "auto:0.5"}  # tiny random models: keep half of the steps whatever their KL
@@ -267,8 +270,64 @@ def test_shuffled_run_resumed_equals_the_uninterrupted_one(tiny_models, samples_
     resumed = train(cfg, samples_dir, out, resume=True, progress=False, callbacks=[Seen()]).manifest
     assert resumed["resumed_from"] == f"checkpoint-{per_epoch + 1}" and epochs == [1]
     assert resumed["tuned_tokens"] == full["tuned_tokens"]
+    # every counter came back with the Trainer's state (trainer_state.json), none from a file of ours
+    assert resumed["tokens_processed"] == full["tokens_processed"] and resumed["schedule"] == full["schedule"]
     for a, b in zip(resumed["loss_history"], full["loss_history"], strict=True):
         assert a["step"] == b["step"] and a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    for run, m in ((out, resumed), (tmp_path / "full", full)):
+        last = max((run / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        state = json.loads((last / "trainer_state.json").read_text())
+        counters = state["stateful_callbacks"]["TrainingCounters"]["attributes"]
+        assert state["global_step"] == m["steps"] and counters["tuned_tokens"] == m["tuned_tokens"]
+        assert counters["updates"] == m["schedule"]["updates"] == m["steps"]
+        assert json.loads((last / COMPLETE).read_text()) == {"step": m["steps"]}  # the marker: no counters
+
+
+def _counter_writes(tree: ast.AST) -> list[tuple[str, int]]:
+    """(enclosing class, line) of every assignment to a counter, as an attribute or a subscript key."""
+    found: list[tuple[str, int]] = []
+
+    def visit(node: ast.AST, owner: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            targets = []
+            if isinstance(child, ast.Assign):
+                targets = child.targets
+            elif isinstance(child, ast.AugAssign | ast.AnnAssign):
+                targets = [child.target]
+            for target in targets:
+                for t in ast.walk(target):
+                    name = t.attr if isinstance(t, ast.Attribute) else (
+                        t.slice.value if isinstance(t, ast.Subscript) and isinstance(t.slice, ast.Constant) else None)
+                    if name in TrainingCounters.FIELDS:
+                        found.append((owner, child.lineno))
+            visit(child, child.name if isinstance(child, ast.ClassDef) else owner)
+
+    visit(tree, "")
+    return found
+
+
+def test_the_training_counters_have_one_writer(tiny_models, samples_dir, tmp_path):
+    """Only :class:`TrainingCounters` assigns a counter (in the whole package), the trainer holds exactly one,
+    and what the trainer hands out is a copy."""
+    package = Path(lightreasoner.__file__).parent
+    writers = {(path.name, owner) for path in package.rglob("*.py")
+               for owner, _ in _counter_writes(ast.parse(path.read_text()))}
+    assert writers == {("trainer.py", "TrainingCounters")}
+    src = "class C:\n    def f(self, c):\n        c['tuned_tokens'] += 1\n        self.sequences = 0\n"
+    assert [owner for owner, _ in _counter_writes(ast.parse(src))] == ["C", "C"]  # the scan sees both forms
+
+    cfg = train_config(tiny_models, **{"training.max_steps": 2, "training.save_steps": 100})
+    from lightreasoner.trainer import fit_lora
+
+    model = lora_model(load_model(cfg.expert), cfg.training)
+    examples = build_examples(load_samples(samples_dir).trajectories, cfg.training.layout)
+    fit = fit_lora(cfg, model, examples, tmp_path / "fit", torch.device("cpu"), 0, progress=False)
+    trainer = fit.trainer
+    assert sum(isinstance(cb, TrainingCounters) for cb in trainer.callback_handler.callbacks) == 1
+    counters = trainer.counters
+    assert counters["tuned_tokens"] > 0 and counters["updates"] == 2
+    counters["tuned_tokens"] = -1
+    assert trainer.counters["tuned_tokens"] > 0  # a copy: writing to it changes nothing
 
 
 def test_samples_per_step_must_split_into_accumulation_steps(tiny_models):
