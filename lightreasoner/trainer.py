@@ -259,6 +259,20 @@ def _drop_incomplete_checkpoints(folder: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+def _adopt_legacy_counters(checkpoint: Path) -> None:
+    """A checkpoint written before the counters were in the Trainer's state holds them in its marker: they
+    move into its ``trainer_state.json``, from where the Trainer restores them."""
+    state, legacy = _json_file(checkpoint / "trainer_state.json"), _json_file(checkpoint / COMPLETE) or {}
+    callbacks = (state or {}).get("stateful_callbacks") or {}
+    if state is None or TrainingCounters.__name__ in callbacks or "tuned_tokens" not in legacy:
+        return
+    counters = TrainingCounters.from_state({"args": {}, "attributes": {
+        k: legacy[k] for k in TrainingCounters.FIELDS if k in legacy}})
+    state["stateful_callbacks"] = {**callbacks, TrainingCounters.__name__: counters.state()}
+    write_json_atomic(state, checkpoint / "trainer_state.json")
+    log.info("%s: counters moved from %s into trainer_state.json", checkpoint, COMPLETE)
+
+
 def _restore_final(trainer, model, checkpoint: Path, history) -> bool:
     """Resuming from a checkpoint that already reached the planned number of steps: load its weights and
     state instead of training (the Trainer would take one more step). True when that was the case."""
@@ -386,6 +400,8 @@ def fit_lora(config: Config, model, examples: list[dict[str, Any]], out: Path, d
     resume_from = last_checkpoint(checkpoints) if resume else None
     if resume and resume_from is None:
         log.info("%s: no checkpoint to resume from, starting from the beginning", checkpoints)
+    if resume_from is not None:
+        _adopt_legacy_counters(resume_from)
     t0 = time.perf_counter()
     try:
         if resume_from is None or not _restore_final(trainer, model, resume_from, history):

@@ -283,6 +283,32 @@ def test_shuffled_run_resumed_equals_the_uninterrupted_one(tiny_models, samples_
         assert json.loads((last / COMPLETE).read_text()) == {"step": m["steps"]}  # the marker: no counters
 
 
+def test_a_checkpoint_with_the_counters_in_its_marker_resumes_with_them(tiny_models, samples_dir, tmp_path):
+    """A checkpoint of the version that kept the counters in its marker file, not in trainer_state.json:
+    resuming from it moves them there, and the run ends with the uninterrupted run's counters."""
+    from transformers import TrainerCallback
+
+    class Kill(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise RuntimeError("killed")
+
+    cfg = train_config(tiny_models, **{"training.max_steps": 4, "training.batch_size": 2, "training.save_steps": 2})
+    full = train(cfg, samples_dir, tmp_path / "full", progress=False).manifest
+    out = tmp_path / "killed"
+    with pytest.raises(RuntimeError, match="killed"):
+        train(cfg, samples_dir, out, progress=False, callbacks=[Kill()])
+    checkpoint = out / "checkpoints" / "checkpoint-2"
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    counters = state["stateful_callbacks"].pop("TrainingCounters")["attributes"]
+    (checkpoint / "trainer_state.json").write_text(json.dumps(state))
+    (checkpoint / COMPLETE).write_text(json.dumps(counters))  # the old layout
+    resumed = train(cfg, samples_dir, out, resume=True, progress=False).manifest
+    assert resumed["resumed_from"] == "checkpoint-2" and resumed["steps"] == full["steps"] == 4
+    assert resumed["tuned_tokens"] == full["tuned_tokens"] and resumed["schedule"] == full["schedule"]
+    assert resumed["tokens_processed"] == full["tokens_processed"]
+
+
 def _counter_writes(tree: ast.AST) -> list[tuple[str, int]]:
     """(enclosing class, line) of every assignment to a counter, as an attribute or a subscript key."""
     found: list[tuple[str, int]] = []
