@@ -1,12 +1,12 @@
 """The LoRA trainer shared by stage 2 and the SFT baseline: LoRA set-up, a Trainer with the soft-label loss,
 its callbacks, checkpoints that a kill never leaves half-written, and the adapter/tokenizer outputs.
 
-The training counters (tokens tuned and processed, kept samples per update) are one
-:class:`TrainingCounters` object, their one writer, kept in transformers' ``TrainerState``: every checkpoint's
-``trainer_state.json`` holds them and a resumed run gets them back from it. A checkpoint is complete once
-its marker (``COMPLETE``, written last, by :class:`SoftLabelTrainer` alone) and the Trainer's state both
-parse; ``--resume`` continues from the last complete one. A non-finite loss, gradient norm or weight stops the run (:class:`TrainingDiverged`) and
-discards its work in progress.
+The training counters (tokens tuned and processed, kept samples per update) are one :class:`TrainingCounters`
+object, their one writer, kept in transformers' ``TrainerState``: every checkpoint's ``trainer_state.json``
+holds them and a resumed run gets them back from it. A checkpoint is complete once its marker (``COMPLETE``,
+written last, by :class:`SoftLabelTrainer` alone) and the Trainer's state both parse; ``--resume`` continues
+from the last complete one. A non-finite loss, gradient norm or weight stops the run
+(:class:`TrainingDiverged`) and discards its work in progress.
 """
 
 from __future__ import annotations
@@ -188,10 +188,9 @@ class SoftLabelTrainer(Trainer):
         return self.counting.as_dict()
 
     def _save_checkpoint(self, model, trial):
-        """A checkpoint is complete once its marker (written atomically, after the Trainer's state with the
-        counters) exists; older
-        checkpoints are rotated out only after that, so a kill inside a save never loses the last
-        complete one."""
+        """A checkpoint is complete once its marker (written atomically, after the Trainer's state, which
+        holds the counters) exists; older checkpoints are rotated out only after that, so a kill inside a
+        save never loses the last complete one."""
         limit = self.args.save_total_limit
         self.args.save_total_limit = None
         run_dir = Path(self._get_output_dir(trial=trial))
