@@ -7,6 +7,10 @@ checks that the compiled DAG runs exactly :func:`plan` for each method.
     method sft:           prepare -> sft -> evaluate_sft
     method both:          the two above from the same prepared problems, then report
 
+Each stage names the library function that runs it (``function``, "module:name" in this package: the
+runner calls it, a test checks) and its output artifact in Kubeflow (``output``); the pipeline names its
+tasks after the stages.
+
 In Kubeflow, sample and the two evaluations run across pods: a stage's ``title`` and ``gpu_memory`` name its
 shard pods for sample (then a merge step) and its merge step and shard pods for evaluate / evaluate_sft (base
 and tuned shard pods, then the merge step that writes the evaluation folder).
@@ -31,6 +35,8 @@ class Stage:
     folder: str | None  # the output folder under a local run's directory (None: writes no folder)
     inputs: tuple[str, ...]  # the stages whose outputs it reads
     methods: tuple[str, ...]  # the methods that run it
+    function: str  # the library function that runs it, "module:name" (the runner and its component call it)
+    output: str | None = None  # its output artifact in Kubeflow (what downstream steps and its log step read)
     sections: tuple[str, ...] | None = None  # the config sections it reads: its settings slice in Kubeflow
     # (its only settings in a cache key) and its output's fingerprint; None: the whole config (register, report)
     gpu_memory: str | None = None  # a GPU stage's memory request; None: a small CPU step
@@ -47,22 +53,24 @@ _EVALUATION = ("expert", "prompt", "evaluation")  # both evaluations read the sa
 # hung step fails and the next scheduled run (max_concurrency=1) is not blocked. Generous for the paper's
 # setting on one A100; `pipeline compile/submit/schedule --step-timeout NAME=DURATION` overrides them.
 GRAPH: tuple[Stage, ...] = (
-    Stage("prepare", "prepare data", "problems", (), METHODS, sections=("data",), timeout=_HOUR),
-    Stage("sample", "contrastive sampling shard", "samples", ("prepare",), LIGHTREASONER, gpu_memory="48Gi",
-          sections=("expert", "amateur", "data", "prompt", "sampling"), timeout=6 * _HOUR),
-    Stage("train", "LoRA fine-tuning", "train", ("sample",), LIGHTREASONER, gpu_memory="64Gi",
-          sections=("expert", "training"), timeout=8 * _HOUR),
+    Stage("prepare", "prepare data", "problems", (), METHODS, "data:prepare_data", "problems", sections=("data",),
+          timeout=_HOUR),
+    Stage("sample", "contrastive sampling shard", "samples", ("prepare",), LIGHTREASONER, "sampling:sample",
+          "samples", gpu_memory="48Gi", sections=("expert", "amateur", "data", "prompt", "sampling"),
+          timeout=6 * _HOUR),
+    Stage("train", "LoRA fine-tuning", "train", ("sample",), LIGHTREASONER, "training:train", "adapter",
+          gpu_memory="64Gi", sections=("expert", "training"), timeout=8 * _HOUR),
     Stage("evaluate", "evaluate base and tuned", "evaluate", ("train", "sample"), LIGHTREASONER,
-          gpu_memory="48Gi", sections=_EVALUATION, timeout=8 * _HOUR),
-    Stage("register", "register and promote", None, ("train", "evaluate", "sample"), LIGHTREASONER, cached=False,
-          logged=False, timeout=_HOUR // 2),
-    Stage("sft", "SFT baseline (rejection sampling + LoRA)", "sft", ("prepare",), SFT, gpu_memory="64Gi",
-          sections=("expert", "data", "prompt", "sft", "training"), timeout=12 * _HOUR),
-    Stage("evaluate_sft", "evaluate base and SFT", "evaluate-sft", ("sft",), SFT, gpu_memory="48Gi",
-          sections=_EVALUATION, timeout=8 * _HOUR),
+          "evaluation:evaluate", "evaluation", gpu_memory="48Gi", sections=_EVALUATION, timeout=8 * _HOUR),
+    Stage("register", "register and promote", None, ("train", "evaluate", "sample"), LIGHTREASONER,
+          "registry:register", cached=False, logged=False, timeout=_HOUR // 2),
+    Stage("sft", "SFT baseline (rejection sampling + LoRA)", "sft", ("prepare",), SFT, "sft:sft", "adapter",
+          gpu_memory="64Gi", sections=("expert", "data", "prompt", "sft", "training"), timeout=12 * _HOUR),
+    Stage("evaluate_sft", "evaluate base and SFT", "evaluate-sft", ("sft",), SFT, "evaluation:evaluate",
+          "evaluation", gpu_memory="48Gi", sections=_EVALUATION, timeout=8 * _HOUR),
     Stage("report", "efficiency report: LightReasoner vs SFT", "report",
-          ("sample", "train", "evaluate", "sft", "evaluate_sft"), ("both",), cached=False, logged=False,
-          timeout=_HOUR // 2),
+          ("sample", "train", "evaluate", "sft", "evaluate_sft"), ("both",), "report:efficiency_report", "report",
+          cached=False, logged=False, timeout=_HOUR // 2),
 )
 STAGES = {stage.name: stage for stage in GRAPH}
 

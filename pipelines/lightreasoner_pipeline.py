@@ -10,7 +10,9 @@ to one pod's), which ``log_stage``, ``register`` and the report read.
 
 ``method`` picks the branch (``dsl.If``): lightreasoner (the DAG above, the default), sft (the SFT
 baseline: rejection sampling + LoRA -> evaluate) or both (the two from the same prepared problems, then
-the efficiency report LightReasoner / SFT). Each finished stage is recorded in MLflow by its own small
+the efficiency report LightReasoner / SFT). Each branch is built by one small function (``_lightreasoner``,
+``_sft``, ``_report``), the tasks are named after the stages of :mod:`lightreasoner.stages`
+(:func:`task_name`), and every task's caching, resources and timeout come from its stage there. Each finished stage is recorded in MLflow by its own small
 ``log_stage`` step, so the stages themselves stay pure and cacheable.
 
 The parameters are not written here: :mod:`lightreasoner.parameters` derives them (names, types and
@@ -30,9 +32,13 @@ Without ``-o`` it writes ``build/lightreasoner_pipeline.yaml``; the committed
 from __future__ import annotations
 
 import argparse
+import copy
 import inspect
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import yaml
 from kfp import compiler, dsl
@@ -106,9 +112,6 @@ def _no_telemetry(task):
     return task
 
 
-S = stages.STAGES  # titles, GPU memory and the methods that run each stage: lightreasoner.stages
-
-
 def branch(method, methods: tuple[str, ...], name: str):
     """The ``dsl.If`` that runs a group of tasks for ``methods`` (a subset of the stage graph's methods)."""
     others = [m for m in stages.METHODS if m not in methods]
@@ -126,13 +129,179 @@ def _signature() -> inspect.Signature:
     ])
 
 
+def task_name(stage: str, part: str = "", suffix: str = "") -> str:
+    """A task's name in the DAG: the stage's (``evaluate_sft`` -> ``evaluate-sft``), ``part`` for one of its
+    pods (``evaluate-base``) or a verb for a step around it (``log-``, ``merge-`` before the name), and
+    ``suffix`` for the copy of the SFT stages that method ``both`` runs (``sft-both``)."""
+    name = stage.replace("_", "-")
+    return (f"{part}-{name}" if part in ("log", "merge") else f"{name}-{part}" if part else name) + suffix
+
+
+def _named(component, name: str):
+    """``component`` under another name: Kubeflow names a task after its component (and numbers repeats,
+    in definition order), so each task gets a component of its own name."""
+    renamed = copy.copy(component)
+    renamed.component_spec = copy.deepcopy(component.component_spec)
+    renamed.component_spec.name = name
+    return renamed
+
+
+@dataclass
+class _Step:
+    task: Any
+    cached: bool  # Kubeflow may reuse an earlier result (a pure step: lightreasoner.stages.Stage.cached)
+    stage: stages.Stage | None = None  # the stage whose pod settings (GPU, timeout) it gets; None: a small step
+    gpu: bool = False
+
+
+@dataclass
+class _Dag:
+    """What the branch builders share while the pipeline function runs: the components, the parameters'
+    channels, the configure step and every task made, with what its platform settings come from."""
+
+    c: SimpleNamespace
+    p: dict[str, Any]
+    conf: Any = None
+    steps: list[_Step] = field(default_factory=list)
+
+    def settings(self, stage: str):
+        """The settings slice ``stage`` reads (the config sections of lightreasoner.stages)."""
+        return self.conf.outputs[stages.slice_of(stage)]
+
+    def stage_task(self, stage: str, component: str, name: str, title: str, *, pod: bool, **inputs):
+        """A task of ``stage`` named ``name``: a pod of the stage's own (``pod``: its GPU request and its
+        timeout) or a small step around it (merging shards). Cached when the stage is."""
+        s = stages.STAGES[stage]
+        task = _named(getattr(self.c, component), name)(**inputs).set_display_name(title)
+        self.steps.append(_Step(task, s.cached, s if pod else None, gpu=pod and s.gpu_memory is not None))
+        return task
+
+    def step(self, component: str, name: str, title: str, *, cached: bool = False, **inputs):
+        """A bookkeeping step (no stage's work: configure, log, plan shards): small, bounded by ``step``."""
+        task = _named(getattr(self.c, component), name)(**inputs).set_display_name(title)
+        self.steps.append(_Step(task, cached))
+        return task
+
+    def logged(self, task, stage: str, suffix: str = ""):
+        """The step that records ``stage``'s output (its task ``task``) as a nested MLflow run."""
+        return self.step("log_stage", task_name(stage, "log", suffix), f"log {stage} to MLflow",
+                         config=self.conf.outputs["full"], stage=stage,
+                         output=task.outputs[stages.STAGES[stage].output],
+                         parent_run_id=self.conf.outputs["parent_run_id"])
+
+
+def _prepare(d: _Dag):
+    prep = d.stage_task("prepare", "prepare_data", task_name("prepare"), stages.STAGES["prepare"].title, pod=True,
+                        config=d.settings("prepare"))
+    d.logged(prep, "prepare")
+    return prep
+
+
+def _sample(d: _Dag, problems):
+    """Stage 1 across pods: one per shard (over a pipeline parameter, not a task output: kfp.local runs only
+    the former), then the merge step that writes the samples folder."""
+    shards = d.p["sampling_shards"]
+    with dsl.ParallelFor(items=shards, name="sampling-shards") as index:
+        shard = d.stage_task("sample", "sample_contrastive", task_name("sample"), stages.STAGES["sample"].title,
+                             pod=True, config=d.settings("sample"), problems=problems, shard_index=index,
+                             shards=shards)
+    merged = d.stage_task("sample", "merge_samples", task_name("sample", "merge"), "merge samples", pod=False,
+                          config=d.settings("sample"), shards=dsl.Collected(shard.outputs["shard"]))
+    d.logged(merged, "sample")
+    return merged
+
+
+def _evaluate(d: _Dag, stage: str, shards, adapter, tuned_title: str, suffix: str = "", **extra):
+    """Stage 3 across pods: per shard a base pod and a tuned pod (``dsl.ParallelFor``; two loops, so that
+    the base pods need not wait for the adapter), then one merge step that writes the evaluation folder."""
+    loop = stage.replace("_", "-")
+    pods = []
+    for side, title, more in (("base", "evaluate base shard", {}), ("tuned", tuned_title, {"adapter": adapter})):
+        with dsl.ParallelFor(items=shards.output, name=f"{loop}-{side}-shards") as index:
+            pods.append(d.stage_task(stage, "evaluate_shard", task_name(stage, side, suffix), title, pod=True,
+                                     config=d.settings(stage), shard_index=index, shards=shards.output, side=side,
+                                     **more))
+    base, tuned = pods
+    merged = d.stage_task(stage, "merge_evaluation", task_name(stage, "merge", suffix), stages.STAGES[stage].title,
+                          pod=False, config=d.settings(stage), base=dsl.Collected(base.outputs["shard"]),
+                          tuned=dsl.Collected(tuned.outputs["shard"]), **extra)
+    return merged, d.logged(merged, stage, suffix)
+
+
+def _lightreasoner(d: _Dag, problems, shards) -> tuple[dict[str, Any], list]:
+    """sample -> train -> evaluate -> register; returns the stages' tasks and their log steps."""
+    merged = _sample(d, problems)
+    samples = merged.outputs["samples"]
+    tuned = d.stage_task("train", "finetune_lora", task_name("train"), stages.STAGES["train"].title, pod=True,
+                         config=d.settings("train"), samples=samples)
+    logs = [d.logged(tuned, "train")]
+    scored, log_eval = _evaluate(d, "evaluate", shards, tuned.outputs["adapter"], "evaluate tuned shard",
+                                 samples=samples)
+    reg = d.stage_task("register", "register_model", task_name("register"), stages.STAGES["register"].title,
+                       pod=True, config=d.conf.outputs["full"], samples=samples, adapter=tuned.outputs["adapter"],
+                       evaluation=scored.outputs["evaluation"], parent_run_id=d.conf.outputs["parent_run_id"],
+                       promote=d.p["promote"])
+    reg.after(log_eval)
+    reg.set_retry(num_retries=2, backoff_duration="30s")  # idempotent: a retry finds the version it made
+    return {"sample": merged, "train": tuned, "evaluate": scored, "register": reg}, [*logs, log_eval]
+
+
+def _sft(d: _Dag, problems, shards, suffix: str = "") -> tuple[dict[str, Any], list]:
+    """The SFT baseline, then its evaluation; ``suffix`` names the copy that method ``both`` runs."""
+    baseline = d.stage_task("sft", "sft_baseline", task_name("sft", suffix=suffix), stages.STAGES["sft"].title,
+                            pod=True, config=d.settings("sft"), problems=problems)
+    logs = [d.logged(baseline, "sft", suffix)]
+    scored, log_eval = _evaluate(d, "evaluate_sft", shards, baseline.outputs["adapter"], "evaluate SFT shard",
+                                 suffix)
+    return {"sft": baseline, "evaluate_sft": scored}, [*logs, log_eval]
+
+
+def _report(d: _Dag, lightreasoner: tuple[dict[str, Any], list], sft: tuple[dict[str, Any], list]):
+    """LightReasoner vs SFT from both branches' outputs, after every log step (it reads their MLflow runs)."""
+    s, done = stages.STAGES["report"], {**lightreasoner[0], **sft[0]}
+    folders = {name: done[name].outputs[stages.STAGES[name].output] for name in s.inputs}
+    report = d.stage_task("report", "efficiency_report", task_name("report"), s.title, pod=True,
+                          config=d.conf.outputs["full"], parent_run_id=d.conf.outputs["parent_run_id"],
+                          samples=folders["sample"], lr_adapter=folders["train"], lr_evaluation=folders["evaluate"],
+                          sft_adapter=folders["sft"], sft_evaluation=folders["evaluate_sft"])
+    for task in (done["register"], *lightreasoner[1], *sft[1]):
+        report.after(task)
+    return report
+
+
+def _platform(d: _Dag, finish, p, hf_cache_pvc: str | None, limits: dict[str, int], kubernetes: bool) -> None:
+    """Every step's settings from what it is: caching, no telemetry, and on Kubernetes the secrets, a GPU
+    pod's resources or a small step's, and its timeout (the stage's for a stage's pods, else ``step``)."""
+    tasks = [*(step.task for step in d.steps), finish]
+    for step in d.steps:
+        step.task.set_caching_options(step.cached)
+    finish.set_caching_options(False)
+    for task in tasks:
+        _no_telemetry(task)
+    if not kubernetes:
+        return
+    for step in d.steps:
+        if step.gpu:
+            _gpu(step.task, p, step.stage, cpu="8", hf_cache_pvc=hf_cache_pvc, timeouts=limits)
+    for task in tasks:
+        _secrets(task, p)
+    for step in d.steps:
+        if not step.gpu:
+            _small(step.task)
+            _timeout(step.task, limits[step.stage.name if step.stage else stages.STEP])
+    _timeout(_small(finish), limits[stages.STEP])
+
+
 def build_pipeline(image: str | None = None, kubernetes: bool = True, hf_cache_pvc: str | None = None,
                    timeouts: dict[str, int] | None = None):
     """The pipeline function for ``image``. ``kubernetes=False`` leaves out the platform settings
     (secrets, GPUs, node selectors, volumes, timeouts), which a local run ignores anyway. ``hf_cache_pvc``:
     an existing PersistentVolumeClaim mounted as the Hugging Face cache of every GPU step (models are
     downloaded once, not per pod); empty: a scratch volume per pod. ``timeouts``: seconds per step name
-    overriding :func:`lightreasoner.stages.timeouts` (e.g. ``{"train": 43200}``)."""
+    overriding :func:`lightreasoner.stages.timeouts` (e.g. ``{"train": 43200}``).
+
+    The tasks are named after the stages (:func:`task_name`); each branch of ``method`` is built by one
+    small function below, and every task's platform settings come from its stage in the registry."""
     c = make_components(image or default_image())
     limits = stages.timeouts(timeouts)
     signature = _signature()
@@ -140,133 +309,27 @@ def build_pipeline(image: str | None = None, kubernetes: bool = True, hf_cache_p
     def lightreasoner_pipeline(*args, **kwargs):
         p = signature.bind(*args, **kwargs).arguments  # KFP passes the parameters' channels positionally
         settings = parameters.settings_text(p)  # name={{placeholder}} lines: filled in by Kubeflow
-        finish = c.finish_run(config_yaml=p["config_yaml"], settings=settings,
-                              kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
-        finish.set_display_name("end the MLflow run").set_caching_options(False)
-        pure, side, gpu, small = [], [], [], []  # tasks by kind, for the platform settings below
-
-        def staged(stage: str, *tasks):
-            """Tasks of ``stage``: cached in Kubeflow when the stage is (lightreasoner.stages.Stage.cached)."""
-            (pure if S[stage].cached else side).extend(tasks)
-
+        finish = _named(c.finish_run, "finish-run")(config_yaml=p["config_yaml"], settings=settings,
+                                                    kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        finish.set_display_name("end the MLflow run")
+        d = _Dag(c, p)
         with dsl.ExitHandler(finish, name="lightreasoner-run"):
-            conf = c.configure_run(config_yaml=p["config_yaml"], settings=settings, run_name=p["run_name"],
-                                   kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, method=p["method"])
-            conf.set_display_name("check settings, open the MLflow run")
-            parent, full = conf.outputs["parent_run_id"], conf.outputs["full"]
-            side.append(conf)
-
-            def settings(stage: str):
-                """The settings slice ``stage`` reads (the config sections of lightreasoner.stages)."""
-                return conf.outputs[stages.slice_of(stage)]
-
-            def logged(task, stage: str, output: str):
-                log = c.log_stage(config=full, stage=stage, output=task.outputs[output], parent_run_id=parent)
-                log.set_display_name(f"log {stage} to MLflow")
-                side.append(log)
-                return log
-
-            prep = c.prepare_data(config=settings("prepare"))
-            prep.set_display_name(S["prepare"].title)
-            staged("prepare", prep)
-            logged(prep, "prepare", "problems")
-            problems = prep.outputs["problems"]
+            d.conf = d.step("configure_run", "configure-run", "check settings, open the MLflow run",
+                            config_yaml=p["config_yaml"], settings=settings, run_name=p["run_name"],
+                            kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, method=p["method"])
+            problems = _prepare(d).outputs["problems"]
             # The evaluation shards' indices (a task output: evaluation.shards is a setting of the config).
-            eval_shards = c.evaluation_shards(config=settings("evaluate"))
-            eval_shards.set_display_name("plan evaluation shards")
-            pure.append(eval_shards)
-            small.append(eval_shards)
-
-            def evaluation(stage: str, adapter, tuned_title: str, **extra):
-                """Stage 3 across pods: per shard a base pod and a tuned pod (``dsl.ParallelFor``; two loops,
-                so that the base pods need not wait for the adapter), then one merge step that writes the
-                evaluation folder."""
-                loop = stage.replace("_", "-")
-                with dsl.ParallelFor(items=eval_shards.output, name=f"{loop}-base-shards") as index:
-                    base = c.evaluate_shard(config=settings(stage), shard_index=index,
-                                            shards=eval_shards.output, side="base")
-                    base.set_display_name("evaluate base shard")
-                with dsl.ParallelFor(items=eval_shards.output, name=f"{loop}-tuned-shards") as index:
-                    tuned = c.evaluate_shard(config=settings(stage), shard_index=index,
-                                             shards=eval_shards.output, side="tuned", adapter=adapter)
-                    tuned.set_display_name(tuned_title)
-                merged_eval = c.merge_evaluation(config=settings(stage),
-                                                 base=dsl.Collected(base.outputs["shard"]),
-                                                 tuned=dsl.Collected(tuned.outputs["shard"]), **extra)
-                merged_eval.set_display_name(S[stage].title)
-                staged(stage, base, tuned, merged_eval)
-                gpu.extend([(base, S[stage]), (tuned, S[stage])])
-                small.append(merged_eval)
-                return merged_eval
-
-            def sft_branch():
-                baseline = c.sft_baseline(config=settings("sft"), problems=problems)
-                baseline.set_display_name(S["sft"].title)
-                scored_sft = evaluation("evaluate_sft", baseline.outputs["adapter"], "evaluate SFT shard")
-                staged("sft", baseline)
-                gpu.append((baseline, S["sft"]))
-                logs = [logged(baseline, "sft", "adapter"), logged(scored_sft, "evaluate_sft", "evaluation")]
-                return baseline, scored_sft, logs
-
-            # The LightReasoner branch comes first so that its tasks keep their names (evaluate, not evaluate-2).
-            with branch(p["method"], S["sample"].methods, "method-lightreasoner"):
-                # Over a pipeline parameter, not a task output: kfp.local runs only the former.
-                with dsl.ParallelFor(items=p["sampling_shards"], name="sampling-shards") as shard_index:
-                    shard = c.sample_contrastive(config=settings("sample"), problems=problems,
-                                                 shard_index=shard_index, shards=p["sampling_shards"])
-                    shard.set_display_name(S["sample"].title)
-                merged = c.merge_samples(config=settings("sample"), shards=dsl.Collected(shard.outputs["shard"]))
-                merged.set_display_name("merge samples")
-                samples = merged.outputs["samples"]
-                tuned = c.finetune_lora(config=settings("train"), samples=samples)
-                tuned.set_display_name(S["train"].title)
-                scored = evaluation("evaluate", tuned.outputs["adapter"], "evaluate tuned shard", samples=samples)
-                staged("sample", shard, merged)
-                staged("train", tuned)
-                gpu.extend([(shard, S["sample"]), (tuned, S["train"])])
-                lr_logs = [logged(merged, "sample", "samples"), logged(tuned, "train", "adapter")]
-                log_eval = logged(scored, "evaluate", "evaluation")
-                reg = c.register_model(config=full, samples=samples, adapter=tuned.outputs["adapter"],
-                                       evaluation=scored.outputs["evaluation"], parent_run_id=parent,
-                                       promote=p["promote"])
-                reg.set_display_name(S["register"].title).after(log_eval)
-                # register is idempotent (a retry finds the version it made), so it may retry.
-                reg.set_retry(num_retries=2, backoff_duration="30s")
-                staged("register", reg)
+            shards = d.step("evaluation_shards", "evaluation-shards", "plan evaluation shards", cached=True,
+                            config=d.settings("evaluate"))
+            with branch(p["method"], stages.STAGES["sample"].methods, "method-lightreasoner"):
+                lightreasoner = _lightreasoner(d, problems, shards)
                 # Inside the LightReasoner branch: the report reads both branches' outputs.
-                with branch(p["method"], S["report"].methods, "method-both"):
-                    baseline, scored_sft, sft_logs = sft_branch()
-                    report = c.efficiency_report(
-                        config=full, samples=samples, lr_adapter=tuned.outputs["adapter"],
-                        lr_evaluation=scored.outputs["evaluation"], sft_adapter=baseline.outputs["adapter"],
-                        sft_evaluation=scored_sft.outputs["evaluation"], parent_run_id=parent)
-                    # The report reads the stages' metrics from the MLflow run: after every log step.
-                    report.set_display_name(S["report"].title)
-                    for task in (reg, *lr_logs, *sft_logs):
-                        report.after(task)
-                    staged("report", report)
-            with branch(p["method"], tuple(m for m in S["sft"].methods if m not in S["report"].methods),
-                        "method-sft"):
-                sft_branch()
-
-        for task in pure:
-            task.set_caching_options(True)
-        for task in side:
-            task.set_caching_options(False)
-        for task in (*pure, *side, finish):
-            _no_telemetry(task)
-        if kubernetes:
-            for task, stage in gpu:
-                _gpu(task, p, stage, cpu="8", hf_cache_pvc=hf_cache_pvc, timeouts=limits)
-            for task in (*pure, *side, finish):
-                _secrets(task, p)
-            for task in (*side, finish, prep, merged, *small):
-                _small(task)
-            for task, stage in ((prep, "prepare"), (reg, "register"), (report, "report")):
-                _timeout(task, limits[stage])
-            for task in (*pure, *side, finish):  # the rest: bookkeeping steps (configure, log, merge, finish)
-                if not _timed(task):
-                    _timeout(task, limits[stages.STEP])
+                with branch(p["method"], stages.STAGES["report"].methods, "method-both"):
+                    _report(d, lightreasoner, _sft(d, problems, shards, suffix="-both"))
+            only_sft = tuple(m for m in stages.STAGES["sft"].methods if m not in stages.STAGES["report"].methods)
+            with branch(p["method"], only_sft, "method-sft"):
+                _sft(d, problems, shards)
+        _platform(d, finish, p, hf_cache_pvc, limits, kubernetes)
 
     lightreasoner_pipeline.__signature__ = signature
     return dsl.pipeline(name=PIPELINE_NAME,

@@ -1,6 +1,7 @@
 """The Kubeflow pipeline: compiled spec, committed YAML up to date, submission and schedules."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -44,16 +45,16 @@ def branch_tasks(ir):
     return tasks
 
 
-PURE = {"prepare-data", "sample-contrastive", "merge-samples", "finetune-lora", "evaluation-shards",
-        *(f"evaluate-shard{s}" for s in ("", "-2", "-3", "-4", "-5", "-6")), "merge-evaluation", "merge-evaluation-2",
-        "merge-evaluation-3", "sft-baseline", "sft-baseline-2"}
+PURE = {"prepare", "sample", "merge-sample", "train", "evaluation-shards", "evaluate-base", "evaluate-tuned",
+        "merge-evaluate", "sft", "sft-both", "evaluate-sft-base", "evaluate-sft-tuned", "evaluate-sft-base-both",
+        "evaluate-sft-tuned-both", "merge-evaluate-sft", "merge-evaluate-sft-both"}
 
 
 def test_stages_parameters_and_defaults(spec):
     _, ir, _ = spec
     tasks = branch_tasks(ir)
-    assert {"configure-run", "prepare-data", "merge-samples", "finetune-lora", "evaluate-shard", "merge-evaluation",
-            "register-model", "finish-run", "sample-contrastive", "efficiency-report", "log-stage"} <= set(tasks)
+    assert {"configure-run", "prepare", "merge-sample", "train", "evaluate-base", "evaluate-tuned", "merge-evaluate",
+            "register", "finish-run", "sample", "report", "log-prepare", "sft", "sft-both"} <= set(tasks)
     loops = {t["taskInfo"]["name"]: t for name, t in tasks.items() if name.startswith("for-loop")}
     assert loops["sampling-shards"]["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--sampling_shards"
     # Evaluation: base and tuned pods per shard of evaluation.shards; the base pods do not wait for training.
@@ -61,7 +62,7 @@ def test_stages_parameters_and_defaults(spec):
         items = loops[name]["parameterIterator"]["items"]["inputParameter"]
         assert items == "pipelinechannel--evaluation-shards-Output", name
     assert "dependentTasks" not in loops["evaluate-base-shards"]
-    assert loops["evaluate-tuned-shards"]["dependentTasks"] == ["finetune-lora"]
+    assert loops["evaluate-tuned-shards"]["dependentTasks"] == ["train"]
     params = ir["root"]["inputDefinitions"]["parameters"]
     assert set(params) == {p.name for p in parameters.table()}
     defaults = {k: v.get("defaultValue") for k, v in params.items()}
@@ -83,7 +84,7 @@ def test_only_pure_steps_are_cached_and_the_run_id_never_enters_a_cache_key(spec
             assert "pipeline_job" not in str(task.get("inputs")) and "kfp_run_id" not in str(task.get("inputs"))
             assert "configure-run" in str(task["inputs"]["parameters"]["config"])  # its stage's settings
     # register retries, and is idempotent (tests/test_registry.py); the GPU stages retry and resume.
-    assert tasks["register-model"]["retryPolicy"]["maxRetryCount"] == 2
+    assert tasks["register"]["retryPolicy"]["maxRetryCount"] == 2
 
 
 def test_the_exit_handler_ends_the_mlflow_run_whatever_happened(spec):
@@ -123,29 +124,44 @@ def kubernetes_executors(platform) -> dict:
     return platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 
 
-# The executors of the pipeline's tasks -> the stage (or stages.STEP) whose timeout bounds them.
-EXECUTOR_STAGE = {"exec-prepare-data": "prepare", "exec-sample-contrastive": "sample", "exec-finetune-lora": "train",
-                  "exec-register-model": "register", "exec-sft-baseline": "sft", "exec-sft-baseline-2": "sft",
-                  "exec-efficiency-report": "report"}
-
-
 def executor_stages(ir) -> dict[str, str]:
-    """Executor -> stage for the table above plus the evaluation shard pods, whose stage (evaluate or
-    evaluate_sft) is read from the loop that holds them (``evaluate-base-shards``, ``evaluate-sft-...``)."""
-    out = dict(EXECUTOR_STAGE)
-    components = ir["components"]
-
-    def walk(dag: dict, loop: str) -> None:
-        for task in dag.get("tasks", {}).values():
-            comp = components[task["componentRef"]["name"]]
-            if "dag" in comp:
-                name = task["taskInfo"]["name"]
-                walk(comp["dag"], name if name.endswith("-shards") else loop)
-            elif comp.get("executorLabel", "").startswith("exec-evaluate-shard"):
-                out[comp["executorLabel"]] = "evaluate_sft" if loop.startswith("evaluate-sft") else "evaluate"
-
-    walk(ir["root"]["dag"], "")
+    """Executor -> the stage whose timeout bounds it: a task named after a stage (``train``, ``sft-both``)
+    or one of its pods (``evaluate-base``, ``evaluate-sft-tuned-both``) is that stage's; the steps around
+    a stage (``log-train``, ``merge-sample``) and the bookkeeping steps are not (they get stages.STEP)."""
+    names = {s.name.replace("_", "-"): s.name for s in stages.GRAPH}
+    out = {}
+    for executor in ir["deploymentSpec"]["executors"]:
+        name = executor.removeprefix("exec-").removesuffix("-both")
+        name = re.sub(r"-(base|tuned)$", "", name)
+        if name in names:
+            out[executor] = names[name]
     return out
+
+
+def stage_of(task: str) -> str | None:
+    """The stage a task belongs to, by its name: the stage's own pods (``train``, ``evaluate-base``,
+    ``sft-both``) and the merge step that writes its output (``merge-sample``); None for the others."""
+    names = {s.name.replace("_", "-"): s.name for s in stages.GRAPH}
+    name = re.sub(r"-(base|tuned)$", "", task.removeprefix("merge-").removesuffix("-both"))
+    return names.get(name)
+
+
+def test_every_stage_task_reads_the_outputs_of_the_stages_it_lists(spec):
+    """The DAG follows the registry: the tasks of a stage read exactly the outputs of ``Stage.inputs``."""
+    _, ir, _ = spec
+    outputs = "|".join({s.output for s in stages.GRAPH if s.output} | {"shard"})
+    read: dict[str, set[str]] = {}
+    for name, task in branch_tasks(ir).items():
+        stage = stage_of(name)
+        if stage is None:
+            continue
+        for artifact in task.get("inputs", {}).get("artifacts", {}).values():
+            producer = artifact.get("taskOutputArtifact", {}).get("producerTask")
+            channel = re.fullmatch(rf"pipelinechannel--(.+)-({outputs})", artifact.get("componentInputArtifact", ""))
+            producer = producer or (channel and channel[1])
+            if producer and stage_of(producer) not in (None, stage):
+                read.setdefault(stage, set()).add(stage_of(producer))
+    assert read == {s.name: set(s.inputs) for s in stages.GRAPH if s.inputs}
 
 
 def test_every_step_has_a_timeout_from_the_stage_table(spec):
@@ -154,12 +170,13 @@ def test_every_step_has_a_timeout_from_the_stage_table(spec):
     assert set(k8s) == set(ir["deploymentSpec"]["executors"])  # every executor has platform settings
     limits = stages.timeouts()
     by_stage = executor_stages(ir)
-    assert {by_stage[n] for n in by_stage if n.startswith("exec-evaluate-shard")} == {"evaluate", "evaluate_sft"}
+    assert {by_stage[n] for n in by_stage if n.endswith(("-base", "-tuned"))} == {"evaluate", "evaluate_sft"}
     for name, executor in k8s.items():
         seconds = int(executor.get("activeDeadlineSeconds", 0))
         assert seconds == limits[by_stage.get(name, stages.STEP)], name
     # The bookkeeping steps are bounded too, and short.
-    for name in ("exec-configure-run", "exec-log-stage", "exec-finish-run", "exec-merge-samples"):
+    assert set(by_stage.values()) == set(stages.STAGES)  # every stage has a task named after it
+    for name in ("exec-configure-run", "exec-log-train", "exec-finish-run", "exec-merge-sample"):
         assert int(k8s[name]["activeDeadlineSeconds"]) == stages.STEP_TIMEOUT <= 3600
 
 
@@ -167,9 +184,9 @@ def test_every_step_has_a_timeout_from_the_stage_table(spec):
 def test_step_timeouts_are_compile_options(tmp_path, capsys):
     path = compile_pipeline(tmp_path / "p.yaml", timeouts={"train": 12 * 3600, "step": 600})
     k8s = kubernetes_executors(list(yaml.safe_load_all(path.read_text()))[1])
-    assert k8s["exec-finetune-lora"]["activeDeadlineSeconds"] == str(12 * 3600)
+    assert k8s["exec-train"]["activeDeadlineSeconds"] == str(12 * 3600)
     assert k8s["exec-configure-run"]["activeDeadlineSeconds"] == "600"
-    assert k8s["exec-evaluate-shard"]["activeDeadlineSeconds"] == str(stages.STAGES["evaluate"].timeout)
+    assert k8s["exec-evaluate-base"]["activeDeadlineSeconds"] == str(stages.STAGES["evaluate"].timeout)
     # The same through the CLI, with durations.
     out = tmp_path / "cli.yaml"
     assert main(["pipeline", "compile", "-o", str(out), "--step-timeout", "train=12h",
@@ -221,7 +238,7 @@ def test_compile_without_output_writes_the_build_folder_not_the_committed_file(t
 def test_model_cache_pvc_is_mounted_on_every_gpu_step(tmp_path):
     path = compile_pipeline(tmp_path / "p.yaml", hf_cache_pvc="hf-models")
     platform = list(yaml.safe_load_all(path.read_text()))[1]["platforms"]["kubernetes"]["deploymentSpec"]
-    for stage in ("sample-contrastive", "finetune-lora", "evaluate-shard", "evaluate-shard-2", "sft-baseline"):
+    for stage in ("sample", "train", "evaluate-base", "evaluate-tuned", "sft", "sft-both", "evaluate-sft-base"):
         executor = platform["executors"][f"exec-{stage}"]
         assert executor["pvcMount"][0]["mountPath"] == "/cache/huggingface"
         assert "emptyDirMounts" not in executor
@@ -231,14 +248,14 @@ def test_model_cache_pvc_is_mounted_on_every_gpu_step(tmp_path):
 def test_gpu_stages_request_accelerators_and_secrets_are_env(spec):
     _, ir, platform = spec
     executors = ir["deploymentSpec"]["executors"]
-    for stage in ("sample-contrastive", "finetune-lora", "evaluate-shard", "evaluate-shard-2"):
+    for stage in ("sample", "train", "evaluate-base", "evaluate-tuned"):
         res = executors[f"exec-{stage}"]["container"]["resources"]
         assert res["accelerator"]["resourceCount"] == "1" and "gpu" in res["accelerator"]["resourceType"]
         assert res["memoryLimit"] and res["cpuLimit"]
-    for stage in ("prepare-data", "evaluation-shards", "merge-evaluation"):
+    for stage in ("prepare", "evaluation-shards", "merge-evaluate"):
         assert "accelerator" not in executors[f"exec-{stage}"]["container"].get("resources", {}), stage
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    sample = k8s["exec-sample-contrastive"]
+    sample = k8s["exec-sample"]
     assert sample["nodeSelector"]["nodeSelectorJson"] and sample["tolerations"]
     envs = {e["envVar"] for s in sample["secretAsEnv"] for e in s["keyToEnv"]}
     assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_URI"} <= envs

@@ -46,20 +46,19 @@ STAGES = {
 def check_run(run, method: str, uri: str, experiment: str, shards: int) -> None:
     """Every stage's outputs and MLflow records of a finished local run."""
     out = run.outputs
-    assert pq.read_table(out["prepare-data/problems"] / "problems.parquet").num_rows == 16
+    assert pq.read_table(out["prepare/problems"] / "problems.parquet").num_rows == 16
     if method != "sft":
-        manifest = json.loads((out["merge-samples/samples"] / "manifest.json").read_text())
+        manifest = json.loads((out["merge-sample/samples"] / "manifest.json").read_text())
         assert manifest["shards"] == shards and manifest["counts"]["problems"] == 16
         assert manifest["config"]["sampling"]["max_new_tokens"] == 128  # the paper's default
-        train = json.loads((out["finetune-lora/adapter"] / "manifest.json").read_text())
+        train = json.loads((out["train/adapter"] / "manifest.json").read_text())
         assert train["config"]["training"]["learning_rate"] == 5e-5 and train["steps"] >= 1
-        metrics = json.loads((out["merge-evaluation/evaluation"] / "metrics.json").read_text())
+        metrics = json.loads((out["merge-evaluate/evaluation"] / "metrics.json").read_text())
         assert metrics["n"] == 16 and metrics["accuracy_tuned"] is not None
-        page = (run.root / "merge-evaluation" / "summary").read_text()
+        page = (run.root / "merge-evaluate" / "summary").read_text()
         assert "accuracy tuned" in page and "data:image/png;base64," in page and "KL histogram" in page
     if method != "lightreasoner":
-        sft_adapter = next(path for name, path in out.items() if name.startswith("sft-baseline") and
-                           name.endswith("/adapter"))
+        sft_adapter = out[f"{'sft-both' if method == 'both' else 'sft'}/adapter"]
         sft_manifest = json.loads((sft_adapter / "manifest.json").read_text())
         assert sft_manifest["counts"]["kept_solutions"] >= 1  # the answering Expert was right somewhere
     client, parents, children = runs_of(uri, experiment)
@@ -117,11 +116,11 @@ def test_changing_an_evaluation_setting_keeps_the_sampling_cache(tiny_models, tm
     second = run_local(None, work, shards=1, cache=True,
                        params=names(tiny_models, uri, "kfp-cache", eval_batch_size="4", eval_shards=2, **SHORT))
     # prepare, sampling, merge and training came from the cache; evaluation ran again, in 2 + 2 pods.
-    assert not {"prepare-data/problems", "sample-contrastive/shard", "merge-samples/samples",
-                "finetune-lora/adapter"} & set(second.outputs)
+    assert not {"prepare/problems", "sample/shard", "merge-sample/samples",
+                "train/adapter"} & set(second.outputs)
     pods = sorted(name.split("/")[1] for name in second.outputs if name.startswith("for-loop"))
-    assert pods == ["evaluate-shard", "evaluate-shard", "evaluate-shard-2", "evaluate-shard-2"]
-    one, two = first.outputs["merge-evaluation/evaluation"], second.outputs["merge-evaluation/evaluation"]
+    assert pods == ["evaluate-base", "evaluate-base", "evaluate-tuned", "evaluate-tuned"]
+    one, two = first.outputs["merge-evaluate/evaluation"], second.outputs["merge-evaluate/evaluation"]
     manifest = json.loads((two / "manifest.json").read_text())
     assert manifest["config"]["evaluation"]["shards"] == 2 and manifest["shards"] == 2
     assert json.loads((one / "manifest.json").read_text())["shards"] == 1

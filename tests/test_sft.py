@@ -177,16 +177,23 @@ def test_pipeline_has_the_method_parameter_and_the_sft_branch(tmp_path):
     def tasks_of(name):
         return comps[name]["dag"]["tasks"]
 
+    def branch_tasks(tasks) -> set[str]:  # the names of the tasks in a branch, its loops' included
+        names = set(tasks)
+        for task in tasks.values():
+            if "dag" in comps[task["componentRef"]["name"]]:
+                names |= branch_tasks(tasks_of(task["componentRef"]["name"]))
+        return names
+
     root = tasks_of("comp-exit-handler-1")  # everything runs inside the exit handler that ends the MLflow run
     conditions = {t["triggerPolicy"]["condition"]: name for name, t in root.items() if "triggerPolicy" in t}
     assert any("== 'sft'" in c for c in conditions) and any("!= 'sft'" in c for c in conditions)
     sft_only = tasks_of(root[next(n for c, n in conditions.items() if "== 'sft'" in c)]["componentRef"]["name"])
-    assert {"sft-baseline", "merge-evaluation"} <= {n.rstrip("-0123456789") for n in sft_only}
+    assert {"sft", "evaluate-sft-base", "evaluate-sft-tuned", "merge-evaluate-sft"} <= branch_tasks(sft_only)
     lr = tasks_of(root[next(n for c, n in conditions.items() if "!= 'sft'" in c)]["componentRef"]["name"])
-    assert {"merge-samples", "finetune-lora", "merge-evaluation", "register-model"} <= set(lr)
+    assert {"merge-sample", "train", "merge-evaluate", "register"} <= set(lr)
     both = next(t for t in lr.values() if "== 'both'" in t.get("triggerPolicy", {}).get("condition", ""))
-    inner = {n.rstrip("-0123456789") for n in tasks_of(both["componentRef"]["name"])}
-    assert {"sft-baseline", "merge-evaluation", "efficiency-report"} <= inner
+    inner = set(tasks_of(both["componentRef"]["name"]))
+    assert {"sft-both", "merge-evaluate-sft-both", "report"} <= inner
 
 
 @pytest.mark.slow

@@ -64,6 +64,29 @@ def test_the_runner_has_one_function_per_stage_of_the_graph():
     assert set(runner.RUNNERS) == set(stages.STAGES)
 
 
+def test_each_stage_names_the_library_function_that_runs_it_and_the_runner_calls_it():
+    """``Stage.function`` ("module:name" in the package) exists, and the runner imports exactly those."""
+    import importlib
+
+    from lightreasoner import runner
+
+    imported = set()
+    for node in ast.walk(ast.parse(Path(runner.__file__).read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            imported |= {f"{node.module}:{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            imported.add(f"{node.value.id}:{node.attr}")  # registry.register
+    for stage in stages.GRAPH:
+        module, name = stage.function.split(":")
+        assert callable(getattr(importlib.import_module(f"lightreasoner.{module}"), name)), stage.name
+        assert stage.function in imported, stage.name
+
+
+def test_each_stage_that_writes_an_output_names_its_artifact():
+    for stage in stages.GRAPH:
+        assert (stage.output is None) == (stage.folder is None), stage.name
+
+
 def test_configure_run_writes_one_settings_slice_per_stage_that_reads_sections():
     import typing
 
