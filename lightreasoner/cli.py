@@ -214,7 +214,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import doctor
 
     return doctor(namespace=args.namespace, kfp_host=args.kfp_host, mlflow_uri=args.mlflow_uri,
-                  secrets=args.secrets, context=args.context, timeout=args.timeout)
+                  secrets=args.secrets, context=args.context, timeout=args.timeout,
+                  optional_secrets=args.optional_secrets)
 
 
 @command("register")
@@ -444,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mlflow-uri", help="MLflow tracking server URL to probe")
     p.add_argument("--secret", dest="secrets", action="append", default=[], metavar="NAME",
                    help="a Secret that must exist in the namespace (repeatable; values are never read out)")
+    p.add_argument("--optional-secret", dest="optional_secrets", action="append", default=[], metavar="NAME",
+                   help="a Secret that may be absent (the pipeline's S3 keys, with IRSA / Workload Identity); "
+                        "repeatable")
     p.add_argument("--context", help="kubeconfig context (default: the current one, or in-cluster)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per check (default 10)")
 

@@ -80,14 +80,21 @@ def check_namespace(api: Any, namespace: str, timeout: float = 10.0) -> CheckRes
     return CheckResult(name, True, "exists")
 
 
-def check_secret(api: Any, namespace: str, secret: str, timeout: float = 10.0) -> CheckResult:
-    """The Secret exists. Only its name and key names are reported, never its values."""
+OPTIONAL = ("optional: the pods read it when it exists, else boto3 takes the AWS credential chain (IRSA, "
+            "Workload Identity, instance profile)")
+
+
+def check_secret(api: Any, namespace: str, secret: str, timeout: float = 10.0, optional: bool = False) -> CheckResult:
+    """The Secret exists. Only its name and key names are reported, never its values. An ``optional``
+    Secret (the pipeline's S3 keys: every executor mounts them optionally) may be absent."""
     name = f"secret {secret}"
     try:
         obj = api.read_namespaced_secret(secret, namespace, _request_timeout=timeout)
     except Exception as exc:  # noqa: BLE001
         detail, fix = _api_error(exc, f"secret {secret!r} in {namespace!r}",
                                  f"grant `get secrets` (resourceNames: [{secret}]) in {namespace}")
+        if getattr(exc, "status", None) == 404 and optional:
+            return CheckResult(name, True, f"{detail}; {OPTIONAL}")
         if getattr(exc, "status", None) == 404:
             fix = (f"kubectl -n {namespace} create secret generic {secret} --from-literal=KEY=VALUE ... "
                    "(see the chart's values.yaml for the keys)")
@@ -178,10 +185,12 @@ def check_mlflow(uri: str, http_get: HttpGet, timeout: float = 10.0) -> CheckRes
 
 def run_checks(api: Any, mode: str, namespace: str, secrets: Iterable[str] = (), kfp_host: str | None = None,
                mlflow_uri: str | None = None, http_get: HttpGet = urllib_get, timeout: float = 10.0,
-               kfp_token: str | None = None) -> list[CheckResult]:
+               kfp_token: str | None = None, optional_secrets: Iterable[str] = ()) -> list[CheckResult]:
     """All checks in order. ``api`` None (no credentials) fails the auth check and skips the other
-    Kubernetes checks; the HTTP checks still run."""
+    Kubernetes checks; the HTTP checks still run. ``optional_secrets`` may be absent."""
     results: list[CheckResult] = []
+    optional = set(optional_secrets) - set(secrets)  # named as required too: required
+    secrets = [*secrets, *optional_secrets]
     k8s_ok = False
     if api is None:
         results.append(CheckResult("kubernetes auth", False, mode,
@@ -192,7 +201,7 @@ def run_checks(api: Any, mode: str, namespace: str, secrets: Iterable[str] = (),
         k8s_ok = auth.ok
     if k8s_ok:
         results.append(check_namespace(api, namespace, timeout))
-        results.extend(check_secret(api, namespace, s, timeout) for s in dict.fromkeys(secrets))
+        results.extend(check_secret(api, namespace, s, timeout, s in optional) for s in dict.fromkeys(secrets))
         results.append(check_gpu_nodes(api, timeout))
     else:
         skipped = [f"namespace {namespace}", *(f"secret {s}" for s in dict.fromkeys(secrets)), "gpu nodes"]
@@ -257,7 +266,7 @@ def render(results: list[CheckResult], console=None) -> None:
 
 def doctor(namespace: str | None = None, kfp_host: str | None = None, mlflow_uri: str | None = None,
            secrets: Iterable[str] = (), context: str | None = None, timeout: float = 10.0,
-           console=None) -> int:
+           console=None, optional_secrets: Iterable[str] = ()) -> int:
     """Run every check, print the table; 0 when all pass, 1 otherwise."""
     if kfp_host:
         kfp_host = validate_url("--kfp-host", kfp_host)
@@ -265,11 +274,13 @@ def doctor(namespace: str | None = None, kfp_host: str | None = None, mlflow_uri
         mlflow_uri = validate_url("--mlflow-uri", mlflow_uri)
     if timeout <= 0:
         raise LightReasonerError(f"--timeout {timeout}: must be > 0")
-    for s in secrets:
-        if len(s) > 253 or not SECRET_NAME.fullmatch(s):
-            raise LightReasonerError(f"--secret {s!r}: not a valid Secret name")
+    for flag, names in (("--secret", secrets), ("--optional-secret", optional_secrets)):
+        for s in names:
+            if len(s) > 253 or not SECRET_NAME.fullmatch(s):
+                raise LightReasonerError(f"{flag} {s!r}: not a valid Secret name")
     api, mode, default_ns = connect(context)
     results = run_checks(api, mode, namespace or default_ns or "default", secrets, kfp_host, mlflow_uri,
-                         timeout=timeout, kfp_token=os.environ.get("KFP_TOKEN") or None)
+                         timeout=timeout, kfp_token=os.environ.get("KFP_TOKEN") or None,
+                         optional_secrets=optional_secrets)
     render(results, console)
     return 0 if all(r.ok for r in results) else 1

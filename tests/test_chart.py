@@ -403,6 +403,8 @@ def test_notes_tell_how_to_open_mlflow_and_see_the_schedule(helm):
     assert "port-forward svc/lr-lightreasoner-mlflow 5000:5000" in notes
     assert "Recurring runs" in notes and "logs job/lr-lightreasoner-schedule" in notes
     assert "helm uninstall deletes this recurring run first" in notes
+    # the pipeline's S3 Secret is optional (IRSA / Workload Identity): the preflight does not demand it
+    assert "--optional-secret lightreasoner-s3 --secret lightreasoner-mlflow" in notes
 
 
 # --- bad values are rejected with a message naming the key ---------------------------------------------

@@ -114,6 +114,20 @@ def test_secret_exists_reports_keys_not_values():
     assert not r.ok and "403" in r.detail and "get secrets" in r.fix
 
 
+def test_an_optional_secret_may_be_absent():
+    """The pipeline's S3 Secret: with IRSA / Workload Identity there is none, and that passes."""
+    r = d.check_secret(healthy_api(), "ml", "missing", optional=True)
+    assert r.ok and "not found" in r.detail and "IRSA" in r.detail
+    assert d.check_secret(healthy_api(), "ml", "mlflow-db", optional=True).detail.startswith("exists")
+    forbidden = FakeCoreV1Api(fail={"read_namespaced_secret": ApiException(status=403, reason="Forbidden")})
+    assert not d.check_secret(forbidden, "ml", "s3", optional=True).ok  # unreadable is still a failure
+    results = d.run_checks(healthy_api(), "test", "ml", ["mlflow-db"], optional_secrets=["s3", "mlflow-db"])
+    by_name = {r.name: r for r in results}
+    assert by_name["secret s3"].ok and by_name["secret mlflow-db"].ok
+    results = d.run_checks(healthy_api(), "test", "ml", ["s3"], optional_secrets=["s3"])
+    assert not {r.name: r for r in results}["secret s3"].ok  # named as required too: required
+
+
 def test_gpu_nodes_counts_allocatable():
     r = d.check_gpu_nodes(healthy_api())
     assert r.ok and "1 node(s), 8 GPU(s)" in r.detail and "gpu-1=8" in r.detail
@@ -215,6 +229,7 @@ def test_doctor_prints_a_table_and_exits_nonzero_on_failure(monkeypatch):
     ({"kfp_host": "kfp:8888"}, "--kfp-host 'kfp:8888'"),
     ({"mlflow_uri": "sqlite:///mlflow.db"}, "--mlflow-uri 'sqlite:///mlflow.db'"),
     ({"secrets": ["Bad_Name"]}, "--secret 'Bad_Name'"),
+    ({"optional_secrets": ["Bad_Name"]}, "--optional-secret 'Bad_Name'"),
     ({"timeout": 0}, "--timeout 0"),
 ])
 def test_bad_input_is_one_line_naming_the_option(kwargs, needle):
@@ -244,5 +259,6 @@ def test_cli_doctor_exit_codes(monkeypatch, capsys):
     monkeypatch.setattr(d, "connect", lambda context: (healthy_api(), "kubeconfig context dev", "ml"))
     assert main(["doctor", "--secret", "mlflow-db"]) == 0
     assert main(["doctor", "--secret", "nope"]) == 1
+    assert main(["doctor", "--secret", "mlflow-db", "--optional-secret", "nope"]) == 0
     assert main(["doctor", "--mlflow-uri", "not-a-url"]) == 2
     assert "error: --mlflow-uri 'not-a-url'" in capsys.readouterr().err
