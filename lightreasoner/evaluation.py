@@ -112,15 +112,15 @@ def answers_changed(base: list[Prediction], tuned: list[Prediction] | None) -> i
 
 def generate_completions(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
                          progress: bool = False, desc: str = "generate", compile: bool = False,
-                         extra_stops: list[int] | None = None) -> list[list[int]]:
+                         extra_stops: list[int] | None = None, stop_strings: tuple[str, ...] = ()) -> list[list[int]]:
     """Greedy completions (ids up to and including the stop token) in the prompts' order, ``batch_size`` at a
     time (``compile``: static KV cache and torch.compile, see :func:`generate_greedy`; ``extra_stops``: end
-    tokens besides the eos)."""
+    tokens besides the eos; ``stop_strings``: texts that end a completion)."""
     completions: list[list[int] | None] = [None] * len(prompts)
     with tqdm(total=len(prompts), desc=desc, unit="problem", disable=not progress) as bar:
         for members in plan_batches([len(p) for p in prompts], batch_size):
             outs, _ = generate_greedy(model, tokenizer, [prompts[i] for i in members], max_new_tokens,
-                                      compile=compile, extra_stops=extra_stops)
+                                      compile=compile, extra_stops=extra_stops, stop_strings=stop_strings)
             for i, out in zip(members, outs, strict=True):
                 completions[i] = out
             bar.update(len(members))
@@ -137,7 +137,8 @@ def predict(model, tokenizer, problems: list[Problem], config: Config, progress:
                                  + protocol.max_new_tokens, fraction=config.performance.memory_fraction)
     completions = generate_completions(model, tokenizer, prompts, protocol.max_new_tokens, batch_size, progress,
                                        desc, compile=resolve_compile(config.performance.compile, model.device),
-                                       extra_stops=stop_token_ids(tokenizer, protocol))
+                                       extra_stops=stop_token_ids(tokenizer, protocol),
+                                       stop_strings=protocol.stop_strings)
     predictions = []
     for prob, ids in zip(problems, completions, strict=True):
         text = cut_output(tokenizer.decode(ids, skip_special_tokens=True), protocol)

@@ -3,9 +3,12 @@
 MLflow logs this file itself into the model ("models from code"), so the model is self-contained: loading
 it needs mlflow, torch, transformers and peft (pinned in the model's requirements to the pipeline image's
 versions), never ``lightreasoner``. Hence this file imports nothing from the package and repeats the
-few lines that build a prompt (the chat template with the system prompt, else ``Question: ... Answer:``,
-as :func:`lightreasoner.models.prompt_token_ids` does for training). Prompt, length and end tokens are the
-evaluation protocol's that scored the adapter (:func:`lightreasoner.registry.serving_config`).
+few lines that build a prompt (the protocol's literal template when it has one, as
+:func:`lightreasoner.protocols.prompt_ids` does; else the chat template with the system prompt, else
+``Question: ... Answer:``, as :func:`lightreasoner.models.prompt_token_ids` does for training) and cut the
+answer at the protocol's stop strings (:func:`lightreasoner.protocols.cut_output`). Prompt, length, end
+tokens and stop strings are the evaluation protocol's that scored the adapter
+(:func:`lightreasoner.registry.serving_config`).
 
 The model folder holds ``artifacts/adapter`` (peft) and ``artifacts/tokenizer``; its model config names
 where the Expert's weights are (``expert.location``: a hub id or a folder, with ``revision`` and
@@ -46,6 +49,8 @@ class AdapterModel(PythonModel):
         self.model = PeftModel.from_pretrained(base, context.artifacts["adapter"]).eval()
         self.system_prompt = cfg.get("system_prompt") or ""
         self.chat_template = bool(cfg.get("chat_template", True))
+        self.prompt_template = str(cfg.get("prompt_template") or "")  # the toolkit's literal prompt, if any
+        self.stop_strings = [str(t) for t in cfg.get("stop_strings") or []]
         self.max_new_tokens = int(cfg["max_new_tokens"])  # the protocol's budget (registry.serving_config)
         # It stops where its evaluation stopped: the eos (tokenizer's and generation config's) and the
         # protocol's chat-template end tokens.
@@ -56,6 +61,9 @@ class AdapterModel(PythonModel):
         self.stop_ids = sorted(int(i) for i in stops)
 
     def _prompt(self, question: str) -> list[int]:
+        if self.prompt_template:  # as plain text, with the tokenizer's usual special tokens (a BOS)
+            text = self.prompt_template.replace("{input}", question)
+            return [int(i) for i in self.tokenizer(text, add_special_tokens=True)["input_ids"]]
         if self.chat_template and getattr(self.tokenizer, "chat_template", None):
             messages = [{"role": "user", "content": question}]
             if self.system_prompt:
@@ -82,10 +90,16 @@ class AdapterModel(PythonModel):
         pad = self.tokenizer.pad_token_id
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        # Stop strings end generation as soon as every answer has one (transformers' stop_strings), and cut it.
+        stops = {"stop_strings": self.stop_strings, "tokenizer": self.tokenizer} if self.stop_strings else {}
         with torch.no_grad():
             out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False,
-                                      pad_token_id=pad, eos_token_id=self.stop_ids or None)
-        return [self.tokenizer.decode(row[width:], skip_special_tokens=True) for row in out]
+                                      pad_token_id=pad, eos_token_id=self.stop_ids or None, **stops)
+        return [self._cut(self.tokenizer.decode(row[width:], skip_special_tokens=True)) for row in out]
+
+    def _cut(self, text: str) -> str:
+        cut = min((i for i in (text.find(s) for s in self.stop_strings) if i >= 0), default=-1)
+        return text if cut < 0 else text[:cut]
 
 
 mlflow.models.set_model(AdapterModel())

@@ -489,9 +489,26 @@ def generation_inputs(model, prompts: list[list[int]], pad: int, max_new_tokens:
                        "compile_config": _compile_config(model.device)}
 
 
+def up_to_stop_string(tokenizer, row: list[int], stop_strings: tuple[str, ...]) -> list[int]:
+    """``row`` up to and including the token whose text completes the first stop string (the whole row when
+    its text holds none): the shortest prefix whose decoded text holds one, by bisection."""
+    def holds(n: int) -> bool:
+        text = tokenizer.decode(row[:n], skip_special_tokens=False)
+        return any(stop in text for stop in stop_strings)
+
+    if not holds(len(row)):
+        return row
+    low, high = 1, len(row)  # holds(high); find the smallest such prefix length
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if holds(middle) else (middle + 1, high)
+    return row[:high]
+
+
 @torch.inference_mode()
 def generate_greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, return_logits: bool = False,
-                    stop_at_eos: bool = True, compile: bool = False, extra_stops: list[int] | None = None):
+                    stop_at_eos: bool = True, compile: bool = False, extra_stops: list[int] | None = None,
+                    stop_strings: tuple[str, ...] = ()):
     """Greedy generation for a batch of prompts (left padding, KV cache).
 
     Returns ``(completions, logits)``: completions are the generated ids of each row up to and including
@@ -501,6 +518,9 @@ def generate_greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
     :func:`padded_rows` rows (copies of the first prompt, dropped afterwards) and the prompts to a
     multiple of ``PROMPT_BUCKET`` tokens, so the model compiles once per shape, not once per batch.
     ``extra_stops``: more ids that end a completion besides the eos (a chat template's end tokens).
+    ``stop_strings``: texts that end a row's generation once its output holds one (transformers'
+    ``stop_strings``: an end token the tokenizer spells in several tokens, as the toolkit's vLLM stops);
+    the row keeps the tokens up to the one that completed it, and the caller cuts the text there.
     """
     from transformers import GenerationConfig
 
@@ -517,10 +537,14 @@ def generate_greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
         eos_token_id=stops or None,
         output_logits=return_logits,
         return_dict_in_generate=True,
+        stop_strings=list(stop_strings) or None,
         **extra,
     )
-    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg)
+    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg,
+                         **({"tokenizer": tokenizer} if stop_strings else {}))
     generated = out.sequences[:rows, ids.shape[1] :].tolist()
+    if stop_strings:  # a row that met a stop string is padded after it: keep it up to the completing token
+        generated = [up_to_stop_string(tokenizer, row, stop_strings) for row in generated]
     stop_set = set(stops)
     completions = [cut_at_stop(row, stop_set) for row in generated]
     logits = torch.stack(out.logits, dim=1)[:rows] if return_logits else None

@@ -215,7 +215,7 @@ def expert_location(expert: dict[str, Any]) -> dict[str, Any]:
 
 def serving_config(train_cfg: Mapping[str, Any], metrics: Mapping[str, Any], config: Config) -> dict[str, Any]:
     """How the registered model prompts and stops: as the evaluation that scored it (its ``protocol`` in
-    ``metrics.json``: system prompt, chat template, end tokens), so the served model answers the way its
+    ``metrics.json``: system prompt, chat template or literal prompt template, end tokens, stop strings), so the served model answers the way its
     accuracy was measured. Its default new-token budget (``max_new_tokens``, a request's ``params`` override
     it) is the evaluation's, but at least the protocol's own (:func:`lightreasoner.protocols.full_answer_tokens`):
     a model scored with a short budget (``run --quick``: 32 tokens) still serves whole answers;
@@ -230,14 +230,16 @@ def serving_config(train_cfg: Mapping[str, Any], metrics: Mapping[str, Any], con
         return {"protocol": name, "system_prompt": protocol["system_prompt"],
                 "chat_template": bool(protocol.get("chat_template", True)),
                 "max_new_tokens": max(evaluated, full_answer_tokens(name)), "eval_max_new_tokens": evaluated,
-                "stop_tokens": [str(t) for t in protocol.get("stop_tokens") or []]}
+                "stop_tokens": [str(t) for t in protocol.get("stop_tokens") or []],
+                "prompt_template": str(protocol.get("prompt_template") or ""),
+                "stop_strings": [str(t) for t in protocol.get("stop_strings") or []]}
     prompt = train_cfg.get("prompt") or {}
     evaluated = int((train_cfg.get("evaluation") or {}).get("max_new_tokens") or config.evaluation.max_new_tokens
                     or full_answer_tokens(None))
     return {"protocol": "", "system_prompt": prompt.get("system_prompt", config.prompt.system_prompt),
             "chat_template": prompt.get("chat_template", config.prompt.chat_template),
             "max_new_tokens": max(evaluated, full_answer_tokens(None)), "eval_max_new_tokens": evaluated,
-            "stop_tokens": []}
+            "stop_tokens": [], "prompt_template": "", "stop_strings": []}
 
 
 # --- register ---------------------------------------------------------------------------------------

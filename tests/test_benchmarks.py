@@ -284,6 +284,35 @@ def test_protocol_stops_at_every_chat_end_token():
     assert cut[0] == full[0][: full[0].index(stop) + 1]
 
 
+@pytest.mark.slow
+def test_a_stop_string_ends_generation_where_the_toolkit_stops():
+    """An end token the tokenizer spells as text (DeepSeek-R1-Distill's <|im_end|>): generation stops at the
+    token that completes it, in a batch the other row runs on unchanged, and the text cut there is the same
+    as cutting a generation that ran to the token limit."""
+    import torch
+    from conftest import build_model
+
+    from lightreasoner.models import generate_greedy, prompt_token_ids, up_to_stop_string
+    from lightreasoner.protocols import Protocol, cut_output
+
+    tok = build_tokenizer()
+    model = build_model("llama", tok, seed=5)
+    model.generation_config.eos_token_id = None
+    prompts = [prompt_token_ids(tok, q, "") for q in ("Ava has 3 apples.", "Tom has 12 pears and 4 figs.")]
+    with torch.no_grad():
+        full, _ = generate_greedy(model, tok, prompts, 12, stop_at_eos=False)
+        # a stop string the first row meets half-way (plain letters) and the second row never does
+        text, other = tok.decode(full[0][:6]), tok.decode(full[1])
+        stop = next(text[i:i + 2] for i in range(len(text) - 1)
+                    if text[i:i + 2].isalpha() and text[i:i + 2] not in other)
+        stopped, _ = generate_greedy(model, tok, prompts, 12, stop_at_eos=False, stop_strings=(stop,))
+    assert stopped[0] == up_to_stop_string(tok, full[0], (stop,)) and len(stopped[0]) <= 6
+    assert stopped[1] == full[1]
+    protocol = Protocol("p", "", False, 12, (), stop_strings=(stop,))
+    assert cut_output(tok.decode(stopped[0]), protocol) == cut_output(tok.decode(full[0]), protocol)
+    assert up_to_stop_string(tok, [1, 2, 3], ("never there",)) == [1, 2, 3]
+
+
 # --- the real test sets (../shared/data/math-benchmarks): gold answers grade as correct against themselves ---
 
 REAL = ["gsm8k", "svamp", "asdiv", "minerva_math", "olympiadbench", "mmlu_stem"]

@@ -183,7 +183,8 @@ def test_served_model_prompts_and_stops_as_its_evaluation_did(tmp_path):
     protocol = resolve_protocol(cfg).as_dict()
     served = registry.serving_config(cfg.dump(), {"protocol": protocol}, cfg)
     assert served == {"protocol": "qwen25-math-cot", "system_prompt": QWEN25_SYSTEM, "chat_template": True,
-                      "max_new_tokens": 2048, "eval_max_new_tokens": 2048, "stop_tokens": list(protocol["stop_tokens"])}
+                      "max_new_tokens": 2048, "eval_max_new_tokens": 2048, "stop_tokens": list(protocol["stop_tokens"]),
+                      "prompt_template": protocol["prompt_template"], "stop_strings": list(protocol["stop_strings"])}
     # an evaluation from before protocols were recorded: the training config's prompt, as before
     old = registry.serving_config(cfg.dump(), {}, cfg)
     assert old["system_prompt"] == "Train prompt." and old["stop_tokens"] == [] and old["protocol"] == ""
@@ -195,6 +196,27 @@ def test_served_model_prompts_and_stops_as_its_evaluation_did(tmp_path):
     long = make_config("http://unused", extra=["evaluation.protocol=sampling-prompt", "evaluation.max_new_tokens=4096"])
     assert registry.serving_config(long.dump(), {"protocol": resolve_protocol(long).as_dict()}, long)[
         "max_new_tokens"] == 4096
+
+
+def test_served_model_uses_the_literal_prompt_and_stop_strings_of_its_protocol(tiny_models):
+    """Under qwen25-math-cot the served model gets the toolkit's literal prompt (the evaluation's token ids)
+    and cuts its answer at the toolkit's stop words, as the evaluation that scored it did."""
+    from transformers import AutoTokenizer
+
+    from lightreasoner.mlflow_model import AdapterModel
+    from lightreasoner.protocols import cut_output, prompt_ids, resolve_protocol
+
+    cfg = make_config("http://unused", extra=["evaluation.protocol=qwen25-math-cot"])
+    protocol = resolve_protocol(cfg)
+    served = registry.serving_config(cfg.dump(), {"protocol": protocol.as_dict()}, cfg)
+    model = AdapterModel()
+    model.tokenizer = AutoTokenizer.from_pretrained(tiny_models["llama"])
+    model.system_prompt, model.chat_template = served["system_prompt"], served["chat_template"]
+    model.prompt_template, model.stop_strings = served["prompt_template"], served["stop_strings"]
+    question = "What is 2 + 3?"
+    assert model._prompt(question) == prompt_ids(model.tokenizer, question, protocol)
+    text = "5 is \\boxed{5}<|im_end|> and more"
+    assert model._cut(text) == cut_output(text, protocol) == "5 is \\boxed{5}"
 
 
 @pytest.mark.slow
@@ -215,7 +237,7 @@ def test_registered_model_loads_and_answers(mlflow_server, aws_env, tiny_models,
     peft_model.save_pretrained(training / "adapter")
     AutoTokenizer.from_pretrained(tiny_models["llama"]).save_pretrained(training / "tokenizer")
     protocol = {"name": "p", "sha256": "c" * 64, "system_prompt": "Box it.", "chat_template": True,
-                "max_new_tokens": 4, "stop_tokens": ["<|im_end|>", "not-a-token"]}
+                "max_new_tokens": 4, "stop_tokens": ["<|im_end|>", "not-a-token"], "stop_strings": ["\n\n"]}
     evaluation = make_evaluation(tmp_path / "eval-real", cfg, BASE, V1, training=training, protocol=protocol)
     registry.register(cfg, training, evaluation, samples)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)  # models:/ URIs resolve on this server
@@ -226,7 +248,7 @@ def test_registered_model_loads_and_answers(mlflow_server, aws_env, tiny_models,
     served = model.unwrap_python_model()
     tok = AutoTokenizer.from_pretrained(tiny_models["llama"])
     # evaluated with 4 tokens, served with at least the protocol's budget (512 for a protocol of unknown name)
-    assert served.system_prompt == "Box it." and served.max_new_tokens == 512
+    assert served.system_prompt == "Box it." and served.max_new_tokens == 512 and served.stop_strings == ["\n\n"]
     assert model.metadata.signature.params.to_dict() == [
         {"name": "max_new_tokens", "type": "long", "default": 512, "shape": None}]
     assert len(model.predict(["What is 2 + 3?"], params={"max_new_tokens": 1})) == 1
