@@ -3,7 +3,8 @@
 A stage writes one output folder: its data files (Parquet, written under a temporary name and renamed),
 then ``manifest.json`` last, so a folder with a manifest is complete and a reader never sees half a file.
 This module holds those writes, the sha256 digests the manifests record, reading a manifest or metrics
-file with one-line errors, and the library versions every manifest records.
+file with one-line errors, the library versions every manifest records, and the one skeleton every stage
+function runs (:class:`StageOutput`: prepare the folder, check the inputs, claim, work, manifest last).
 """
 
 from __future__ import annotations
