@@ -53,10 +53,9 @@ from .models import (
 )
 from .outputs import (
     MANIFEST,
-    claim_output,
+    StageOutput,
     folder_sha256,
     plan_batches,
-    prepare_output,
     write_json_atomic,
     write_table_atomic,
     write_text_atomic,
@@ -468,13 +467,14 @@ def _tokens(preds: list[Prediction] | None) -> int:
     return sum(p.tokens_generated for p in preds) if preds else 0
 
 
-def write_evaluation(out: Path, config: Config, metrics: dict[str, Any], results: list[SetResult], *,
+def write_evaluation(output: StageOutput, config: Config, metrics: dict[str, Any], results: list[SetResult], *,
                      benchmarks: bool, expert_info: dict[str, Any], adapter_info: dict[str, Any] | None,
                      timing: dict[str, Any], extra: dict[str, Any] | None = None) -> EvalResult:
-    """The evaluation folder: predictions, ``metrics.json``, the plots (and with ``benchmarks`` the
+    """The evaluation folder (claimed): predictions, ``metrics.json``, the plots (and with ``benchmarks`` the
     per-benchmark table), then ``manifest.json`` last."""
     from .outputs import library_versions
 
+    out = output.out
     ecfg = config.evaluation
     base_preds = [p for r in results for p in r.base]
     tuned_preds = None if any(r.tuned is None for r in results) else [p for r in results for p in r.tuned]
@@ -512,7 +512,7 @@ def write_evaluation(out: Path, config: Config, metrics: dict[str, Any], results
         **(extra or {}),
         "files": sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.endswith(".tmp")),
     }
-    write_json_atomic(manifest, out / MANIFEST)
+    output.finish(manifest)
     return EvalResult(out, metrics, manifest, base_preds, tuned_preds)
 
 
@@ -535,7 +535,8 @@ def evaluate(config: Config, model: str | None, adapter: str | Path | None, outp
     out = Path(output)
 
     # Everything that can be refused is checked before any output is written.
-    claim = prepare_output(out, stage="evaluate", what="evaluation", rerun=True)  # evaluations are redone
+    output = StageOutput(out, stage="evaluate", what="evaluation", rerun=True,  # evaluations are redone
+                         retire=(PREDICTIONS_TUNED, BENCHMARK_TABLE, DELTA_PLOT))
     source = resolve_adapter(adapter) if adapter is not None else None
     problems = _given_problems(config, problems, limit)
     sets = evaluation_sets(config, problems)
@@ -543,7 +544,7 @@ def evaluate(config: Config, model: str | None, adapter: str | Path | None, outp
     scorer = load_scorer(config, source)
     if base_predictions is not None and [p.problem_id for p in base_predictions] != [p.problem_id for p in all_problems]:
         raise LightReasonerError("base predictions: made for other evaluation problems")
-    claim_output(claim, retire=(PREDICTIONS_TUNED, BENCHMARK_TABLE, DELTA_PLOT))
+    output.claim()
     load_seconds = time.perf_counter() - started
 
     results: list[SetResult] = []
@@ -568,7 +569,7 @@ def evaluate(config: Config, model: str | None, adapter: str | Path | None, outp
                         adapter_sha256=scorer.adapter_sha256)
     timing = {"load_seconds": load_seconds, "base_seconds": base_seconds, "tuned_seconds": tuned_seconds,
               "total_seconds": time.perf_counter() - started}
-    return write_evaluation(out, config, metrics, results, benchmarks=bool(config.evaluation.benchmarks) and
+    return write_evaluation(output, config, metrics, results, benchmarks=bool(config.evaluation.benchmarks) and
                             problems is None, expert_info=scorer.expert_info, adapter_info=scorer.adapter_info(),
                             timing=timing)
 
@@ -603,13 +604,14 @@ def evaluate_shard(config: Config, model: str | None, adapter: str | Path | None
         raise LightReasonerError("--side tuned: needs --adapter")
     config = configured(config, model, limit)
     out = Path(output)
-    claim = prepare_output(out, stage=SHARD_STAGE, what="evaluation shard", rerun=True)
+    output = StageOutput(out, stage=SHARD_STAGE, what="evaluation shard", rerun=True,
+                         retire=(PREDICTIONS_BASE, PREDICTIONS_TUNED))
     source = resolve_adapter(adapter) if adapter is not None else None
     problems = _given_problems(config, problems, limit)
     sets = evaluation_sets(config, problems)
     scorer = load_scorer(config, source)
     slices = [shard_set(s, scorer.tokenizer, config, shard) for s in sets]
-    claim_output(claim, retire=(PREDICTIONS_BASE, PREDICTIONS_TUNED))
+    output.claim()
     load_seconds = time.perf_counter() - started
 
     rows: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
@@ -644,8 +646,7 @@ def evaluate_shard(config: Config, model: str | None, adapter: str | Path | None
                    "tuned_seconds": seconds.get("tuned"), "total_seconds": time.perf_counter() - started},
         "files": sorted(shard_predictions(side) for side in sides),
     }
-    write_json_atomic(manifest, out / MANIFEST)
-    return manifest
+    return output.finish(manifest)
 
 
 def _read_shard(folder: Path) -> dict[str, Any]:
@@ -680,7 +681,8 @@ def merge_evaluation(shard_dirs: list[str | Path], output: str | Path, *,
 
     started = time.perf_counter()
     out = Path(output)
-    claim = prepare_output(out, stage="evaluate", what="evaluation", rerun=True)
+    output = StageOutput(out, stage="evaluate", what="evaluation", rerun=True,
+                         retire=(PREDICTIONS_TUNED, BENCHMARK_TABLE, DELTA_PLOT))
     if not shard_dirs:
         raise LightReasonerError(f"{out}: no evaluation shards to merge")
     shards = [(Path(folder), _read_shard(Path(folder))) for folder in shard_dirs]
@@ -702,7 +704,7 @@ def merge_evaluation(shard_dirs: list[str | Path], output: str | Path, *,
     tuned_shards = [d for _, d in shards if "tuned" in d["sides"]]
     if len({(d.get("adapter") or {}).get("sha256") for d in tuned_shards}) > 1:
         raise LightReasonerError(f"{out}: the shards scored different adapters")
-    claim_output(claim, retire=(PREDICTIONS_TUNED, BENCHMARK_TABLE, DELTA_PLOT))
+    output.claim()
     cfg = config if config is not None else config_from_dict(first["config"], "evaluation shard config")
 
     rows: dict[str, list[dict[str, Any]]] = {side: [] for side in present}
@@ -742,6 +744,6 @@ def merge_evaluation(shard_dirs: list[str | Path], output: str | Path, *,
     timing = {"load_seconds": total("load_seconds"), "base_seconds": total("base_seconds", "base"),
               "tuned_seconds": total("tuned_seconds", "tuned"),
               "total_seconds": total("total_seconds") + time.perf_counter() - started}
-    return write_evaluation(out, cfg, metrics, results, benchmarks=bool(first["benchmark_table"]),
+    return write_evaluation(output, cfg, metrics, results, benchmarks=bool(first["benchmark_table"]),
                             expert_info=first["expert"], adapter_info=adapter_info, timing=timing,
                             extra={"shards": count})

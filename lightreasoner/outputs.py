@@ -3,7 +3,8 @@
 A stage writes one output folder: its data files (Parquet, written under a temporary name and renamed),
 then ``manifest.json`` last, so a folder with a manifest is complete and a reader never sees half a file.
 This module holds those writes, the sha256 digests the manifests record, reading a manifest or metrics
-file with one-line errors, and the library versions every manifest records.
+file with one-line errors, the library versions every manifest records, and the one skeleton every stage
+function runs (:class:`StageOutput`: prepare the folder, check the inputs, claim, work, manifest last).
 """
 
 from __future__ import annotations
@@ -303,17 +304,74 @@ def prepare_output(out: Path, *, stage: str, what: str, fingerprint: str | None 
 
 def claim_output(claim: Claim, *, fingerprint: str | None = None, state: str | None = None,
                  retire: tuple[str, ...] = ()) -> None:
-    """Take the folder once every input check passed: empty it when the claim says so, drop the files
-    in ``retire`` (the manifest first: a failed rerun never leaves a folder that looks complete), record
+    """Take the folder once every input check passed: empty it when the claim says so, drop the manifest
+    (first: a failed rerun never leaves a folder that looks complete) and the files in ``retire``, record
     the job's ``fingerprint`` in ``state``."""
     out = claim.out
     with writing(out):
         if claim.clear and out.exists():
             shutil.rmtree(out)
-        for name in (MANIFEST, *retire) if retire else ():
+        for name in (MANIFEST, *retire):
             (out / name).unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
         if state and fingerprint is not None:
             (out / state).parent.mkdir(parents=True, exist_ok=True)
             if not (out / state).is_file() or claim.clear or not claim.resume:
                 write_json_atomic({"fingerprint": fingerprint}, out / state)
+
+
+class StageOutput:
+    """The skeleton of every stage function, in this order (the steps 2 and 4 are the caller's)::
+
+        output = StageOutput(out, stage="train", what="training", fingerprint=fp, state=STATE, resume=resume)
+        if output.finished is not None:    # 1. prepare: the output-folder rule (:func:`prepare_output`)
+            return output.finished         #    reads only, so a refused run writes nothing
+        ...                                # 2. check the inputs: a refusal still writes nothing
+        output.claim()                     # 3. claim (:func:`claim_output`): the old manifest goes first
+        ...                                # 4. the work: data files under ``output.out``, written atomically
+        output.finish(manifest)            # 5. ``manifest.json`` (with the stage name), atomically and last
+
+    Only step 5 makes the folder look complete: a failure before it leaves no manifest, and a failure while
+    writing it leaves none either. ``fingerprint``, ``state`` and ``rule`` (``resume``, ``overwrite``,
+    ``rerun``, ``has_work``, ``work_dirs``, ``overwrite_flag``) are those of :func:`prepare_output`;
+    ``retire``: files of an earlier run that this one may not write again, dropped on claiming.
+    ``finished``, ``resume`` and ``clear`` are what :func:`prepare_output` found (:class:`Claim`)."""
+
+    def __init__(self, out: str | Path, *, stage: str, what: str, fingerprint: str | None = None,
+                 state: str | None = None, retire: tuple[str, ...] = (), **rule: Any) -> None:
+        self.found = prepare_output(Path(out), stage=stage, what=what, fingerprint=fingerprint, state=state, **rule)
+        self.out, self.finished, self.resume, self.clear = (self.found.out, self.found.finished, self.found.resume,
+                                                            self.found.clear)
+        self.stage, self.fingerprint, self.state, self.retire = stage, fingerprint, state, retire
+        self.claimed = False
+
+    def claim(self) -> Path:
+        """Step 3, once every input check passed: take the folder; returns it."""
+        if self.finished is not None:
+            raise RuntimeError(f"{self.out}: already finished, nothing to claim")
+        claim_output(self.found, fingerprint=self.fingerprint, state=self.state, retire=self.retire)
+        self.claimed = True
+        return self.out
+
+    @contextmanager
+    def discard_on_failure(self) -> Iterator[Path]:
+        """Around work into a folder that was empty when claimed (``sft``): a failure empties it again, so
+        nothing blocks the rerun."""
+        try:
+            yield self.out
+        except Exception:
+            for path in list(self.out.iterdir()):
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+            raise
+
+    def finish(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Step 5, after the work: write ``manifest`` (its ``stage`` set to this stage) atomically, last."""
+        if not self.claimed:
+            raise RuntimeError(f"{self.out}: the manifest is written after claim() and the work")
+        if manifest.setdefault("stage", self.stage) != self.stage:
+            raise ValueError(f"manifest of stage {manifest['stage']!r} in the output of stage {self.stage!r}")
+        write_json_atomic(manifest, self.out / MANIFEST)
+        return manifest

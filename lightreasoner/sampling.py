@@ -65,12 +65,11 @@ from .models import (
     resolve_compile,
 )
 from .outputs import (
-    MANIFEST,
-    claim_output,
+    MANIFEST,  # noqa: F401 - re-exported
+    StageOutput,
     cut_at_stop,
     library_versions,
     plan_batches,
-    prepare_output,
     sha256_file,
     write_json_atomic,
     write_table_atomic,
@@ -676,17 +675,17 @@ class SampleResult:
 STATE = f"{SHARDS}/state.json"  # the job's fingerprint while it runs (outputs.prepare_output)
 
 
-def _prepare_output(out: Path, fingerprint: str, overwrite: bool):
-    """The output-folder rule (:func:`lightreasoner.outputs.prepare_output`) for samples: work in progress
-    of the same config always resumes; a run killed before its first batch left nothing worth keeping."""
-    return prepare_output(out, stage="sample", what="samples", fingerprint=fingerprint, state=STATE, resume=True,
-                          overwrite=overwrite, has_work=lambda o: any((o / SHARDS).glob("batch-*.parquet")))
+def _output(out: Path, fingerprint: str, overwrite: bool) -> StageOutput:
+    """The samples folder (:class:`lightreasoner.outputs.StageOutput`): work in progress of the same config
+    always resumes; a run killed before its first batch left nothing worth keeping."""
+    return StageOutput(out, stage="sample", what="samples", fingerprint=fingerprint, state=STATE, resume=True,
+                       overwrite=overwrite, has_work=lambda o: any((o / SHARDS).glob("batch-*.parquet")))
 
 
-def _claim_output(out: Path, fingerprint: str, claim) -> None:
+def _claim(output: StageOutput) -> None:
     """Take the output folder once every input check passed: a refused run leaves nothing behind."""
-    claim_output(claim, fingerprint=fingerprint, state=STATE)
-    save_progress(out / STATE)  # s3:// outputs: kept under the prefix too
+    output.claim()
+    save_progress(output.out / STATE)  # s3:// outputs: kept under the prefix too
 
 
 def _batch_ok(path: Path, rows: int) -> bool:
@@ -740,17 +739,17 @@ def _sample(config: Config, out: Path, reference: bool, overwrite: bool, problem
         raise LightReasonerError("sampling.batch_size auto: set a number for a sharded run (every shard must "
                                  "plan the same batches)")
     fingerprint = sampling_fingerprint(config, reference)
-    claim = _prepare_output(out, fingerprint, overwrite)
-    if claim.finished is not None:
+    output = _output(out, fingerprint, overwrite)
+    if output.finished is not None:
         log.info("%s: samples for this config are already complete", out)
-        return SampleResult(out, claim.finished)
+        return SampleResult(out, output.finished)
     scfg = config.sampling
     problems = problems if problems is not None else load_problems(config.data)
     pair = pair or load_pair(config)
     tok = pair.tokenizer
     prompts = [prompt_token_ids(tok, p.question, config.prompt.system_prompt, config.prompt.chat_template)
                for p in problems]
-    _claim_output(out, fingerprint, claim)
+    _claim(output)
     floor = None if isinstance(scfg.beta, str) else float(scfg.beta)
     compiled = resolve_compile(config.performance.compile, pair.expert.device)
     decoding = resolve_decoding(scfg.decoding, scfg.seed, pair.expert)
@@ -807,7 +806,7 @@ def _sample(config: Config, out: Path, reference: bool, overwrite: bool, problem
                 "config": config.dump(), "sampling_seconds": elapsed}
         write_json_atomic(info, out / SHARD_INFO)
         return SampleResult(out, info)
-    manifest = finalize(out, config, models_info, fingerprint, reference, elapsed, len(problems),
+    manifest = finalize(output, config, models_info, fingerprint, reference, elapsed, len(problems),
                         batch_size=batch_size, decoding=decoding.record())
     return SampleResult(out, manifest)
 
@@ -830,28 +829,28 @@ def merge_shards(config: Config, shard_dirs: list[str | Path], output: str | Pat
     seen = sorted(b for i in infos for b in i["batches"])
     if seen != list(range(expected)):
         raise LightReasonerError(f"{output}: shards cover batches {seen}, expected 0..{expected - 1} once each")
-    claim = _prepare_output(out, fingerprint, overwrite)
-    if claim.finished is not None:
-        return SampleResult(out, claim.finished)
-    _claim_output(out, fingerprint, claim)
+    output = _output(out, fingerprint, overwrite)
+    if output.finished is not None:
+        return SampleResult(out, output.finished)
+    _claim(output)
     for folder in shard_dirs:
         for batch in sorted((Path(folder) / SHARDS).glob("batch-*.parquet")):
             shutil.copyfile(batch, out / SHARDS / batch.name)
     elapsed = max(i["sampling_seconds"] for i in infos)
     num_problems = sum(pq.read_metadata(b).num_rows for b in (out / SHARDS).glob("batch-*.parquet"))
-    manifest = finalize(out, config, infos[0]["models"], fingerprint, infos[0]["reference"], elapsed, num_problems,
-                        decoding=infos[0].get("decoding"))
-    manifest["shards"] = len(infos)
-    write_json_atomic(manifest, out / MANIFEST)
+    manifest = finalize(output, config, infos[0]["models"], fingerprint, infos[0]["reference"], elapsed, num_problems,
+                        decoding=infos[0].get("decoding"), extra={"shards": len(infos)})
     return SampleResult(out, manifest)
 
 
-def finalize(out: Path, config: Config, models_info: dict[str, Any], fingerprint: str, reference: bool,
+def finalize(output: StageOutput, config: Config, models_info: dict[str, Any], fingerprint: str, reference: bool,
              elapsed: float, num_problems: int, batch_size: int | None = None,
-             decoding: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Merge the batch files into the output contract; the manifest is written last. ``batch_size``: the
-    one used (``sampling.batch_size`` auto resolved), recorded under ``timing``; ``decoding``: the resolved
-    :class:`Decoding` (its record), under ``decoding``."""
+             decoding: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Merge the batch files into the output contract; the manifest is written last (then the batch files
+    are removed). ``batch_size``: the one used (``sampling.batch_size`` auto resolved), recorded under
+    ``timing``; ``decoding``: the resolved :class:`Decoding` (its record), under ``decoding``; ``extra``:
+    more manifest fields (a merge's ``shards``)."""
+    out = output.out
     shards = sorted((out / SHARDS).glob("batch-*.parquet"))
     table = pa.concat_tables([pq.read_table(s) for s in shards], promote_options="default").sort_by("order")
     rows = table.to_pylist()
@@ -900,7 +899,8 @@ def finalize(out: Path, config: Config, models_info: dict[str, Any], fingerprint
         "timing": {"sampling_seconds": elapsed, "problems_per_second": num_problems / elapsed if elapsed else 0.0,
                    **({"batch_size": batch_size} if batch_size is not None else {})},
         "sha256": {TRAJECTORIES: sha256_file(traj_path), SAMPLES: sha256_file(samples_path)},
+        **(extra or {}),
     }
-    write_json_atomic(manifest, out / MANIFEST)
+    output.finish(manifest)
     shutil.rmtree(out / SHARDS, ignore_errors=True)
     return manifest

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,14 +44,11 @@ from .models import (
     trainable_expert,
 )
 from .outputs import (
-    MANIFEST,
-    claim_output,
+    StageOutput,
     cut_at_stop,
     library_versions,
     plan_batches,
-    prepare_output,
     sha256_file,
-    write_json_atomic,
     write_table_atomic,
 )
 from .samples import Trajectory, build_examples
@@ -216,7 +212,7 @@ def sft(config: Config, output: str | Path, *, problems: list[Problem] | None = 
 
     started = time.perf_counter()
     out = Path(output)
-    claim = prepare_output(out, stage="sft", what="SFT", overwrite_flag=None)
+    output = StageOutput(out, stage="sft", what="SFT", overwrite_flag=None)
     problems = sft_problems(config, problems)
     device = resolve_device(config.expert.device)
     tokenizer = load_tokenizer(config.expert, "expert")
@@ -239,8 +235,8 @@ def sft(config: Config, output: str | Path, *, problems: list[Problem] | None = 
     model = lora_model(model, config.training)
     examples = build_examples(trajectories, "packed")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    claim_output(claim)
-    try:
+    output.claim()
+    with output.discard_on_failure():  # diverged, disk full ...: the folder is left empty for the rerun
         write_solutions(solutions, out / SOLUTIONS)
         kept_problems = len({s.problem_id for s in solutions if s.kept})
         completion_tokens = sum(len(t.completion) for t in trajectories)
@@ -248,13 +244,6 @@ def sft(config: Config, output: str | Path, *, problems: list[Problem] | None = 
                  kept_problems, completion_tokens)
         fit = fit_lora(config, model, examples, out, device, pad, progress=progress)
         save_outputs(model, tokenizer, out)
-    except Exception:  # diverged, disk full ...: the folder was empty when claimed, so it is left for the rerun
-        for path in list(out.iterdir()):
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-        raise
 
 
     solutions_sha = sha256_file(out / SOLUTIONS)
@@ -288,5 +277,5 @@ def sft(config: Config, output: str | Path, *, problems: list[Problem] | None = 
                     "solutions": SOLUTIONS},
         "versions": library_versions("peft"),
     }
-    write_json_atomic(manifest, out / MANIFEST)
+    output.finish(manifest)
     return SFTResult(out, manifest)

@@ -26,13 +26,7 @@ from .config import Config
 from .errors import LightReasonerError
 from .loss import SoftLabelCollator, batch_loss
 from .models import load_tokenizer, model_fingerprint, resolve_device, same_model, trainable_expert
-from .outputs import (
-    MANIFEST,
-    claim_output,
-    library_versions,
-    prepare_output,
-    write_json_atomic,
-)
+from .outputs import MANIFEST, StageOutput, library_versions
 from .samples import (
     SAMPLES,
     Samples,
@@ -97,18 +91,18 @@ def training_fingerprint(config: Config, samples_sha: dict[str, str]) -> str:
     return hashlib.sha256(f"{digest}:{json.dumps(samples_sha, sort_keys=True)}".encode()).hexdigest()
 
 
-def _prepare_output(out: Path, fingerprint: str, resume: bool):
-    """The output-folder rule (:func:`lightreasoner.outputs.prepare_output`) for training: ``--resume``
-    continues this job's checkpoints; a finished run of the same job is returned as it is."""
-    return prepare_output(out, stage="train", what="training", fingerprint=fingerprint, state=STATE, resume=resume,
-                          has_work=lambda o: last_checkpoint(o / CHECKPOINTS) is not None, work_dirs=(CHECKPOINTS,),
-                          overwrite_flag=None)
+def _prepare_output(out: Path, fingerprint: str, resume: bool) -> StageOutput:
+    """The training folder (:class:`lightreasoner.outputs.StageOutput`): ``--resume`` continues this job's
+    checkpoints; a finished run of the same job is returned as it is."""
+    return StageOutput(out, stage="train", what="training", fingerprint=fingerprint, state=STATE, resume=resume,
+                       has_work=lambda o: last_checkpoint(o / CHECKPOINTS) is not None, work_dirs=(CHECKPOINTS,),
+                       overwrite_flag=None)
 
 
-def _claim_output(claim, fingerprint: str) -> None:
+def _claim(output: StageOutput) -> None:
     """Create the output folder once every input check passed (a refused run leaves nothing behind)."""
-    claim_output(claim, fingerprint=fingerprint, state=STATE)
-    save_progress(claim.out / STATE)  # s3:// outputs: kept under the prefix with the checkpoints
+    output.claim()
+    save_progress(output.out / STATE)  # s3:// outputs: kept under the prefix with the checkpoints
 
 
 def check_expert(config: Config, samples: Samples, model=None) -> dict[str, Any]:
@@ -164,10 +158,10 @@ def train(config: Config, samples_dir: str | Path, output_dir: str | Path, *, re
     samples = load_samples(samples_dir)
     expert_info = check_expert(config, samples)
     fingerprint = training_fingerprint(config, samples.sha256)
-    claim = _prepare_output(out, fingerprint, resume)
-    if claim.finished is not None:
+    output = _prepare_output(out, fingerprint, resume)
+    if output.finished is not None:
         log.info("%s: this training run is already complete", out)
-        return TrainResult(out, claim.finished)
+        return TrainResult(out, output.finished)
 
     from transformers import set_seed
 
@@ -191,7 +185,7 @@ def train(config: Config, samples_dir: str | Path, output_dir: str | Path, *, re
     else:
         examples = build_examples(train_set, tcfg.layout)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    _claim_output(claim, fingerprint)
+    _claim(output)
 
     train_steps = sum(len(t.positions) for t in train_set)
     log.info("training on %d kept steps in %d trajectories (%s layout, %d %s; %d held-out problems)", train_steps,
@@ -225,5 +219,5 @@ def train(config: Config, samples_dir: str | Path, output_dir: str | Path, *, re
                     "checkpoints": CHECKPOINTS},
         "versions": library_versions("peft"),
     }
-    write_json_atomic(manifest, out / MANIFEST)
+    output.finish(manifest)
     return TrainResult(out, manifest)

@@ -1,9 +1,11 @@
 """The architecture section of docs/architecture.md is generated from the imports, and the layering holds: the
 shared foundations import no stage, no stage imports another stage only to reach a helper, every module sits in
 one layer of ``LAYERS`` and imports none above it, and the imports form no cycle, function-level ones
-included."""
+included; the stage skeleton (claim the output folder, write the manifest) lives in ``outputs`` alone."""
 
+import ast
 import importlib.util
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,3 +62,71 @@ def test_a_cycle_is_named_and_a_higher_layer_refused(monkeypatch):
     found = architecture.violations()
     assert "errors (foundations) imports cli, of a higher layer (entry points)" in found
     assert any(v.startswith("import cycle: ") for v in found)
+
+
+# a call that may write or move a file: write_json_atomic, write_text, open, shutil.copyfile, replace, upload ...
+WRITES = re.compile(r"write|dump|save|open|copy|move|replace|rename|upload", re.IGNORECASE)
+
+
+def _names_manifest(node: ast.AST, aliases: set[str] = frozenset()) -> bool:
+    """``node`` mentions the manifest: ``MANIFEST``, ``"manifest.json"`` or a name assigned from them."""
+    return any((isinstance(n, ast.Name) and (n.id == "MANIFEST" or n.id in aliases))
+               or (isinstance(n, ast.Attribute) and n.attr == "MANIFEST")
+               or (isinstance(n, ast.Constant) and n.value == "manifest.json") for n in ast.walk(node))
+
+
+FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+def _own_nodes(scope: ast.AST):
+    """The nodes of a module or function, those of the functions defined in it left out (their own scope)."""
+    for child in ast.iter_child_nodes(scope):
+        if not isinstance(child, FUNCTIONS):
+            yield child
+            yield from _own_nodes(child)
+
+
+def _skeleton_bypasses(source: str, where: str) -> list[str]:
+    """Calls of ``claim_output`` and writes of the manifest (directly, or through a name assigned from it in
+    the same function) outside :class:`lightreasoner.outputs.StageOutput`."""
+    tree = ast.parse(source)
+    found = []
+    for scope in [tree, *(n for n in ast.walk(tree) if isinstance(n, FUNCTIONS))]:
+        nodes = list(_own_nodes(scope))
+        aliases = {t.id for a in nodes if isinstance(a, ast.Assign) and _names_manifest(a.value)
+                   for t in a.targets if isinstance(t, ast.Name)}
+        for call in (c for c in nodes if isinstance(c, ast.Call)):
+            func = call.func
+            name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+            operands = [*call.args, *(k.value for k in call.keywords),
+                        *([func.value] if isinstance(func, ast.Attribute) else [])]
+            if name == "claim_output":
+                found.append(f"{where}:{call.lineno}: calls claim_output")
+            elif WRITES.search(name) and any(_names_manifest(o, aliases) for o in operands):
+                found.append(f"{where}:{call.lineno}: {name}() writes the manifest")
+    return sorted(set(found))
+
+
+def test_only_outputs_claims_an_output_folder_or_writes_a_manifest():
+    """Every stage function goes through outputs.StageOutput (prepare, claim, manifest last)."""
+    found = []
+    for path in sorted((ROOT / "lightreasoner").rglob("*.py")):
+        if path != ROOT / "lightreasoner" / "outputs.py":
+            found += _skeleton_bypasses(path.read_text(), str(path.relative_to(ROOT)))
+    assert not found, "use lightreasoner.outputs.StageOutput (claim(), finish(manifest)) instead:\n" + "\n".join(found)
+
+
+def test_the_skeleton_guard_sees_a_bypass():
+    source = ("from .outputs import MANIFEST, claim_output, write_json_atomic\n"
+              "def stage(out, claim, manifest):\n"
+              "    claim_output(claim)\n"
+              "    write_json_atomic(manifest, out / MANIFEST)\n"
+              "def other(out, manifest):\n"
+              "    (out / 'manifest.json').write_text('{}')\n"
+              "    path = out / MANIFEST\n"
+              "    path.write_text('{}')\n"
+              "def reader(folder, path):\n"
+              "    return (folder / MANIFEST).read_text(), path.write_text('{}')\n")
+    assert _skeleton_bypasses(source, "m.py") == ["m.py:3: calls claim_output", "m.py:4: write_json_atomic() writes "
+                                                  "the manifest", "m.py:6: write_text() writes the manifest",
+                                                  "m.py:8: write_text() writes the manifest"]

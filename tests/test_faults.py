@@ -905,7 +905,7 @@ def test_24_register_refuses_an_evaluation_killed_inside_its_manifest_write(tiny
     args = ["evaluate", *common(tiny_models, "evaluation.max_new_tokens=4", "evaluation.data.limit=2",
                                 "evaluation.bootstrap_samples=100"), "--adapter", adapter, "--output", out]
     # evaluate writes metrics.json, then manifest.json last (atomically): killed at that last write
-    killed = kill_at_call(args, "lightreasoner.evaluation:write_json_atomic", nth=2)
+    killed = kill_at_call(args, "lightreasoner.outputs:StageOutput.finish")
     assert killed.killed, killed.stderr
     assert (out / "metrics.json").is_file() and not (out / "manifest.json").exists()
     cfg = make_config(f"sqlite:///{tmp_path / 'mlflow.db'}")

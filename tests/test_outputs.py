@@ -7,7 +7,7 @@ import pytest
 
 from lightreasoner import outputs
 from lightreasoner.errors import LightReasonerError
-from lightreasoner.outputs import Claim, claim_output, prepare_output
+from lightreasoner.outputs import Claim, StageOutput, claim_output, prepare_output
 
 RULE = dict(stage="sample", what="samples", fingerprint="fp", state="shards/state.json")
 
@@ -106,3 +106,71 @@ def test_claim_clears_and_records_the_fingerprint(tmp_path):
     claim_output(prepare_output(out, **RULE, overwrite=True), fingerprint="fp", state="shards/state.json")
     assert [p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()] == ["shards/state.json"]
     assert json.loads((out / "shards" / "state.json").read_text()) == {"fingerprint": "fp"}
+
+
+def test_stage_output_runs_the_skeleton_in_order(tmp_path):
+    """prepare (reads only) -> the caller's checks -> claim -> the caller's work -> the manifest last."""
+    out = tmp_path / "out"
+    output = StageOutput(out, **RULE)
+    assert not out.exists() and output.finished is None  # prepared: nothing written yet
+    with pytest.raises(RuntimeError, match="after claim"):
+        output.finish({"n": 1})  # no manifest before the folder is claimed
+    assert not out.exists()
+    assert output.claim() == out
+    assert json.loads((out / "shards" / "state.json").read_text()) == {"fingerprint": "fp"}
+    (out / "data.parquet").write_bytes(b"x")  # the work
+    assert not (out / outputs.MANIFEST).exists()
+    assert output.finish({"fingerprint": "fp"}) == {"stage": "sample", "fingerprint": "fp"}
+    assert json.loads((out / outputs.MANIFEST).read_text()) == {"stage": "sample", "fingerprint": "fp"}
+    again = StageOutput(out, **RULE, resume=True)  # the same job, finished: returned as it is
+    assert again.finished == {"stage": "sample", "fingerprint": "fp"}
+    with pytest.raises(RuntimeError, match="already finished"):
+        again.claim()
+    mine = StageOutput(tmp_path / "other", **RULE)
+    mine.claim()
+    with pytest.raises(ValueError, match="manifest of stage 'train' in the output of stage 'sample'"):
+        mine.finish({"stage": "train"})
+    assert not (tmp_path / "other" / outputs.MANIFEST).exists()
+
+
+def test_a_refused_prepare_writes_nothing(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(LightReasonerError, match="not empty and holds no samples output"):
+        StageOutput(out, **RULE, resume=True)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    _finished(tmp_path / "train", stage="train")
+    before = sorted(p.name for p in (tmp_path / "train").iterdir())
+    with pytest.raises(LightReasonerError, match="belongs to stage 'train'"):
+        StageOutput(tmp_path / "train", stage="evaluate", what="evaluation", rerun=True)
+    assert sorted(p.name for p in (tmp_path / "train").iterdir()) == before
+
+
+def test_a_failing_work_step_leaves_no_manifest(tmp_path):
+    out = tmp_path / "eval"
+
+    def evaluate(fail: bool):  # a stage function on the skeleton
+        output = StageOutput(out, stage="evaluate", what="evaluation", rerun=True, retire=("old.parquet",))
+        output.claim()
+        (out / "data.parquet").write_bytes(b"y")
+        if fail:
+            raise OSError("disk full")
+        return output.finish({"n": 1})
+
+    _finished(out, stage="evaluate")
+    (out / "old.parquet").write_bytes(b"x")
+    with pytest.raises(OSError, match="disk full"):
+        evaluate(fail=True)
+    assert sorted(p.name for p in out.iterdir()) == ["data.parquet"]  # the old manifest went first
+    assert evaluate(fail=False) == {"stage": "evaluate", "n": 1}
+    assert json.loads((out / outputs.MANIFEST).read_text()) == {"stage": "evaluate", "n": 1}
+    # discard_on_failure (sft: the folder was empty when claimed): a failure empties it for the rerun
+    sft = StageOutput(tmp_path / "sft", stage="sft", what="SFT", overwrite_flag=None)
+    sft.claim()
+    with pytest.raises(RuntimeError, match="diverged"), sft.discard_on_failure():
+        (tmp_path / "sft" / "checkpoints").mkdir()
+        (tmp_path / "sft" / "solutions.parquet").write_bytes(b"x")
+        raise RuntimeError("diverged")
+    assert list((tmp_path / "sft").iterdir()) == []
+    StageOutput(tmp_path / "sft", stage="sft", what="SFT", overwrite_flag=None).claim()  # the rerun is taken
