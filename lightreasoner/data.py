@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from .config import DataConfig
 from .errors import LightReasonerError, passthrough
-from .outputs import write_table_atomic
+from .outputs import StageOutput, library_versions, write_table_atomic
 
 log = logging.getLogger(__name__)
 
@@ -175,12 +175,31 @@ def write_problems(problems: list[Problem], path: str | Path) -> Path:
     return path
 
 
+PROBLEMS = "problems.parquet"
+
+
+def _fingerprint(cfg: DataConfig) -> str:
+    """sha256 of the data settings, equal to ``Config.fingerprint("data")`` of a config holding them."""
+    return hashlib.sha256(json.dumps({"data": cfg.model_dump(mode="json")}, sort_keys=True).encode()).hexdigest()
+
+
 def prepare_data(cfg: DataConfig, output: str | Path) -> Path:
-    """Stage ``prepare``: load the configured problems and write ``problems.parquet`` under ``output``."""
-    problems = load_problems(cfg)
+    """Stage ``prepare``: load the configured problems and write ``problems.parquet`` under ``output``, then
+    ``manifest.json`` last (:class:`lightreasoner.outputs.StageOutput`; recomputed on every call, like
+    ``evaluate``: only another stage's output in ``output`` is refused). ``output`` ending in ``.parquet`` is
+    a file, not a stage output folder: the problems are written there (atomically), with no manifest.
+    Returns the problems file."""
     out = Path(output)
-    target = out if out.suffix == ".parquet" else out / "problems.parquet"
-    return write_problems(problems, target)
+    if out.suffix == ".parquet":
+        return write_problems(load_problems(cfg), out)
+    # Everything that can be refused is checked before any output is written.
+    stage = StageOutput(out, stage="prepare", what="prepared data", rerun=True, retire=(PROBLEMS,))
+    problems = load_problems(cfg)
+    stage.claim()
+    path = write_problems(problems, out / PROBLEMS)
+    stage.finish({"config": {"data": cfg.model_dump(mode="json")}, "fingerprint": _fingerprint(cfg),
+                  "counts": {"problems": len(problems)}, "versions": library_versions(), "files": [PROBLEMS]})
+    return path
 
 
 # --- built-in synthetic arithmetic word problems ---------------------------------------------------

@@ -253,10 +253,11 @@ class _Run:
 
 
 def _prepare(r: _Run) -> None:
-    from .data import prepare_data, read_problem_file
+    from .data import PROBLEMS, prepare_data, read_problem_file
 
-    problems_path = r.folder("prepare") / "problems.parquet"
-    if problems_path.is_file():  # written atomically: present means complete
+    problems_path = r.folder("prepare") / PROBLEMS
+    # complete only with its manifest (written last); a folder of an older version without one is prepared again
+    if _finished(r.folder("prepare"), "prepare") is not None and problems_path.is_file():
         log.info("%s: prepared in an earlier attempt, reused", problems_path)
     else:
         problems_path = r.timed("prepare", lambda: prepare_data(r.config.data, r.folder("prepare")))

@@ -14,6 +14,7 @@ from lightreasoner.data import (
     synthetic_problems,
 )
 from lightreasoner.errors import LightReasonerError
+from lightreasoner.outputs import read_manifest
 
 
 def write_jsonl(path, rows):
@@ -86,6 +87,55 @@ def test_prepare_data_failure_leaves_nothing(tmp_path):
     with pytest.raises(LightReasonerError):
         prepare_data(DataConfig(path=str(src)), tmp_path / "out")
     assert not (tmp_path / "out" / "problems.parquet").exists()
+
+
+def test_prepare_data_writes_its_manifest_last_and_is_recomputed(tmp_path):
+    out = tmp_path / "prepared"
+    path = prepare_data(DataConfig(limit=3), out)
+    manifest = read_manifest(out, "prepare")
+    assert path == out / "problems.parquet" and pq.read_metadata(path).num_rows == 3
+    assert manifest["stage"] == "prepare" and manifest["counts"] == {"problems": 3}
+    assert manifest["config"]["data"]["limit"] == 3 and len(manifest["fingerprint"]) == 64
+    assert "pyarrow" in manifest["versions"] and manifest["files"] == ["problems.parquet"]
+    # a rerun (another config, or an older folder without a manifest) prepares the folder again in place
+    prepare_data(DataConfig(limit=2), out)
+    assert pq.read_metadata(path).num_rows == 2 and read_manifest(out, "prepare")["counts"] == {"problems": 2}
+    (out / "manifest.json").unlink()
+    prepare_data(DataConfig(limit=4), out)
+    assert read_manifest(out, "prepare")["counts"] == {"problems": 4}
+    # a .parquet path is a file, not a stage output folder: no manifest beside it
+    single = prepare_data(DataConfig(limit=2), tmp_path / "single" / "p.parquet")
+    assert single == tmp_path / "single" / "p.parquet" and sorted(p.name for p in single.parent.iterdir()) == ["p.parquet"]
+
+
+def test_prepare_data_failed_work_leaves_no_manifest(tmp_path, monkeypatch):
+    import lightreasoner.data as data
+
+    out = tmp_path / "prepared"
+    prepare_data(DataConfig(limit=3), out)
+
+    def full(table, path):
+        raise LightReasonerError(f"{path}: No space left on device")
+
+    monkeypatch.setattr(data, "write_table_atomic", full)
+    with pytest.raises(LightReasonerError, match="No space left"):
+        prepare_data(DataConfig(limit=2), out)
+    assert not (out / "manifest.json").exists() and not (out / "problems.parquet").exists()
+    monkeypatch.undo()
+    prepare_data(DataConfig(limit=2), out)  # nothing blocks the rerun
+    assert read_manifest(out, "prepare")["counts"] == {"problems": 2}
+
+
+def test_prepare_data_refuses_another_stages_output_untouched(tmp_path):
+    out = tmp_path / "samples"
+    out.mkdir()
+    (out / "manifest.json").write_text(json.dumps({"stage": "sample"}))
+    (out / "samples.parquet").write_bytes(b"data")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(LightReasonerError) as err:
+        prepare_data(DataConfig(limit=2), out)
+    assert "belongs to stage 'sample', not to stage 'prepare'" in str(err.value) and "\n" not in str(err.value)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 @pytest.mark.skipif(not (GSM8K / "test.jsonl").is_file(), reason="GSM8K not available")

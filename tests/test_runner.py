@@ -133,3 +133,26 @@ def test_readme_quickstart_from_a_fresh_clone(tmp_path):
     db = clone / "lightreasoner-runs" / "mlflow.db"
     parents, children = stage_runs(f"sqlite:///{db}", "lightreasoner")
     assert len(parents) == 1 and {"prepare", "sample", "train", "evaluate", "register"} <= children
+
+
+def test_a_prepared_folder_is_reused_only_with_its_manifest(tmp_path, caplog):
+    """A prepared folder is reused by the next attempt only when finished (its manifest); one from an older
+    version (problems.parquet, no manifest) is prepared again, not taken and not refused."""
+    import logging
+
+    from lightreasoner import runner
+    from lightreasoner.config import DataConfig, load_config
+    from lightreasoner.data import prepare_data
+    from lightreasoner.outputs import read_manifest
+
+    config = load_config(None, ["data.limit=3", "tracking.enabled=false"])
+    run = runner._Run(config, tmp_path, runner.RunSummary(tmp_path, None), None, lambda stage, fn: fn(), False,
+                      False, None)
+    folder = run.folder("prepare")
+    prepare_data(DataConfig(limit=5), folder / "problems.parquet")  # an older version's: 5 problems, no manifest
+    runner._prepare(run)
+    assert len(run.problems) == 3 and read_manifest(folder, "prepare")["counts"] == {"problems": 3}
+    with caplog.at_level(logging.INFO, logger="lightreasoner.runner"):
+        runner._prepare(run)
+    assert "prepared in an earlier attempt, reused" in caplog.text and len(run.problems) == 3
+
