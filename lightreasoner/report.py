@@ -12,7 +12,6 @@ tracking is on (:func:`report_from_run`), else from the stage folders through th
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 from .config import Config
 from .errors import LightReasonerError
+from .outputs import StageOutput, library_versions, write_json_atomic
 from .plots import plot_report
 from .records import READERS
 from .records import benchmark_metrics as benchmark_metrics  # lives beside the readers that log it
@@ -166,17 +166,21 @@ def efficiency_report(config: Config, output: str | Path, *, parent_run_id: str 
     given, else from ``folders``), write ``efficiency_report.json`` and the plot to ``output``, and log
     them to the run. Returns the report."""
     out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
+    # Everything that can be refused is checked before any output is written (the report is made anew).
+    stage = StageOutput(out, stage="report", what="efficiency report", rerun=True, retire=(REPORT_JSON, REPORT_PLOT))
     if config.tracking.enabled and parent_run_id:
         report = build_report(logged_metrics(config, parent_run_id), f"mlflow run {parent_run_id}")
     elif folders:
         report = build_report(metrics_from_folders(folders), "stage folders")
     else:
         raise LightReasonerError("efficiency report: needs an MLflow run (tracking on) or the stage folders")
+    stage.claim()
     plot_report(report, out / REPORT_PLOT, LABELS)
-    (out / REPORT_JSON).write_text(json.dumps(report, indent=2, sort_keys=True))
+    write_json_atomic(report, out / REPORT_JSON)
     if config.tracking.enabled and parent_run_id:
         log_report(config, parent_run_id, report, out)
+    stage.finish({"source": report["source"], "ratios": report["ratios"], "versions": library_versions(),
+                  "files": [REPORT_JSON, REPORT_PLOT]})
     return report
 
 

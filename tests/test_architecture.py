@@ -130,3 +130,52 @@ def test_the_skeleton_guard_sees_a_bypass():
     assert _skeleton_bypasses(source, "m.py") == ["m.py:3: calls claim_output", "m.py:4: write_json_atomic() writes "
                                                   "the manifest", "m.py:6: write_text() writes the manifest",
                                                   "m.py:8: write_text() writes the manifest"]
+
+
+def _calls(function: ast.AST) -> set[str]:
+    """The names a function calls (``f(...)``, ``obj.f(...)``)."""
+    return {c.func.id if isinstance(c.func, ast.Name) else c.func.attr for c in ast.walk(function)
+            if isinstance(c, ast.Call) and isinstance(c.func, (ast.Name, ast.Attribute))}
+
+
+def _builds_stage_output(source: str, name: str) -> bool:
+    """The module function ``name``, or a function of the same module it calls (directly or through others),
+    calls ``StageOutput``."""
+    functions = {n.name: n for n in ast.walk(ast.parse(source)) if isinstance(n, FUNCTIONS)}
+    seen, todo = set(), [name]
+    while todo:
+        current = todo.pop()
+        if current in seen or current not in functions:
+            continue
+        seen.add(current)
+        calls = _calls(functions[current])
+        if "StageOutput" in calls:
+            return True
+        todo += sorted(calls & functions.keys())
+    return False
+
+
+def test_every_stage_that_writes_a_folder_runs_the_skeleton():
+    """Every stage of the graph that writes an output folder (``Stage.folder``; register writes none) builds
+    an outputs.StageOutput in its library function (``Stage.function``) or a function it calls."""
+    from lightreasoner.stages import GRAPH
+
+    missing = []
+    for stage in GRAPH:
+        if stage.folder is None:
+            continue
+        module, name = stage.function.split(":")
+        source = (ROOT / "lightreasoner" / f"{module.replace('.', '/')}.py").read_text()
+        if not _builds_stage_output(source, name):
+            missing.append(f"{stage.name}: {stage.function}")
+    assert not missing, "these stages do not run outputs.StageOutput:\n" + "\n".join(missing)
+    assert {s.name for s in GRAPH if s.folder is None} == {"register"}
+
+
+def test_the_stage_output_check_follows_calls_in_the_module():
+    source = ("def stage(out):\n    return helper(out)\n"
+              "def helper(out):\n    return StageOutput(out, stage='x', what='x')\n"
+              "def bare(out):\n    other(out)\n    out.mkdir()\n"
+              "def loop(out):\n    return loop(out)\n")
+    assert _builds_stage_output(source, "stage") and _builds_stage_output(source, "helper")
+    assert not _builds_stage_output(source, "bare") and not _builds_stage_output(source, "loop")

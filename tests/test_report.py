@@ -1,6 +1,9 @@
-"""The pages the Kubeflow UI shows: the McNemar table and the Markdown summaries."""
+"""The pages the Kubeflow UI shows: the McNemar table and the Markdown summaries; the efficiency report's
+output folder (manifest last)."""
 
 import json
+
+import pytest
 
 from lightreasoner.presentation import efficiency_markdown, log_kfp_metrics, mcnemar_table
 
@@ -71,3 +74,66 @@ def test_report_puts_the_papers_numbers_beside_ours_for_a_paper_expert(tmp_path)
     other = _bench_metrics("HuggingFaceTB/SmolLM2-135M-Instruct")
     assert paper_markdown(other) == "" and "paper" not in benchmark_markdown(other).replace("the paper's set", "")
     assert not any("paper" in k for k in benchmark_metrics(other))
+
+
+LOGGED = {"sample/seconds": 30.0, "train/train_seconds": 10.0, "sample/problems": 200.0,
+          "train/tuned_tokens": 500.0, "evaluate/accuracy_base": 0.5, "evaluate/accuracy_tuned": 0.6,
+          "sft/generate_seconds": 300.0, "sft/train_seconds": 100.0, "sft/problems": 1000.0,
+          "sft/tuned_tokens": 50000.0, "evaluate_sft/accuracy_base": 0.5, "evaluate_sft/accuracy_tuned": 0.55}
+
+
+def _report_from_folders(monkeypatch, out):
+    from lightreasoner import report
+    from lightreasoner.config import load_config
+
+    monkeypatch.setattr(report, "metrics_from_folders", lambda folders: dict(LOGGED))
+    config = load_config(None, ["tracking.enabled=false"])
+    return report.efficiency_report(config, out, folders={"sample": "unused"})
+
+
+def test_efficiency_report_writes_its_manifest_last_and_is_made_anew(tmp_path, monkeypatch):
+    from lightreasoner.outputs import read_manifest
+    from lightreasoner.report import REPORT_JSON, REPORT_PLOT
+
+    out = tmp_path / "report"
+    result = _report_from_folders(monkeypatch, out)
+    assert json.loads((out / REPORT_JSON).read_text()) == json.loads(json.dumps(result))
+    manifest = read_manifest(out, "report")
+    assert manifest["stage"] == "report" and manifest["files"] == [REPORT_JSON, REPORT_PLOT]
+    assert manifest["ratios"] == result["ratios"] and "lightreasoner" in manifest["versions"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([REPORT_JSON, REPORT_PLOT, "manifest.json"])
+    _report_from_folders(monkeypatch, out)  # a rerun into its own folder makes it again
+    assert read_manifest(out, "report")["stage"] == "report"
+
+
+def test_efficiency_report_failed_work_leaves_no_manifest(tmp_path, monkeypatch):
+    from lightreasoner import report
+    from lightreasoner.errors import LightReasonerError
+
+    out = tmp_path / "report"
+    _report_from_folders(monkeypatch, out)
+
+    def broken(*args, **kwargs):
+        raise LightReasonerError(f"{out / report.REPORT_PLOT}: No space left on device")
+
+    monkeypatch.setattr(report, "plot_report", broken)
+    with pytest.raises(LightReasonerError, match="No space left"):
+        _report_from_folders(monkeypatch, out)
+    assert not (out / "manifest.json").exists() and not (out / report.REPORT_JSON).exists()
+    monkeypatch.undo()
+    _report_from_folders(monkeypatch, out)  # nothing blocks the rerun
+    assert (out / "manifest.json").is_file()
+
+
+def test_efficiency_report_refuses_another_stages_output_untouched(tmp_path, monkeypatch):
+    from lightreasoner.errors import LightReasonerError
+
+    out = tmp_path / "evaluation"
+    out.mkdir()
+    (out / "manifest.json").write_text(json.dumps({"stage": "evaluate"}))
+    (out / "metrics.json").write_text("{}")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(LightReasonerError) as err:
+        _report_from_folders(monkeypatch, out)
+    assert "belongs to stage 'evaluate', not to stage 'report'" in str(err.value) and "\n" not in str(err.value)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
