@@ -40,17 +40,19 @@ def test_no_tracking_uri_stops_the_pipeline_at_its_first_step(tiny_models, tmp_p
     text = re.sub(r"\x1b\[[0-9;]*m", "", logs.out + logs.err)  # kfp.local's colours
     assert tracking.NO_URI in text
     assert "Task 'configure-run' finished with status FAILURE" in text, text[-3000:]
-    assert not list((tmp_path / "work").rglob("prepare-data"))  # nothing ran after the first step
+    assert not list((tmp_path / "work").rglob("prepare"))  # nothing ran after the first step (its task)
     assert not list(tmp_path.rglob("*.db"))  # and no store appeared anywhere
 
 
 def test_the_uri_only_in_the_environment_tracks_every_run(tiny_models, mlflow_server, aws_env, tmp_path,
                                                           monkeypatch):
-    """Three runs in a row (a race with MLflow's telemetry thread failed 2 of 6 runs before)."""
+    """Three runs in a row (a race with MLflow's telemetry thread failed 2 of 6 runs before). The second and
+    third take the pure steps from kfp.local's cache: what they run is every step that talks to MLflow."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
     experiment = f"kfp-env-{uuid.uuid4().hex[:8]}"
-    for i in range(3):
-        run_local(None, tmp_path / f"work-{i}", params=small(tiny_models, experiment, mlflow_tracking_uri=""))
+    for _ in range(3):
+        run_local(None, tmp_path / "work", cache=True,
+                  params=small(tiny_models, experiment, mlflow_tracking_uri=""))
     client = MlflowClient(mlflow_server.uri)
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     parents = [r for r in runs if r.data.tags.get("lightreasoner.kind") == "pipeline"]
