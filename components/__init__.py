@@ -1,11 +1,16 @@
 """Kubeflow components, one per stage. Each is thin: it unpacks KFP artifacts, calls the library stage,
 writes outputs and metrics. No algorithm code lives here.
 
+A stage's component has the stage's name (``prepare``, ``sample``: one shard, ``train``, ``sft``,
+``register``, ``report``); ``evaluate_shard`` is a pod of either evaluation, ``merge_sample`` and
+``merge_evaluate`` join a stage's shards into its output, and ``configure_run``, ``log_stage``,
+``evaluation_shards`` and ``finish_run`` are the pipeline's bookkeeping steps.
+
 Pure stages (prepare, sample shard, merge, train, evaluation shard and merge, SFT) take only the config sections they read
 (``config``: YAML text from :func:`lightreasoner.parameters.stage_yaml`) and their input artifacts, and
 touch no MLflow run, so Kubeflow may cache them. Everything with a side effect in MLflow is its own
 uncached step: ``configure_run`` opens the parent run, ``log_stage`` records a finished stage under it,
-``register_model`` registers (idempotently), and ``finish_run`` -- the pipeline's exit handler -- ends the
+``register`` registers (idempotently), and ``finish_run`` -- the pipeline's exit handler -- ends the
 parent run FINISHED or FAILED.
 
 The functions below are plain Python; :func:`make_components` turns them into KFP components for one
@@ -45,7 +50,7 @@ def configure_run(config_yaml: str, settings: str, run_name: str, kfp_run_id: st
     return out(parent or "", parameters.full_yaml(cfg), **stages)
 
 
-def prepare_data(config: str, problems: Output[Dataset], metrics: Output[Metrics]):
+def prepare(config: str, problems: Output[Dataset], metrics: Output[Metrics]):
     """Load and normalise the training problems."""
     import os
 
@@ -61,7 +66,7 @@ def prepare_data(config: str, problems: Output[Dataset], metrics: Output[Metrics
     log_kfp_metrics(metrics, {"problems": pq.read_metadata(path).num_rows})
 
 
-def sample_contrastive(config: str, problems: Input[Dataset], shard_index: int, shards: list,
+def sample(config: str, problems: Input[Dataset], shard_index: int, shards: list,
                        shard: Output[Dataset]):
     """Stage 1 on one shard of the batches (every shard on its own GPU node)."""
     from pathlib import Path
@@ -75,7 +80,7 @@ def sample_contrastive(config: str, problems: Input[Dataset], shard_index: int, 
     sample(cfg, shard.path, problems=probs, shard=(shards.index(shard_index), len(shards)))
 
 
-def merge_samples(config: str, shards: Input[list[Dataset]], samples: Output[Dataset], metrics: Output[Metrics]):
+def merge_sample(config: str, shards: Input[list[Dataset]], samples: Output[Dataset], metrics: Output[Metrics]):
     """Join the shards into one samples folder (equal to a single-shard run)."""
     from lightreasoner.config import load_config_text
     from lightreasoner.presentation import log_kfp_metrics
@@ -86,7 +91,7 @@ def merge_samples(config: str, shards: Input[list[Dataset]], samples: Output[Dat
     log_kfp_metrics(metrics, {**result.manifest["counts"], "effective_beta": result.manifest["effective_beta"]})
 
 
-def finetune_lora(config: str, samples: Input[Dataset], adapter: Output[Model], metrics: Output[Metrics]):
+def train(config: str, samples: Input[Dataset], adapter: Output[Model], metrics: Output[Metrics]):
     """Stage 2: LoRA on the contrastive soft labels (packed); resumes from its checkpoints on a retry."""
     from lightreasoner.config import load_config_text
     from lightreasoner.presentation import log_kfp_metrics
@@ -107,7 +112,7 @@ def evaluation_shards(config: str) -> list:
 def evaluate_shard(config: str, shard_index: int, shards: list, side: str, shard: Output[Dataset],
                    adapter: Input[Model] = None):
     """Stage 3 in one pod: one model side (base: the Expert; tuned: with ``adapter``) on one shard of every
-    benchmark's batches (``merge_evaluation`` joins the shards)."""
+    benchmark's batches (``merge_evaluate`` joins the shards)."""
     from lightreasoner.config import load_config_text
     from lightreasoner.evaluation import evaluate_shard as stage
 
@@ -116,7 +121,7 @@ def evaluate_shard(config: str, shard_index: int, shards: list, side: str, shard
           (shards.index(shard_index), len(shards)), sides=(side,))
 
 
-def merge_evaluation(config: str, base: Input[list[Dataset]], tuned: Input[list[Dataset]],
+def merge_evaluate(config: str, base: Input[list[Dataset]], tuned: Input[list[Dataset]],
                      evaluation: Output[Dataset], metrics: Output[Metrics], confusion: Output[ClassificationMetrics],
                      summary: Output[Markdown], samples: Input[Dataset] = None):
     """Stage 3's result: the shards joined into one evaluation folder (equal to a single pod's): per-benchmark
@@ -140,7 +145,7 @@ def merge_evaluation(config: str, base: Input[list[Dataset]], tuned: Input[list[
         fh.write(summary_markdown(evaluation.path, samples.path if samples is not None else None))
 
 
-def sft_baseline(config: str, problems: Input[Dataset], adapter: Output[Model], metrics: Output[Metrics]):
+def sft(config: str, problems: Input[Dataset], adapter: Output[Model], metrics: Output[Metrics]):
     """The SFT baseline: rejection sampling by the Expert, LoRA on the correct solutions."""
     from pathlib import Path
 
@@ -166,7 +171,7 @@ def log_stage(config: str, stage: str, output: Input[Artifact], parent_run_id: s
     tracking.log_stage(cfg, stage, output.path, parent_run_id or None)
 
 
-def register_model(config: str, samples: Input[Dataset], adapter: Input[Model], evaluation: Input[Dataset],
+def register(config: str, samples: Input[Dataset], adapter: Input[Model], evaluation: Input[Dataset],
                    parent_run_id: str, promote: bool) -> NamedTuple(
                        "RegisterOutputs", [("version", str), ("promoted", bool)]):
     """Register the adapter (alias challenger), then try to promote it to champion."""
@@ -183,7 +188,7 @@ def register_model(config: str, samples: Input[Dataset], adapter: Input[Model], 
     return namedtuple("RegisterOutputs", ["version", "promoted"])(str(registered.version), promoted)
 
 
-def efficiency_report(config: str, samples: Input[Dataset], lr_adapter: Input[Model],
+def report(config: str, samples: Input[Dataset], lr_adapter: Input[Model],
                       lr_evaluation: Input[Dataset], sft_adapter: Input[Model], sft_evaluation: Input[Dataset],
                       parent_run_id: str, report: Output[Dataset], metrics: Output[Metrics],
                       page: Output[Markdown]):
@@ -216,25 +221,12 @@ def finish_run(config_yaml: str, settings: str, kfp_run_id: str, status: dsl.Pip
     print(f"pipeline state {status.state}: MLflow parent run {ended or '(none found)'} -> {state}")
 
 
-STAGES = {
-    "configure_run": configure_run,
-    "prepare_data": prepare_data,
-    "sample_contrastive": sample_contrastive,
-    "merge_samples": merge_samples,
-    "finetune_lora": finetune_lora,
-    "evaluation_shards": evaluation_shards,
-    "evaluate_shard": evaluate_shard,
-    "merge_evaluation": merge_evaluation,
-    "sft_baseline": sft_baseline,
-    "log_stage": log_stage,
-    "register_model": register_model,
-    "efficiency_report": efficiency_report,
-    "finish_run": finish_run,
-}
-
+COMPONENTS = {fn.__name__: fn for fn in (configure_run, prepare, sample, merge_sample, train, evaluation_shards,
+                                          evaluate_shard, merge_evaluate, sft, log_stage, register, report,
+                                          finish_run)}
 
 def make_components(image: str) -> SimpleNamespace:
     """The stage functions as KFP components that run in ``image`` (which has kfp: nothing is installed
     at pod start)."""
     return SimpleNamespace(**{name: dsl.component(fn, base_image=image, install_kfp_package=False)
-                              for name, fn in STAGES.items()})
+                              for name, fn in COMPONENTS.items()})

@@ -168,11 +168,12 @@ class _Dag:
         """The settings slice ``stage`` reads (the config sections of lightreasoner.stages)."""
         return self.conf.outputs[stages.slice_of(stage)]
 
-    def stage_task(self, stage: str, component: str, name: str, title: str, *, pod: bool, **inputs):
+    def stage_task(self, stage: str, name: str, title: str, *, pod: bool, component: str | None = None, **inputs):
         """A task of ``stage`` named ``name``: a pod of the stage's own (``pod``: its GPU request and its
-        timeout) or a small step around it (merging shards). Cached when the stage is."""
+        timeout) or a small step around it (merging shards). Cached when the stage is. Its component is
+        the stage's own (same name) unless ``component`` names another (a shard pod, a merge step)."""
         s = stages.STAGES[stage]
-        task = _named(getattr(self.c, component), name)(**inputs).set_display_name(title)
+        task = _named(getattr(self.c, component or stage), name)(**inputs).set_display_name(title)
         self.steps.append(_Step(task, s.cached, s if pod else None, gpu=pod and s.gpu_memory is not None))
         return task
 
@@ -191,7 +192,7 @@ class _Dag:
 
 
 def _prepare(d: _Dag):
-    prep = d.stage_task("prepare", "prepare_data", task_name("prepare"), stages.STAGES["prepare"].title, pod=True,
+    prep = d.stage_task("prepare", task_name("prepare"), stages.STAGES["prepare"].title, pod=True,
                         config=d.settings("prepare"))
     d.logged(prep, "prepare")
     return prep
@@ -202,10 +203,10 @@ def _sample(d: _Dag, problems):
     the former), then the merge step that writes the samples folder."""
     shards = d.p["sampling_shards"]
     with dsl.ParallelFor(items=shards, name="sampling-shards") as index:
-        shard = d.stage_task("sample", "sample_contrastive", task_name("sample"), stages.STAGES["sample"].title,
+        shard = d.stage_task("sample", task_name("sample"), stages.STAGES["sample"].title,
                              pod=True, config=d.settings("sample"), problems=problems, shard_index=index,
                              shards=shards)
-    merged = d.stage_task("sample", "merge_samples", task_name("sample", "merge"), "merge samples", pod=False,
+    merged = d.stage_task("sample", task_name("sample", "merge"), "merge samples", pod=False, component="merge_sample",
                           config=d.settings("sample"), shards=dsl.Collected(shard.outputs["shard"]))
     d.logged(merged, "sample")
     return merged
@@ -218,11 +219,11 @@ def _evaluate(d: _Dag, stage: str, shards, adapter, tuned_title: str, suffix: st
     pods = []
     for side, title, more in (("base", "evaluate base shard", {}), ("tuned", tuned_title, {"adapter": adapter})):
         with dsl.ParallelFor(items=shards.output, name=f"{loop}-{side}-shards") as index:
-            pods.append(d.stage_task(stage, "evaluate_shard", task_name(stage, side, suffix), title, pod=True,
+            pods.append(d.stage_task(stage, task_name(stage, side, suffix), title, pod=True, component="evaluate_shard",
                                      config=d.settings(stage), shard_index=index, shards=shards.output, side=side,
                                      **more))
     base, tuned = pods
-    merged = d.stage_task(stage, "merge_evaluation", task_name(stage, "merge", suffix), stages.STAGES[stage].title,
+    merged = d.stage_task(stage, task_name(stage, "merge", suffix), stages.STAGES[stage].title, component="merge_evaluate",
                           pod=False, config=d.settings(stage), base=dsl.Collected(base.outputs["shard"]),
                           tuned=dsl.Collected(tuned.outputs["shard"]), **extra)
     return merged, d.logged(merged, stage, suffix)
@@ -232,12 +233,12 @@ def _lightreasoner(d: _Dag, problems, shards) -> tuple[dict[str, Any], list]:
     """sample -> train -> evaluate -> register; returns the stages' tasks and their log steps."""
     merged = _sample(d, problems)
     samples = merged.outputs["samples"]
-    tuned = d.stage_task("train", "finetune_lora", task_name("train"), stages.STAGES["train"].title, pod=True,
+    tuned = d.stage_task("train", task_name("train"), stages.STAGES["train"].title, pod=True,
                          config=d.settings("train"), samples=samples)
     logs = [d.logged(tuned, "train")]
     scored, log_eval = _evaluate(d, "evaluate", shards, tuned.outputs["adapter"], "evaluate tuned shard",
                                  samples=samples)
-    reg = d.stage_task("register", "register_model", task_name("register"), stages.STAGES["register"].title,
+    reg = d.stage_task("register", task_name("register"), stages.STAGES["register"].title,
                        pod=True, config=d.conf.outputs["full"], samples=samples, adapter=tuned.outputs["adapter"],
                        evaluation=scored.outputs["evaluation"], parent_run_id=d.conf.outputs["parent_run_id"],
                        promote=d.p["promote"])
@@ -248,7 +249,7 @@ def _lightreasoner(d: _Dag, problems, shards) -> tuple[dict[str, Any], list]:
 
 def _sft(d: _Dag, problems, shards, suffix: str = "") -> tuple[dict[str, Any], list]:
     """The SFT baseline, then its evaluation; ``suffix`` names the copy that method ``both`` runs."""
-    baseline = d.stage_task("sft", "sft_baseline", task_name("sft", suffix=suffix), stages.STAGES["sft"].title,
+    baseline = d.stage_task("sft", task_name("sft", suffix=suffix), stages.STAGES["sft"].title,
                             pod=True, config=d.settings("sft"), problems=problems)
     logs = [d.logged(baseline, "sft", suffix)]
     scored, log_eval = _evaluate(d, "evaluate_sft", shards, baseline.outputs["adapter"], "evaluate SFT shard",
@@ -260,7 +261,7 @@ def _report(d: _Dag, lightreasoner: tuple[dict[str, Any], list], sft: tuple[dict
     """LightReasoner vs SFT from both branches' outputs, after every log step (it reads their MLflow runs)."""
     s, done = stages.STAGES["report"], {**lightreasoner[0], **sft[0]}
     folders = {name: done[name].outputs[stages.STAGES[name].output] for name in s.inputs}
-    report = d.stage_task("report", "efficiency_report", task_name("report"), s.title, pod=True,
+    report = d.stage_task("report", task_name("report"), s.title, pod=True,
                           config=d.conf.outputs["full"], parent_run_id=d.conf.outputs["parent_run_id"],
                           samples=folders["sample"], lr_adapter=folders["train"], lr_evaluation=folders["evaluate"],
                           sft_adapter=folders["sft"], sft_evaluation=folders["evaluate_sft"])

@@ -158,7 +158,7 @@ def test_every_entry_point_with_the_uri_only_in_the_environment(tiny_models, mlf
         components.log_stage(config=conf.full, stage=stage, output=SimpleNamespace(path=str(folder)),
                              parent_run_id=conf.parent_run_id)
     # a registration of this pipeline run (its key names the parent run): a third version
-    out = components.register_model(config=conf.full, samples=SimpleNamespace(path=str(samples)),
+    out = components.register(config=conf.full, samples=SimpleNamespace(path=str(samples)),
                                     adapter=SimpleNamespace(path=str(training)),
                                     evaluation=SimpleNamespace(path=str(evaluation)),
                                     parent_run_id=conf.parent_run_id, promote=True)
