@@ -375,9 +375,13 @@ class Config(_Section):
     def fingerprint(self, *sections: str) -> str:
         """sha256 of the named sections (all when none): equal fingerprints mean equal settings."""
         data = self.dump()
-        if sections:
-            data = {name: data[name] for name in sections}
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+        return fingerprint_of({name: data[name] for name in sections} if sections else data)
+
+
+def fingerprint_of(sections: dict[str, Any]) -> str:
+    """sha256 of dumped config sections (section name -> its settings): :meth:`Config.fingerprint`'s rule,
+    for a stage that holds one section's model rather than a whole config."""
+    return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()
 
 
 def _format_validation_error(source: str, error: ValidationError) -> str:

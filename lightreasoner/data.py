@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .config import DataConfig
+from .config import DataConfig, fingerprint_of
 from .errors import LightReasonerError, passthrough
 from .outputs import StageOutput, library_versions, write_table_atomic
 
@@ -178,11 +178,6 @@ def write_problems(problems: list[Problem], path: str | Path) -> Path:
 PROBLEMS = "problems.parquet"
 
 
-def _fingerprint(cfg: DataConfig) -> str:
-    """sha256 of the data settings, equal to ``Config.fingerprint("data")`` of a config holding them."""
-    return hashlib.sha256(json.dumps({"data": cfg.model_dump(mode="json")}, sort_keys=True).encode()).hexdigest()
-
-
 def prepare_data(cfg: DataConfig, output: str | Path) -> Path:
     """Stage ``prepare``: load the configured problems and write ``problems.parquet`` under ``output``, then
     ``manifest.json`` last (:class:`lightreasoner.outputs.StageOutput`; recomputed on every call, like
@@ -197,7 +192,8 @@ def prepare_data(cfg: DataConfig, output: str | Path) -> Path:
     problems = load_problems(cfg)
     stage.claim()
     path = write_problems(problems, out / PROBLEMS)
-    stage.finish({"config": {"data": cfg.model_dump(mode="json")}, "fingerprint": _fingerprint(cfg),
+    settings = {"data": cfg.model_dump(mode="json")}  # fingerprint: equal to Config.fingerprint("data")
+    stage.finish({"config": settings, "fingerprint": fingerprint_of(settings),
                   "counts": {"problems": len(problems)}, "versions": library_versions(), "files": [PROBLEMS]})
     return path
 

@@ -61,7 +61,7 @@ from .outputs import (
     write_text_atomic,
 )
 from .plots import plot_accuracy, plot_benchmark_deltas
-from .protocols import cut_output, prompt_ids, resolve_protocol, stop_token_ids
+from .protocols import cut_output, prompt_ids, resolve_protocol, stop_token_ids, text_stops
 from .stats import bootstrap_delta_ci, mcnemar_exact, paired_metrics  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def predict(model, tokenizer, problems: list[Problem], config: Config, progress:
     completions = generate_completions(model, tokenizer, prompts, protocol.max_new_tokens, batch_size, progress,
                                        desc, compile=resolve_compile(config.performance.compile, model.device),
                                        extra_stops=stop_token_ids(tokenizer, protocol),
-                                       stop_strings=protocol.stop_strings)
+                                       stop_strings=text_stops(tokenizer, protocol))
     predictions = []
     for prob, ids in zip(problems, completions, strict=True):
         text = cut_output(tokenizer.decode(ids, skip_special_tokens=True), protocol)

@@ -59,6 +59,8 @@ class AdapterModel(PythonModel):
         for eos in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
             stops.update(eos if isinstance(eos, list) else [] if eos is None else [eos])
         self.stop_ids = sorted(int(i) for i in stops)
+        # generation watches the text only for stop strings that are not single tokens (those are stop ids)
+        self.text_stops = [s for s in self.stop_strings if s not in vocab]
 
     def _prompt(self, question: str) -> list[int]:
         if self.prompt_template:  # as plain text, with the tokenizer's usual special tokens (a BOS)
@@ -91,7 +93,7 @@ class AdapterModel(PythonModel):
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
         # Stop strings end generation as soon as every answer has one (transformers' stop_strings), and cut it.
-        stops = {"stop_strings": self.stop_strings, "tokenizer": self.tokenizer} if self.stop_strings else {}
+        stops = {"stop_strings": self.text_stops, "tokenizer": self.tokenizer} if self.text_stops else {}
         with torch.no_grad():
             out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False,
                                       pad_token_id=pad, eos_token_id=self.stop_ids or None, **stops)

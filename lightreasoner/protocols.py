@@ -82,6 +82,13 @@ def stop_token_ids(tokenizer, protocol: Protocol) -> list[int]:
     return sorted(ids)
 
 
+def text_stops(tokenizer, protocol: Protocol) -> tuple[str, ...]:
+    """The protocol's stop strings this tokenizer has no single token for (DeepSeek-R1-Distill's
+    ``<|im_end|>``): generation watches the text for these; the others already stop it as token ids."""
+    vocab = tokenizer.get_vocab()
+    return tuple(s for s in protocol.stop_strings if s not in vocab)
+
+
 def prompt_ids(tokenizer, question: str, protocol: Protocol) -> list[int]:
     """Token ids of one problem's prompt under the protocol: its literal template when it has one (tokenized
     as a plain string, with the tokenizer's usual special tokens such as a BOS, as the toolkit's vLLM does),

@@ -267,12 +267,14 @@ def test_protocol_stops_at_every_chat_end_token():
     from conftest import build_model
 
     from lightreasoner.models import generate_greedy, prompt_token_ids
-    from lightreasoner.protocols import resolve_protocol, stop_token_ids
+    from lightreasoner.protocols import TOOLKIT_STOPS, resolve_protocol, stop_token_ids, text_stops
 
     tok = build_tokenizer(extra_special=("<|endoftext|>",))
     protocol = resolve_protocol(load_config(None, ["evaluation.protocol=qwen25-math-cot"]))
     assert protocol.max_new_tokens == 2048
     assert stop_token_ids(tok, protocol) == sorted(tok.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"]))
+    # generation watches the text only for the stop words this tokenizer has no token for
+    assert text_stops(tok, protocol) == tuple(s for s in TOOLKIT_STOPS if s not in ("<|im_end|>", "<|endoftext|>"))
     assert resolve_protocol(load_config(None, ["evaluation.protocol=sampling-prompt"])).stop_tokens == ()
     model = build_model("llama", tok, seed=5)
     model.generation_config.eos_token_id = None
