@@ -200,7 +200,7 @@ def _prepare(d: _Dag):
 
 def _sample(d: _Dag, problems):
     """Stage 1 across pods: one per shard (over a pipeline parameter, not a task output: kfp.local runs only
-    the former), then the merge step that writes the samples folder."""
+    the former), then the merge step that writes the samples folder; returns the merge and its log step."""
     shards = d.p["sampling_shards"]
     with dsl.ParallelFor(items=shards, name="sampling-shards") as index:
         shard = d.stage_task("sample", task_name("sample"), stages.STAGES["sample"].title,
@@ -208,8 +208,7 @@ def _sample(d: _Dag, problems):
                              shards=shards)
     merged = d.stage_task("sample", task_name("sample", "merge"), "merge samples", pod=False, component="merge_sample",
                           config=d.settings("sample"), shards=dsl.Collected(shard.outputs["shard"]))
-    d.logged(merged, "sample")
-    return merged
+    return merged, d.logged(merged, "sample")
 
 
 def _evaluate(d: _Dag, stage: str, shards, adapter, tuned_title: str, suffix: str = "", **extra):
@@ -231,11 +230,11 @@ def _evaluate(d: _Dag, stage: str, shards, adapter, tuned_title: str, suffix: st
 
 def _lightreasoner(d: _Dag, problems, shards) -> tuple[dict[str, Any], list]:
     """sample -> train -> evaluate -> register; returns the stages' tasks and their log steps."""
-    merged = _sample(d, problems)
+    merged, log_sample = _sample(d, problems)
     samples = merged.outputs["samples"]
     tuned = d.stage_task("train", task_name("train"), stages.STAGES["train"].title, pod=True,
                          config=d.settings("train"), samples=samples)
-    logs = [d.logged(tuned, "train")]
+    logs = [log_sample, d.logged(tuned, "train")]
     scored, log_eval = _evaluate(d, "evaluate", shards, tuned.outputs["adapter"], "evaluate tuned shard",
                                  samples=samples)
     reg = d.stage_task("register", task_name("register"), stages.STAGES["register"].title,

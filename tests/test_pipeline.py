@@ -164,6 +164,39 @@ def test_every_stage_task_reads_the_outputs_of_the_stages_it_lists(spec):
     assert read == {s.name: set(s.inputs) for s in stages.GRAPH if s.inputs}
 
 
+def upstream(ir) -> dict[str, set[str]]:
+    """Task -> every task it waits for: its own ``dependentTasks``, those of the branches and loops around
+    it, and theirs in turn (a task inside a ``dsl.If`` starts only when the branch's dependencies are done)."""
+    direct, parent = {}, {}
+    todo = [(None, ir["root"]["dag"]["tasks"])]
+    while todo:
+        outer, tasks = todo.pop()
+        for name, task in tasks.items():
+            direct[name], parent[name] = set(task.get("dependentTasks", [])), outer
+            dag = ir["components"].get(task["componentRef"]["name"], {}).get("dag")
+            if dag:
+                todo.append((name, dag["tasks"]))
+
+    def before(name: str | None) -> set[str]:
+        if name is None:
+            return set()
+        out = set(direct[name]) | before(parent[name])
+        for dep in direct[name]:
+            out |= before(dep)
+        return out
+    return {name: before(name) for name in direct}
+
+
+def test_the_report_waits_for_every_log_step_of_the_stages_it_reads(spec):
+    """The report reads its inputs' metrics from the MLflow parent run: every stage it lists must have been
+    logged first (a report that ran before ``log-sample`` found no ``sample/seconds``)."""
+    _, ir, _ = spec
+    before = upstream(ir)["report"]
+    for stage in stages.STAGES["report"].inputs:
+        logs = {f"log-{stage.replace('_', '-')}{suffix}" for suffix in ("", "-both")}
+        assert logs & before, (stage, sorted(before))
+
+
 def test_every_step_has_a_timeout_from_the_stage_table(spec):
     _, ir, platform = spec
     k8s = kubernetes_executors(platform)
